@@ -1,0 +1,241 @@
+"""The NumPy MLP: vectorised, hand-derived gradients, one sample per row.
+
+Softmax subtracts each row's max and cross-entropy is computed from the logits (log-softmax), unless a
+variant switches on one of the bugs in memstate.variants.
+
+The operations are module-level pure functions (`dense`, `activate`, `activation_grad`, `softmax`,
+`log_softmax`, `cross_entropy`, `output_grad`, `weight_grad`, `bias_grad`, `input_grad`, `sgd_update`),
+each computing in the dtype of its inputs; `NumpyMLP` strings them together. With their default
+arguments they are the correct network, which `memstate check` uses (in float64) as its reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from memstate.errors import ScenarioError
+from memstate.scenario import NetSpec
+from memstate.variants import LOG_EPSILON
+
+NAME = "numpy"
+DTYPES = ("float64", "float32")
+META = {"computes_in": "the scenario's dtype"}
+
+Record = Callable[[str, Any], None]
+
+
+def make(spec: NetSpec, params: dict[str, np.ndarray]) -> "NumpyMLP":
+    return NumpyMLP(spec, params)
+
+
+# ---------------------------------------------------------------- the operations (pure functions)
+
+def dense(a: np.ndarray, W: np.ndarray, b: np.ndarray, *, float32: bool = False) -> np.ndarray:
+    """z = a @ W + b; `float32=True` computes it in float32 and returns W's dtype (the dtype_mix bug)."""
+    if float32:
+        f32 = np.float32
+        return (a.astype(f32) @ W.astype(f32) + b.astype(f32)).astype(W.dtype)
+    return a @ W + b
+
+
+def activate(activation: str, z: np.ndarray) -> np.ndarray:
+    """relu max(z, 0), shifted-relu max(z, -1), or sigmoid 1 / (1 + exp(-z))."""
+    if activation == "relu":
+        return np.maximum(z, 0)
+    if activation == "shifted-relu":
+        return np.maximum(z, -1)
+    return 1 / (1 + np.exp(-z))
+
+
+def activation_grad(activation: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """d a / d z from the pre-activation z and the activation a (in z's dtype)."""
+    if activation == "relu":
+        return (z > 0).astype(z.dtype)
+    if activation == "shifted-relu":
+        return (z > -1).astype(z.dtype)
+    return a * (1 - a)
+
+
+def softmax(z: np.ndarray, max_mode: str = "row", sum_mode: str = "row") -> np.ndarray:
+    """Softmax of each row; the modes reproduce the variants' bugs (docs/variants.md)."""
+    if max_mode == "row":
+        shifted = z - z.max(axis=1, keepdims=True)
+    elif max_mode == "global":
+        shifted = z - np.max(z)
+    else:
+        shifted = z
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        e = np.exp(shifted)
+        if sum_mode == "row":
+            return e / e.sum(axis=1, keepdims=True)
+        if sum_mode == "global":
+            return e / np.sum(e)
+        return e / e.sum(axis=0, keepdims=True)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log(softmax(z)) row by row, from the logits (no log of a probability)."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        shifted = z - z.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(z: np.ndarray, probs: np.ndarray, y: np.ndarray, log: str = "safe",
+                  reduction: str = "mean") -> np.ndarray:
+    """The batch's cross-entropy as a 0-d array of z's dtype: from the logits (`log="safe"`) or from probs."""
+    dtype = z.dtype
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        if log == "safe":
+            total = -np.sum(y * log_softmax(z))
+        elif log == "raw":
+            total = -np.sum(y * np.log(probs))
+        elif log == "eps":
+            total = -np.sum(y * np.log(probs + dtype.type(LOG_EPSILON)))
+        else:  # masked: np.ma.log drops the log(0) terms from the sum
+            total = -np.ma.filled(np.sum(y * np.ma.log(probs)), 0.0)
+    if reduction == "mean":
+        total = total / z.shape[0]
+    return np.asarray(total, dtype=dtype)
+
+
+def output_grad(probs: np.ndarray, y: np.ndarray, reduction: str = "mean") -> np.ndarray:
+    """dLoss/dz of the output layer for softmax cross-entropy: (probs - y) / B, or probs - y for sum."""
+    dt = probs.dtype
+    scale = dt.type(1.0 / probs.shape[0]) if reduction == "mean" else dt.type(1.0)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        return (probs - y) * scale
+
+
+def weight_grad(a: np.ndarray, dz: np.ndarray) -> np.ndarray:
+    """dLoss/dW = a^T @ dz (a: the layer's input)."""
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        return a.T @ dz
+
+
+def bias_grad(dz: np.ndarray, axis: str = "batch") -> np.ndarray:
+    """dLoss/db: dz summed over the batch (`axis="features"` is the bias_grad_axis bug, square dz only)."""
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        if axis == "features" and dz.shape[0] == dz.shape[1]:
+            return dz.sum(axis=1)
+        return dz.sum(axis=0)
+
+
+def input_grad(dz: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """dLoss/da of the layer's input: dz @ W^T (W before the update)."""
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        return dz @ W.T
+
+
+def sgd_update(p: np.ndarray, grad: np.ndarray, lr: float, digits: int | None = None) -> np.ndarray:
+    """p - lr * grad in p's dtype, rounded to `digits` decimals when given (the round_params bug)."""
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        new = p - p.dtype.type(lr) * grad
+        return np.round(new, digits) if digits is not None else new
+
+
+# ---------------------------------------------------------------- the network object
+
+class NumpyMLP:
+    """A dense ReLU/sigmoid/shifted-ReLU network trained by plain SGD on softmax cross-entropy."""
+
+    def __init__(self, spec: NetSpec, params: dict[str, np.ndarray]):
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.set_params(params)
+        mix = spec.variant.dtype_mix
+        self.mixed_layer = int(mix[1:]) - 1 if mix else None
+
+    # -- state
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        n = self.spec.n_layers
+        self.W = [np.array(params[f"L{i}.W"], dtype=self.dtype) for i in range(1, n + 1)]
+        self.b = [np.array(params[f"L{i}.b"], dtype=self.dtype) for i in range(1, n + 1)]
+
+    def params(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i, (W, b) in enumerate(zip(self.W, self.b), start=1):
+            out[f"L{i}.W"], out[f"L{i}.b"] = W, b
+        return out
+
+    # -- pieces (the module's operations with this network's spec and variant)
+    def _dense(self, i: int, a: np.ndarray) -> np.ndarray:
+        return dense(a, self.W[i], self.b[i], float32=i == self.mixed_layer)
+
+    def _activate(self, z: np.ndarray) -> np.ndarray:
+        return activate(self.spec.activation, z)
+
+    def _activation_grad(self, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return activation_grad(self.spec.activation, z, a)
+
+    def _softmax(self, z: np.ndarray) -> np.ndarray:
+        v = self.spec.variant
+        return softmax(z, v.softmax_max, v.softmax_sum)
+
+    def _loss(self, z: np.ndarray, probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return cross_entropy(z, probs, y, self.spec.variant.log, self.spec.loss_reduction)
+
+    def _bias_grad(self, dz: np.ndarray) -> np.ndarray:
+        return bias_grad(dz, self.spec.variant.bias_grad_axis)
+
+    # -- the interface
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        a = np.asarray(x, dtype=self.dtype)
+        last = self.spec.n_layers - 1
+        for i in range(self.spec.n_layers):
+            z = self._dense(i, a)
+            a = z if i == last else self._activate(z)
+        return a
+
+    def train_step(self, x: np.ndarray, labels: np.ndarray, lr: float, record: Record) -> float:
+        """One SGD step on a batch; records every canonical tensor in dataflow order."""
+        n, dt = self.spec.n_layers, self.dtype
+        x = np.asarray(x, dtype=dt)
+        y = np.eye(self.spec.layers[-1], dtype=dt)[np.asarray(labels)]
+        batch = x.shape[0]
+        if self.spec.variant.bias_grad_axis == "features" and batch not in self.spec.layers[1:]:
+            raise ScenarioError(
+                f"bias_grad_axis = \"features\" needs a layer as wide as the batch ({batch}); "
+                f"widths are {list(self.spec.layers[1:])}: change the batch size or the variant"
+            )
+        record("x", x)
+        record("y", y)
+        acts, zs = [x], []
+        for i in range(n):
+            with np.errstate(over="ignore", invalid="ignore"):
+                z = self._dense(i, acts[-1])
+            zs.append(z)
+            record(f"L{i + 1}.z", z)
+            if i < n - 1:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    a = self._activate(z)
+                acts.append(a)
+                record(f"L{i + 1}.a", a)
+        probs = self._softmax(zs[-1])
+        record("probs", probs)
+        loss = self._loss(zs[-1], probs, y)
+        record("loss", loss)
+
+        grads: list[tuple[np.ndarray, np.ndarray]] = [None] * n  # type: ignore[list-item]
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            dz = output_grad(probs, y, self.spec.loss_reduction)
+            for i in reversed(range(n)):
+                record(f"L{i + 1}.dz", dz)
+                dW = weight_grad(acts[i], dz)
+                db = self._bias_grad(dz)
+                record(f"L{i + 1}.dW", dW)
+                record(f"L{i + 1}.db", db)
+                grads[i] = (dW, db)
+                if i > 0:
+                    da = input_grad(dz, self.W[i])
+                    record(f"L{i}.da", da)
+                    dz = da * self._activation_grad(zs[i - 1], acts[i])
+            digits = self.spec.variant.round_params
+            for i in range(n):
+                W = sgd_update(self.W[i], grads[i][0], lr, digits)
+                b = sgd_update(self.b[i], grads[i][1], lr, digits)
+                self.W[i], self.b[i] = W, b
+                record(f"L{i + 1}.W", W)
+                record(f"L{i + 1}.b", b)
+        return float(loss)
