@@ -50,8 +50,9 @@ class RunResult:
     trace: Path | None
     losses: tuple[float, ...]
     evaluations: tuple[tuple[int, float], ...]  # (steps done, test accuracy)
-    seconds: float
+    seconds: float  # training and recording only: evaluation is timed apart
     meta: dict[str, Any] = field(default_factory=dict)
+    eval_seconds: float = 0.0
 
     @property
     def final_test_accuracy(self) -> float | None:
@@ -151,6 +152,7 @@ def run(
     losses: list[float] = []
     evaluations: list[tuple[int, float]] = []
     eval_every = scenario.training.eval_every
+    eval_seconds = 0.0
     began = time.perf_counter()
     try:
         for batch in iter_batches(scenario, n_train, total):
@@ -166,8 +168,10 @@ def run(
             done = batch.step + 1
             acc = None
             if evaluate and len(dataset.test_y) and (done % eval_every == 0 or done == total):
+                eval_began = time.perf_counter()
                 acc = accuracy(net.logits(dataset.test_x), dataset.test_y)
                 evaluations.append((done, acc))
+                eval_seconds += time.perf_counter() - eval_began
             if progress is not None:
                 progress(Progress(done, total, loss, acc))
     finally:
@@ -182,8 +186,9 @@ def run(
         trace=Path(out) if out is not None else None,
         losses=tuple(losses),
         evaluations=tuple(evaluations),
-        seconds=time.perf_counter() - began,
+        seconds=time.perf_counter() - began - eval_seconds,
         meta=meta,
+        eval_seconds=eval_seconds,
     )
 
 

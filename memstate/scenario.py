@@ -209,8 +209,8 @@ def _reject_unknown(keys: Any, known: tuple[str, ...] | list[str], src: str, pre
     for key in keys:
         if key not in known:
             hint = difflib.get_close_matches(key, known, n=1)
-            tip = f"; did you mean {prefix}{hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
-            raise ScenarioError(f"{src}: unknown key {prefix}{key!r}{tip}")
+            tip = f"; did you mean {prefix + hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
+            raise ScenarioError(f"{src}: unknown key {prefix + key!r}{tip}")
 
 
 def _build(cls: type, table: Any, src: str, section: str) -> Any:
