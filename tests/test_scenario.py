@@ -88,3 +88,12 @@ def test_batch_schedule_is_deterministic_and_ramps():
     assert all((a.indices == b.indices).all() for a, b in zip(batches, again))
     first_epoch = sorted(int(i) for b in batches[:12] for i in b.indices)
     assert len(set(first_epoch)) == 96  # no sample twice within an epoch
+
+
+@pytest.mark.parametrize("name", list_scenarios())
+def test_every_bundled_scenario_runs(name):
+    from memstate.run import run
+
+    s = load_scenario(name)
+    result = run(s, "numpy", steps=2, evaluate=False)
+    assert result.steps == 2 and len(result.losses) == 2
