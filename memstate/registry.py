@@ -47,7 +47,7 @@ def get_impl(name: str) -> Implementation:
         try:
             target = importlib.import_module(BUILTIN[name])
         except ImportError as exc:
-            if name == "jax":
+            if name == "jax" and (exc.name or "").split(".")[0] in ("jax", "jaxlib"):
                 raise MemstateError(
                     "the jax implementation needs JAX, which is not installed: "
                     "pip install 'memstate[jax]' (or pip install jax)"
