@@ -99,6 +99,7 @@ def accuracy(logits: Any, labels: np.ndarray) -> float:
 
 def trace_meta(scenario: Scenario, impl: Implementation, variant: Variant, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     meta = {"impl": impl.name, **scenario.meta(), "variant": variant.changes(), **impl.meta}
+    meta["loss_reduction"] = variant.loss_reduction or scenario.training.loss_reduction  # what this run computes
     meta.update(extra or {})
     return meta
 
