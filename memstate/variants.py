@@ -89,7 +89,7 @@ class Variant:
 
 
 def _parse_value(raw: str) -> Any:
-    if raw.lower() in ("", "none", "null"):
+    if raw == "":
         return None
     try:
         return int(raw)
@@ -99,13 +99,15 @@ def _parse_value(raw: str) -> Any:
 
 def _check(key: str, value: Any, source: str) -> Any:
     if key in CHOICES:
-        if key == "loss_reduction" and value is None:
+        if key == "loss_reduction" and (value is None or str(value).lower() in ("none", "null")):
             return None
         if value not in CHOICES[key]:
             raise ScenarioError(
                 f"{source}: {key} = {value!r} is not one of {', '.join(CHOICES[key])} ({HELP[key]})"
             )
         return value
+    if key in ("round_params", "dtype_mix", "loss_reduction") and str(value).lower() in ("none", "null"):
+        return None
     if key == "round_params":
         if value is None:
             return None

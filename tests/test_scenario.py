@@ -97,3 +97,12 @@ def test_every_bundled_scenario_runs(name):
     s = load_scenario(name)
     result = run(s, "numpy", steps=2, evaluate=False)
     assert result.steps == 2 and len(result.losses) == 2
+
+
+def test_variant_overrides_from_the_command_line():
+    from memstate.variants import Variant
+
+    v = Variant(round_params=8).with_overrides(["softmax_max=none", "round_params=none", "dtype_mix=L1"])
+    assert (v.softmax_max, v.round_params, v.dtype_mix) == ("none", None, "L1")
+    assert v.changes() == {"softmax_max": "none", "dtype_mix": "L1"}
+    assert Variant().with_overrides(["round_params=8"]).round_params == 8
