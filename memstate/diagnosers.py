@@ -272,6 +272,9 @@ def softmax_match(ctx: DivergenceContext, side: Side) -> tuple[str, str, bool] |
         ((m, s) for m in MAX_MODES for s in SUM_MODES),
         key=lambda f: ((f[0] != "row") + (f[1] != "row"), MAX_MODES.index(f[0]), SUM_MODES.index(f[1])),
     )
+    # recompute in the side's own dtype: a float32 global-max softmax underflows where a float64 one does not
+    if side.raw_dtype.kind == "f":
+        z = z.astype(side.raw_dtype)
     for m, s in forms:
         if close_each(softmax_form(z, m, s), side.x, rtol, atol):
             if (m, s) == ("row", "row"):
