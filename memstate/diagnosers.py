@@ -307,10 +307,10 @@ def _softmax_diagnosis(ctx: DivergenceContext, code: str, wrong: Callable[[str, 
     return None
 
 
-def _bad_rows(x: np.ndarray, correct: np.ndarray) -> np.ndarray:
+def _bad_rows(x: np.ndarray, correct: np.ndarray, rtol: float = 1e-9, atol: float = 1e-290) -> np.ndarray:
     """Rows of `x` that differ from the correct softmax (elementwise, nan counted as different)."""
     with np.errstate(all="ignore"):
-        ok = np.abs(x - correct) <= 1e-9 * np.maximum(np.abs(x), np.abs(correct)) + 1e-290
+        ok = np.abs(x - correct) <= rtol * np.maximum(np.abs(x), np.abs(correct)) + atol
     return np.flatnonzero(~np.all(ok, axis=1))
 
 
@@ -319,7 +319,8 @@ def _rows_sum_to_one(p: np.ndarray, tol: float = 1e-6) -> bool:
 
 
 def _describe_global_max(side: Side, z: np.ndarray, m: str, s: str) -> tuple[str, dict]:
-    rows = _bad_rows(side.x, softmax_form(z, "row", "row"))
+    f32 = side.raw_dtype == np.float32
+    rows = _bad_rows(side.x, softmax_form(z, "row", "row"), *((1e-4, 1e-37) if f32 else (1e-9, 1e-290)))
     nan_rows = np.isnan(side.x).any(axis=1)
     row_max, batch_max = z.max(axis=1), float(z.max())
     gaps = (row_max[rows] - batch_max).tolist()
