@@ -1,0 +1,201 @@
+"""How far apart two tensors of one shape are: elementwise errors and their per-tensor summary.
+
+Definitions (docs/report-schema.md repeats them), all computed in float64:
+
+- abs error: |a - b|.
+- elementwise rel error: |a - b| / max(|a|, |b|), 0 where a == b. Near zero it blows up (a sum that
+  cancels to 1e-9 carries the rounding of its O(1) terms), so it is shown per element but never summarised.
+- max rel error: max |a - b| / scale, where scale = max(max |a|, max |b|): the error relative to the
+  tensor's scale (the normwise relative error in the infinity norm). It is scale-free, symmetric, about
+  one unit roundoff for a rounding-level difference, and not fooled by cancellation; every summary,
+  table and history of "rel error" means this one.
+- ULP distance: how many representable numbers lie between a and b, counted in the LOWER of the two
+  dtypes (both are cast to float32 when either is float32), so a float32 result is judged on float32's grid.
+- non-finite values: a nan on both sides at one place, or the same infinity on both, agrees (error 0);
+  a non-finite value on one side only, or two different non-finite values, is a mismatch: its abs, rel
+  and ULP errors are inf, and so are the tensor's max errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_ORDERED = {4: (np.int32, np.int64), 8: (np.int64, np.uint64)}
+
+
+@dataclass(frozen=True)
+class ElementErrors:
+    """Elementwise errors between two same-shaped tensors, float64 arrays of their shape."""
+
+    abs: np.ndarray  # |a - b|; 0 where non-finite values agree; inf at a mismatch
+    rel: np.ndarray  # abs / magnitude; 0 where abs == 0
+    magnitude: np.ndarray  # max(|a|, |b|) where both are finite, else 0
+    ulp: np.ndarray  # ULP distance in the lower dtype; inf at a mismatch
+    mismatch: np.ndarray  # bool: non-finite on one side only, or different non-finite values
+    finite: np.ndarray  # bool: finite on both sides
+    ulp_dtype: str  # the dtype the ULPs are counted in
+
+
+@dataclass(frozen=True)
+class TensorMetrics:
+    """The summary of one tensor's errors; see the module docstring for the definitions."""
+
+    size: int
+    scale: float  # max(|a|, |b|) over the elements finite on both sides
+    max_abs_error: float
+    max_rel_error: float  # relative to the tensor's scale
+    max_elem_rel_error: float  # the largest elementwise rel error
+    max_ulp: float  # in `ulp_dtype`
+    ulp_dtype: str
+    cosine: float  # cosine similarity over the elements finite on both sides
+    n_out: int  # elements out of tolerance
+    frac_out: float
+    nan_a: int
+    nan_b: int
+    inf_a: int
+    inf_b: int
+    nonfinite_mismatch: int
+    argmax_mismatch: float | None = None  # fraction of rows whose argmax differs (probs and logits only)
+
+
+def lower_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
+    """float32 when either side is float32 (or narrower), else float64."""
+    return np.dtype(np.float32) if min(a.dtype.itemsize, b.dtype.itemsize) <= 4 else np.dtype(np.float64)
+
+
+def _ordinals(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Integers in the order of the floats: neighbours differ by 1, and +0 and -0 are both 0."""
+    signed, _ = _ORDERED[dtype.itemsize]
+    with np.errstate(over="ignore", invalid="ignore"):
+        bits = np.ascontiguousarray(x, dtype=dtype).view(signed)
+    low = np.iinfo(signed).min
+    return np.where(bits < 0, low - bits, bits)
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise count of representable numbers between a and b in the lower dtype (non-finite not special-cased)."""
+    dt = lower_dtype(a, b)
+    oa, ob = _ordinals(a, dt), _ordinals(b, dt)
+    if dt.itemsize == 4:
+        return np.abs(oa.astype(np.int64) - ob.astype(np.int64)).astype(np.float64)
+    ua, ub = oa.view(np.uint64), ob.view(np.uint64)  # the true distance fits in uint64; wrap-around is exact
+    return np.where(oa >= ob, ua - ub, ub - ua).astype(np.float64)
+
+
+def element_errors(a: np.ndarray, b: np.ndarray) -> ElementErrors:
+    """Abs, rel and ULP error of every element; the arrays must have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    shape, a, b = a.shape, a.reshape(-1), b.reshape(-1)  # 1-d inside: ufuncs on 0-d arrays return scalars
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        abs_err = np.abs(a64 - b64)
+        magnitude = np.maximum(np.abs(a64), np.abs(b64))
+    finite = np.isfinite(magnitude)  # nan and inf both propagate through maximum
+    ulp = ulp_distance(a, b)
+    if finite.all():
+        mismatch = np.zeros(a.shape, dtype=bool)
+    else:
+        same = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
+        mismatch = ~finite & ~same
+        abs_err[~finite] = 0.0
+        magnitude[~finite] = 0.0
+        ulp[~finite] = 0.0
+        abs_err[mismatch] = ulp[mismatch] = np.inf
+    with np.errstate(over="ignore", invalid="ignore"):
+        rel = np.divide(abs_err, magnitude, out=np.zeros(a.shape), where=abs_err > 0)
+    rel[mismatch] = np.inf
+    parts = (x.reshape(shape) for x in (abs_err, rel, magnitude, ulp, mismatch, finite))
+    return ElementErrors(*parts, ulp_dtype=lower_dtype(a, b).name)
+
+
+def _max(x: np.ndarray) -> float:
+    return float(x.max()) if x.size else 0.0
+
+
+def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest |a - b| (inf when a non-finite value has no match)."""
+    return _max(element_errors(a, b).abs)
+
+
+def tensor_scale(a: np.ndarray, b: np.ndarray) -> float:
+    """max(|a|, |b|) over the elements finite on both sides: what `max_rel_error` is relative to."""
+    return _max(element_errors(a, b).magnitude)
+
+
+def relative_to_scale(max_abs: float, scale: float) -> float:
+    """max_abs / scale, with 0/0 = 0 (equal zero tensors) and x/0 = inf."""
+    if max_abs == 0:
+        return 0.0
+    return max_abs / scale if scale > 0 else float("inf")
+
+
+def max_rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest |a - b| relative to the tensor's scale max(max|a|, max|b|)."""
+    return relative_to_scale(max_abs_error(a, b), tensor_scale(a, b))
+
+
+def max_ulp_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest ULP distance, counted in the lower of the two dtypes."""
+    return _max(element_errors(a, b).ulp)
+
+
+def _cosine(a64: np.ndarray, b64: np.ndarray) -> float:
+    scale = max(np.abs(a64).max(initial=0.0), np.abs(b64).max(initial=0.0))
+    if scale == 0:
+        return 1.0
+    a64, b64 = a64.ravel() / scale, b64.ravel() / scale  # no overflow in the squares
+    na, nb = float(np.dot(a64, a64)), float(np.dot(b64, b64))
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.clip(np.dot(a64, b64) / np.sqrt(na * nb), -1.0, 1.0))
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of the angle between a and b over the elements finite on both sides (1.0 for two zero tensors)."""
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    both = np.isfinite(a64) & np.isfinite(b64)
+    return _cosine(a64[both], b64[both])
+
+
+def argmax_mismatch(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Fraction of rows whose argmax differs (2-D tensors: rows are samples); None for other shapes."""
+    if a.ndim != 2 or a.shape != b.shape or a.shape[0] == 0 or a.shape[1] == 0:
+        return None
+    return float(np.mean(np.argmax(a, axis=1) != np.argmax(b, axis=1)))
+
+
+def tensor_metrics(a: np.ndarray, b: np.ndarray, errors: ElementErrors | None = None,
+                   out_of_tolerance: np.ndarray | None = None, *, argmax: bool = False) -> TensorMetrics:
+    """Summarise the errors of b against a; `out_of_tolerance` (bool, their shape) gives n_out and frac_out."""
+    errors = element_errors(a, b) if errors is None else errors
+    size = int(a.size)
+    scale = _max(errors.magnitude)
+    max_abs = _max(errors.abs)
+    n_out = int(np.count_nonzero(out_of_tolerance)) if out_of_tolerance is not None else 0
+    all_finite = bool(errors.finite.all())
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+
+    def count(test, x: np.ndarray) -> int:
+        return 0 if all_finite else int(np.count_nonzero(test(x)))
+
+    return TensorMetrics(
+        size=size,
+        scale=scale,
+        max_abs_error=max_abs,
+        max_rel_error=relative_to_scale(max_abs, scale),
+        max_elem_rel_error=_max(errors.rel),
+        max_ulp=_max(errors.ulp),
+        ulp_dtype=errors.ulp_dtype,
+        cosine=_cosine(a64, b64) if all_finite else _cosine(a64[errors.finite], b64[errors.finite]),
+        n_out=n_out,
+        frac_out=n_out / size if size else 0.0,
+        nan_a=count(np.isnan, a),
+        nan_b=count(np.isnan, b),
+        inf_a=count(np.isinf, a),
+        inf_b=count(np.isinf, b),
+        nonfinite_mismatch=0 if all_finite else int(np.count_nonzero(errors.mismatch)),
+        argmax_mismatch=argmax_mismatch(a, b) if argmax else None,
+    )
