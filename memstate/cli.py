@@ -57,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run(
         scenario, args.impl, params=params, params_source=str(args.params or "init"), steps=args.steps,
         out=args.output, variant=variant, encoding=args.encoding, evaluate=not args.no_eval, progress=progress,
+        checkpoint_every=args.checkpoint_every,
     )
     rate = result.steps / result.seconds if result.seconds > 0 else float("inf")
     acc = f", test accuracy {result.final_test_accuracy:.2%}" if result.final_test_accuracy is not None else ""
@@ -119,22 +120,30 @@ def cmd_impls(args: argparse.Namespace) -> int:
 
 DIFF_EPILOG = """\
 tolerances (every report prints the ones it used):
-  an element passes when |a-b| <= atol + rtol*max(|a|,|b|), or within its ULP allowance
-  defaults: float64 vs float64 rtol 1e-10, atol 1e-12; float32 vs float32 rtol 1e-5, atol 1e-5;
-            float64 vs float32 float64's (float32 rounding diverges: diagnosis dtype-float32)
-  --rtol X / --atol Y                 replace the defaults for every tensor
-  --tol PATTERN=RTOL                  e.g. --tol 'L*.dW=1e-6'
-  --tol PATTERN=rtol:X,atol:Y,ulps:N  any of the three, e.g. --tol 'probs=rtol:1e-5,atol:1e-12'
-  --tol PATTERN=float32               that dtype's defaults: --tol '*=float32' accepts float32 rounding
-  --ulp PATTERN=N                     also pass elements within N ULPs (lower dtype): --ulp 'loss=64'
-  PATTERN is an fnmatch pattern over tensor names; per setting, the last matching rule wins.
-oracle: with --oracle C (a float64 trace), a tensor of B out of tolerance against A counts only if
-  B's error to C exceeds --oracle-factor (10) times A's error to C plus one rounding.
+  an element passes when |a-b| <= atol + rtol*max(|a|,|b|), or is within
+  its ULP allowance. Defaults: float64 vs float64 rtol 1e-10, atol 1e-12;
+  float32 vs float32 rtol 1e-5, atol 1e-5; float64 vs float32 float64's
+  (float32 rounding is a divergence: diagnosis dtype-float32).
+  --rtol X, --atol Y                 for every tensor
+  --tol PATTERN=RTOL                 e.g. --tol 'L*.dW=1e-6'
+  --tol PATTERN=rtol:X,atol:Y,ulps:N any of the three, e.g.
+                                     --tol 'probs=rtol:1e-5,atol:1e-12'
+  --tol PATTERN=float32              that dtype's defaults, e.g. --tol
+                                     '*=float32' accepts float32 rounding
+  --ulp PATTERN=N                    pass within N ULPs (in the lower
+                                     dtype), e.g. --ulp 'loss=64'
+  PATTERN is an fnmatch pattern over tensor names; for each of rtol, atol
+  and ulps the last matching rule wins.
+oracle:
+  with --oracle C (a float64 trace), a tensor of B out of tolerance against
+  A counts only if B's error to C exceeds K (--oracle-factor, 10) times A's
+  error to C plus one rounding.
 exit status: 0 the traces agree, 1 they diverge, 2 usage or input error.
 examples:
   memstate diff numpy.memstate.jsonl python.memstate.jsonl
-  memstate diff a.memstate.jsonl b.memstate.jsonl --format json -o report.json
-  memstate diff --impls numpy,python,jax mnist14-relu --steps 20 --variant jax:softmax_max=global
+  memstate diff a.memstate.jsonl b.memstate.jsonl --format json -o r.json
+  memstate diff --impls numpy,python,jax mnist14-relu --steps 20
+  memstate diff --impls numpy,jax mnist14-relu --variant jax:log=raw
 """
 
 
@@ -220,6 +229,80 @@ def _diff_impls(args: argparse.Namespace, tolerances) -> int:
     return 0 if matrix else 1 if matrix.compared else 2
 
 
+CHECK_EPILOG = """\
+what it checks (docs/check.md): every recorded tensor against its operation redone in float64 from the
+  tensors it is computed from, as recorded in the same step: z from x (or the previous a) and the
+  parameters in force, a from z, probs from the last z, loss from the logits and y, each gradient from
+  the recorded upstream gradient, the updated parameters from the old ones and their gradients. Plus
+  invariants: probs rows sum to 1, loss finite, no nan/inf from finite inputs, output dz = (probs - y)/B.
+parameters in force: at step 0 the --params file (without it those checks are skipped, with a note);
+  at step k the updated parameters the trace records at step k-1.
+activation, loss reduction, learning rate: from --scenario, else the trace header, else inferred.
+tolerances: as for diff (--rtol, --atol, --tol, --ulp), in the trace's own dtype.
+exit status: 0 clean, 1 a wrong operation or a failed invariant, 2 usage or input error.
+examples:
+  memstate run mnist14-relu --params start.params.json --steps 50 -o run.memstate.jsonl
+  memstate check run.memstate.jsonl --params start.params.json
+  memstate check mine.memstate.jsonl --params start.params.json --format html -o check.html
+"""
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from memstate.check import check_trace
+    from memstate.params import read_params
+    from memstate.report_check import RENDERERS, verdict
+    from memstate.scenario import load_scenario
+    from memstate.tolerance import tolerances_from_specs
+
+    tolerances = tolerances_from_specs(args.tol_rules, rtol=args.rtol, atol=args.atol)
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    params = read_params(args.params).tensors if args.params else None
+    result = check_trace(args.trace, params=params, tolerances=tolerances, scenario=scenario,
+                         params_source=str(args.params) if args.params else None)
+    if result.steps == 0:
+        raise MemstateError(f"{args.trace}: no complete step to check")
+    if result.operations == 0 and result.ok:
+        why = "; ".join(result.notes) or "no tensor with a canonical name"
+        raise MemstateError(f"{args.trace}: no operation could be checked ({why})")
+    text = RENDERERS[args.format](result)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise MemstateError(f"{args.output}: cannot write the report: {exc.strerror}; check the path") from None
+        print(f"{verdict(result)}\nreport written to {args.output}")
+    return 0 if result.ok else 1
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from memstate.bisect import command
+
+    return command(args)
+
+
+BISECT_EPILOG = """\
+what it does:
+  1. runs both sides once with checkpoints (parameters every K steps, loss every step), or reads two
+     checkpoint runs; 2. finds the first checkpoint interval whose parameters (or loss) diverge beyond
+  tolerance, and the first step where one side turns nan/inf; 3. replays only those intervals with
+  full recording, each side from its own checkpoint, and compares them; 4. with --lockstep, replays
+  them again with both sides starting every step from the same parameters: a local bug shows as a
+  large one-step error, rounding drift as one-step errors at rounding level.
+sides: with one SCENARIO whose [variant] holds a bug and no --variant-a/-b, A is the correct network
+  and B the scenario's variant. --variant-a clean starts A from the correct network.
+exit status: 0 the runs agree within tolerance, 1 they diverge (drift included), 2 usage or input error.
+examples:
+  memstate bisect story-global-max --lockstep
+  memstate bisect mnist14-relu mnist14-relu-f32 --lockstep
+  memstate bisect mnist14-relu --impls numpy,numpy --variant-b softmax_max=global --steps 2000
+  memstate run story-global-max --checkpoint-every 50 -o b.memstate
+  memstate run story-global-max --variant softmax_max=row --checkpoint-every 50 -o a.memstate
+  memstate bisect a.memstate b.memstate --lockstep --format json -o bisect.json
+"""
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                    help="switch on a bug, e.g. softmax_max=global (repeatable; see docs/variants.md)")
     p.add_argument("--no-eval", action="store_true", help="skip test-set evaluation (faster for slow implementations)")
+    p.add_argument("--checkpoint-every", type=int, metavar="K",
+                   help="record a checkpoint run instead: loss and batch accuracy every step, parameters at the "
+                   "start, every K steps and at the end (for memstate bisect; see docs/bisect.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_run)
 
@@ -272,12 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("diff", help="compare two traces: where do they first part ways, and why?",
-                       description="Compare trace B against trace A (the reference) step by step: the first "
-                       "divergence (step, tensor, rows, worst elements), its diagnosis, and a table of errors. "
-                       "Or, with --impls, run implementations on a scenario and compare every pair.",
+                       description="Compare trace B against trace A (the reference) step by step: the first\n"
+                       "divergence (step, tensor, rows, worst elements), its diagnosis, and a table\n"
+                       "of errors. Or, with --impls, run implementations and compare every pair.",
                        epilog=DIFF_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="A B | SCENARIO",
-                   help="two traces (*.memstate.jsonl or *.memstate/), or one scenario with --impls")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="traces A and B (*.memstate.jsonl or *.memstate/); with --impls, one SCENARIO")
     p.add_argument("--oracle", type=Path, metavar="C", help="a float64 trace to judge B's errors against A's")
     p.add_argument("--oracle-factor", type=float, default=10.0, metavar="K",
                    help="with --oracle: blame B only beyond K times A's error to the oracle (default 10)")
@@ -299,6 +385,63 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep", type=Path, metavar="DIR", help="keep the traces in DIR (default: a temporary directory)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("check", help="find the first wrong operation in one trace, with no second run",
+                       description="Recompute every recorded tensor of a trace from the tensors it depends on, "
+                       "as recorded, and compare: the first operation that disagrees is where the bug is. "
+                       "Infers what the trace does not say (activation, loss reduction, learning rate) and "
+                       "checks invariants that need no reference.",
+                       epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("trace", type=Path, help="a trace (*.memstate.jsonl or *.memstate/)")
+    p.add_argument("--params", type=Path, metavar="FILE", help="the params file the run started from (step 0's "
+                   "parameters in force)")
+    p.add_argument("--scenario", metavar="FILE", help="a scenario (.toml or bundled name) whose activation, loss "
+                   "reduction and learning rate replace the trace header's")
+    p.add_argument("--tol", dest="tol_rules", action="append", type=lambda text: ("tol", text),
+                   metavar="PATTERN=VALUE", help="tolerance for matching tensors (repeatable; as for diff)")
+    p.add_argument("--ulp", dest="tol_rules", action="append", type=lambda text: ("ulp", text),
+                   metavar="PATTERN=N", help="ULP allowance for matching tensors (repeatable)")
+    p.add_argument("--rtol", type=float, metavar="X", help="relative tolerance for every tensor")
+    p.add_argument("--atol", type=float, metavar="Y", help="absolute tolerance for every tensor")
+    p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("bisect", help="find where two long runs part ways, replaying only what matters",
+                       description="Find the first step where two runs (implementations, variants or scenarios) "
+                       "part ways without recording every step: checkpoint runs, a search over the checkpoints, "
+                       "full replay of the divergent interval only, and optionally lockstep replay to tell a "
+                       "local bug from rounding drift. See docs/bisect.md.",
+                       epilog=BISECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("targets", nargs="+", metavar="TARGET",
+                   help="SCENARIO (both sides), SCENARIO_A SCENARIO_B, or RUN_A RUN_B: two checkpoint runs")
+    p.add_argument("--impls", metavar="A,B", help="implementations of sides A and B (one name: both; default numpy)")
+    p.add_argument("--variant-a", action="append", default=[], metavar="KEY=VALUE",
+                   help="switch on a bug in side A (repeatable; 'clean' = the correct network)")
+    p.add_argument("--variant-b", action="append", default=[], metavar="KEY=VALUE",
+                   help="switch on a bug in side B (repeatable; 'clean' = the correct network)")
+    p.add_argument("--params", type=Path, help="start both sides from this params file (default: the scenario's init)")
+    p.add_argument("--steps", type=int, help="train (or bisect) this many steps instead of the scenario's count")
+    p.add_argument("--checkpoint-every", type=int, metavar="K",
+                   help="keep the parameters every K steps (default: steps/40, rounded up)")
+    p.add_argument("--lockstep", action="store_true",
+                   help="also replay the intervals from the same parameters each step: drift or a local bug?")
+    p.add_argument("--reference", choices=("a", "b", "auto"), default="auto",
+                   help="whose parameters lockstep uses (default auto: the side that turns nan/inf, else A)")
+    p.add_argument("--rounding-level", type=float, metavar="X",
+                   help="one-step errors above X are local (default 1e-4 with a float32 side, else 1e-9)")
+    p.add_argument("--tol", dest="tol_rules", action="append", type=lambda text: ("tol", text),
+                   metavar="PATTERN=VALUE", help="tolerance for matching tensors (repeatable; as in memstate diff)")
+    p.add_argument("--ulp", dest="tol_rules", action="append", type=lambda text: ("ulp", text),
+                   metavar="PATTERN=N", help="ULP allowance for matching tensors (repeatable)")
+    p.add_argument("--rtol", type=float, metavar="X", help="relative tolerance for every tensor")
+    p.add_argument("--atol", type=float, metavar="Y", help="absolute tolerance for every tensor")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="keep the checkpoint runs and replay traces in DIR (default: a temporary directory)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_bisect)
 
     p = sub.add_parser("scenarios", help="list the bundled scenarios and what each shows")
     p.set_defaults(func=cmd_scenarios)
