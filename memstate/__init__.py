@@ -22,6 +22,7 @@ _EXPORTS = {
     "Variant": "memstate.variants",
     "run": "memstate.run",
     "compare": "memstate.compare",
+    "cross_impl": "memstate.crossimpl",
     "MemstateError": "memstate.errors",
     "FormatError": "memstate.errors",
 }
