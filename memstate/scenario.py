@@ -15,12 +15,12 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from memstate.errors import ScenarioError
+from scenarios import SCENARIO_DIR
 from memstate.variants import Variant
 
 ACTIVATIONS = ("relu", "sigmoid", "shifted-relu")
 INITS = ("he", "xavier", "uniform(-1,1)", "uniform(0,1)", "zeros")
 DTYPES = ("float64", "float32")
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 
 @dataclass(frozen=True)
