@@ -204,7 +204,7 @@ def test_encoding_ini_option(pytester):
 
 
 def test_names_parametrised_classes_and_basenames(pytester):
-    pytester.makepyfile(test_names="""
+    pytester.makepyfile(test_golden_naming="""
         import numpy as np
         import pytest
 
@@ -228,13 +228,13 @@ def test_names_parametrised_classes_and_basenames(pytester):
     """)
     result = pytester.runpytest()
     result.assert_outcomes(failed=5)
-    names = sorted(p.name for p in (pytester.path / "test_names").iterdir())
+    names = sorted(p.name for p in (pytester.path / "test_golden_naming").iterdir())
     assert names == ["TestGroup_test_method.memstate", "first.memstate", "once.memstate",
                      "test_param_my_impl_.memstate", "test_param_numpy_.memstate"]
     result = pytester.runpytest()  # test_two's second check creates its golden now
     result.assert_outcomes(passed=3, failed=2)
     assert "give each check() of one test its own basename=" in result.stdout.str()
-    assert (pytester.path / "test_names" / "second.memstate.jsonl").is_file()
+    assert (pytester.path / "test_golden_naming" / "second.memstate.jsonl").is_file()
     pytester.runpytest().assert_outcomes(passed=4, failed=1)
 
 
