@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memstate.errors import ScenarioError
 from memstate.names import canonical_names
 from memstate.scenario import NetSpec
 from memstate.variants import LOG_EPSILON
@@ -289,11 +288,7 @@ class JaxMLP:
         x = np.asarray(x, dtype=self.dtype)
         labels = np.asarray(labels, dtype=np.int64)
         batch = x.shape[0]
-        if self.spec.variant.bias_grad_axis == "features" and batch not in self.spec.layers[1:]:
-            raise ScenarioError(
-                f"bias_grad_axis = \"features\" needs a layer as wide as the batch ({batch}); "
-                f"widths are {list(self.spec.layers[1:])}: change the batch size or the variant"
-            )
+        self.spec.check_batch(batch)
         args = (self._params, x, labels, np.asarray(lr, dtype=self.dtype), self._round_scale)
         self._params, flat = self._compiled.step(*args)
         buf = np.array(flat)  # one transfer; a writable copy, so records never alias device memory

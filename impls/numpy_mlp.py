@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from memstate.errors import ScenarioError
 from memstate.scenario import NetSpec
 from memstate.variants import LOG_EPSILON
 
@@ -194,11 +193,7 @@ class NumpyMLP:
         x = np.asarray(x, dtype=dt)
         y = np.eye(self.spec.layers[-1], dtype=dt)[np.asarray(labels)]
         batch = x.shape[0]
-        if self.spec.variant.bias_grad_axis == "features" and batch not in self.spec.layers[1:]:
-            raise ScenarioError(
-                f"bias_grad_axis = \"features\" needs a layer as wide as the batch ({batch}); "
-                f"widths are {list(self.spec.layers[1:])}: change the batch size or the variant"
-            )
+        self.spec.check_batch(batch)
         record("x", x)
         record("y", y)
         acts, zs = [x], []

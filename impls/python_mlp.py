@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import struct
 
-from memstate.errors import ScenarioError
 from memstate.variants import LOG_EPSILON  # 1e-8; memstate.variants itself imports no numpy
 
 NAME = "python"
@@ -198,11 +197,7 @@ class PythonMLP:
         x, lr = _floats(x), float(lr)
         labels = [int(k) for k in (labels.tolist() if hasattr(labels, "tolist") else labels)]
         batch = len(x)
-        if self.variant.bias_grad_axis == "features" and batch not in layers[1:]:
-            raise ScenarioError(
-                f"bias_grad_axis = \"features\" needs a layer as wide as the batch ({batch}); "
-                f"widths are {list(layers[1:])}: change the batch size or the variant"
-            )
+        self.spec.check_batch(batch)
         y = [[1.0 if j == k else 0.0 for j in range(layers[-1])] for k in labels]
         record("x", x)
         record("y", y)

@@ -24,7 +24,6 @@ import gc
 import math
 
 from impls.scalar_engine import Value, exp, f32, log
-from memstate.errors import ScenarioError
 from memstate.variants import LOG_EPSILON
 
 NAME = "scalar"
@@ -184,11 +183,7 @@ class ScalarMLP:
         x, lr = _floats(x), float(lr)
         labels = [int(k) for k in (labels.tolist() if hasattr(labels, "tolist") else labels)]
         batch = len(x)
-        if self.variant.bias_grad_axis == "features" and batch not in layers[1:]:
-            raise ScenarioError(
-                f"bias_grad_axis = \"features\" needs a layer as wide as the batch ({batch}); "
-                f"widths are {list(layers[1:])}: change the batch size or the variant"
-            )
+        self.spec.check_batch(batch)
         y = [[1.0 if j == k else 0.0 for j in range(layers[-1])] for k in labels]
         record("x", x)
         record("y", y)

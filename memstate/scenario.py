@@ -71,6 +71,14 @@ class NetSpec:
     def n_layers(self) -> int:
         return len(self.layers) - 1
 
+    def check_batch(self, batch: int) -> None:
+        """Refuse a batch the variant cannot honour: a wrong-axis bias gradient needs a layer as wide as the batch."""
+        if self.variant.bias_grad_axis == "features" and batch not in self.layers[1:]:
+            raise ScenarioError(
+                f"bias_grad_axis = \"features\" needs a layer as wide as the batch ({batch}); "
+                f"widths are {list(self.layers[1:])}: change the batch size or the variant"
+            )
+
 
 @dataclass(frozen=True)
 class Scenario:
