@@ -148,7 +148,7 @@ def _worst(f: FirstDivergence, t: TensorComparison | None) -> list[str]:
     va = [_value(e.a, da) for e in f.worst]
     vb = [_value(e.b, db) for e in f.worst]
     aw, bw = max(1, *(len(v) for v in va)), max(1, *(len(v) for v in vb))
-    lines = [f"  worst elements:", f"    {'index':<{iw}}  {'A':<{aw}}  {'B':<{bw}}  abs err  rel err"]
+    lines = ["  worst elements:", f"    {'index':<{iw}}  {'A':<{aw}}  {'B':<{bw}}  abs err  rel err"]
     for e, i, a, b in zip(f.worst, idx, va, vb):
         lines.append(f"    {i:<{iw}}  {a:>{aw}}  {b:>{bw}}  {_e(e.abs_error):>7}  {_e(e.rel_error):>7}")
     return lines

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import check_writer
+from variant_cases import VARIANTS, variant_id
 from memstate import recompute as rc
 from memstate.check import check_trace
 from memstate.cli import main
@@ -127,25 +128,8 @@ def test_crashed_trace_checks_its_complete_steps():
 
 # ---------------------------------------------------------------- every variant, by check alone
 
-# (variant, params scale, tensor, diagnosis code). Large parameters give large logits, so the underflow
-# and overflow bugs bite at step 0; the others show with any parameters.
-VARIANTS = [
-    (Variant(softmax_max="global"), 40, "probs", "softmax-global-max"),
-    (Variant(softmax_max="none"), 40, "probs", "softmax-no-max"),
-    (Variant(softmax_sum="global"), 1, "probs", "softmax-global-sum"),
-    (Variant(softmax_sum="column"), 1, "probs", "softmax-column-sum"),
-    (Variant(log="raw"), 40, "loss", "log-of-zero"),
-    (Variant(log="eps"), 1, "loss", "log-epsilon"),
-    (Variant(log="masked"), 40, "loss", "log-masked"),
-    (Variant(round_params=8), 1, "L1.W", "precision-rounding"),
-    (Variant(dtype_mix="L1"), 1, "L1.z", "dtype-float32"),
-    (Variant(dtype_mix="L2"), 1, "L2.z", "dtype-float32"),
-    (Variant(loss_reduction="sum"), 1, "loss", "reduction-mean-vs-sum"),
-]
 
-
-@pytest.mark.parametrize("variant, scale, tensor, code", VARIANTS, ids=lambda v: str(v.changes())
-                         if isinstance(v, Variant) else None)
+@pytest.mark.parametrize("variant, scale, tensor, code", VARIANTS, ids=variant_id)
 def test_each_variant_is_caught_at_its_operation(tmp_path, scenario, variant, scale, tensor, code):
     path, params = make_trace(tmp_path, scenario, variant=variant, scale=scale, steps=3)
     r = check_trace(path, params=params)

@@ -13,20 +13,8 @@ from memstate.initparams import init_params
 from memstate.run import run
 from memstate.scenario import load_scenario
 from memstate.variants import Variant
+from variant_cases import VARIANTS, variant_id
 
-# (variant, params scale, first divergent tensor, first diagnosis code)
-CASES = [
-    (Variant(softmax_max="global"), 40, "probs", "softmax-global-max"),
-    (Variant(softmax_max="none"), 40, "probs", "softmax-no-max"),
-    (Variant(softmax_sum="global"), 1, "probs", "softmax-global-sum"),
-    (Variant(softmax_sum="column"), 1, "probs", "softmax-column-sum"),
-    (Variant(log="raw"), 40, "loss", "log-of-zero"),
-    (Variant(log="eps"), 1, "loss", "log-epsilon"),
-    (Variant(log="masked"), 40, "loss", "log-masked"),
-    (Variant(round_params=8), 1, "L1.W", "precision-rounding"),
-    (Variant(dtype_mix="L1"), 1, "L1.z", "dtype-float32"),
-    (Variant(loss_reduction="sum"), 1, "loss", "reduction-mean-vs-sum"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +31,7 @@ def traces(tmp_path, scenario, variant, scale, impl="numpy", steps=2):
     return clean.trace, buggy.trace
 
 
-@pytest.mark.parametrize("variant, scale, tensor, code", CASES, ids=lambda v: "-".join(
-    f"{k}={val}" for k, val in v.changes().items()) if isinstance(v, Variant) else None)
+@pytest.mark.parametrize("variant, scale, tensor, code", VARIANTS, ids=variant_id)
 @pytest.mark.parametrize("order", ["clean-first", "buggy-first"])
 def test_variant_diff_names_step_tensor_and_code(tmp_path, scenario, variant, scale, tensor, code, order):
     clean, buggy = traces(tmp_path, scenario, variant, scale)

@@ -9,7 +9,6 @@ from memstate.initparams import init_params
 from memstate.names import canonical_names
 from memstate.registry import get_impl
 from memstate.scenario import NetSpec
-from memstate.variants import Variant
 
 LAYERS = (12, 7, 5, 10)
 

@@ -1,0 +1,29 @@
+"""Every variant of docs/variants.md with where it must first show and the diagnosis it must get.
+
+Shared by the check tests (one trace) and the diff tests (a trace against the correct run). Large
+parameters (the scale) give large logits, so the underflow and overflow bugs bite at step 0.
+"""
+
+from memstate.variants import Variant
+
+# (variant, params scale, first wrong tensor, first diagnosis code)
+VARIANTS = [
+    (Variant(softmax_max="global"), 40, "probs", "softmax-global-max"),
+    (Variant(softmax_max="none"), 40, "probs", "softmax-no-max"),
+    (Variant(softmax_sum="global"), 1, "probs", "softmax-global-sum"),
+    (Variant(softmax_sum="column"), 1, "probs", "softmax-column-sum"),
+    (Variant(log="raw"), 40, "loss", "log-of-zero"),
+    (Variant(log="eps"), 1, "loss", "log-epsilon"),
+    (Variant(log="masked"), 40, "loss", "log-masked"),
+    (Variant(round_params=8), 1, "L1.W", "precision-rounding"),
+    (Variant(dtype_mix="L1"), 1, "L1.z", "dtype-float32"),
+    (Variant(dtype_mix="L2"), 1, "L2.z", "dtype-float32"),
+    (Variant(loss_reduction="sum"), 1, "loss", "reduction-mean-vs-sum"),
+]
+
+
+def variant_id(value: object) -> str | None:
+    """A readable test id for a Variant parameter."""
+    if isinstance(value, Variant):
+        return "-".join(f"{k}={v}" for k, v in value.changes().items())
+    return None
