@@ -7,6 +7,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from memstate.compare import Comparison, FirstDivergence, TensorComparison, TraceInfo
+from memstate.tolerance import ceil_3g
 
 if TYPE_CHECKING:
     from memstate.matrix import Matrix
@@ -112,8 +113,8 @@ def _first(c: Comparison, f: FirstDivergence) -> list[str]:
             lines.append("  no tolerance passes it: non-finite values on one side only")
         else:
             ulps = f", or --ulp '{f.name}={int(mt.ulps)}'" if mt.ulps <= MAX_ULP_HINT else ""
-            lines += _wrap(f"passes with rtol >= {mt.rtol:.3g} (at atol {_g(t.tolerance.atol)}), or atol >= "
-                           f"{mt.atol:.3g} (at rtol {_g(t.tolerance.rtol)}){ulps}")
+            lines += _wrap(f"passes with rtol >= {ceil_3g(mt.rtol)} (at atol {_g(t.tolerance.atol)}), or atol >= "
+                           f"{ceil_3g(mt.atol)} (at rtol {_g(t.tolerance.rtol)}){ulps}")
     if t is not None and t.oracle is not None:
         o = t.oracle
         lines += _wrap(f"oracle: B is {_e(o.error_b)} from it, A {_e(o.error_a)}; B is blamed beyond {_e(o.allowed)}")

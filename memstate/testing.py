@@ -42,7 +42,7 @@ from memstate.compare import Comparison, TensorComparison, compare, compare_tens
 from memstate.errors import MemstateError
 from memstate.localize import localize
 from memstate.metrics import element_errors
-from memstate.tolerance import Rule, Tolerance, Tolerances, parse_tol, parse_ulp
+from memstate.tolerance import Rule, Tolerance, Tolerances, ceil_3g, parse_tol, parse_ulp
 from memstate.trace import Step, TraceReader
 
 __all__ = [
@@ -277,17 +277,6 @@ def _value(x: float, dtype: str) -> str:
     return f"{x:.16e}" if dtype == "float64" else f"{x:.8e}"
 
 
-def _up(x: float) -> str:
-    """`x` rounded up to 3 significant digits, so that the printed minimum tolerance passes too."""
-    if not math.isfinite(x) or x <= 0:
-        return f"{x:g}"
-    unit = 10.0 ** (math.floor(math.log10(x)) - 2)
-    value = math.ceil(x / unit) * unit
-    while float(f"{value:.3g}") < x:
-        value += unit
-    return f"{value:.3g}"
-
-
 def _listed(items: Sequence[int], hit: int) -> str:
     shown = ", ".join(str(i) for i in items[:SHOWN])
     more = hit - min(len(items), SHOWN)
@@ -429,7 +418,7 @@ def _tensor_lines(where: str, tc: TensorComparison, a: np.ndarray, b: np.ndarray
             lines.append(f"  would pass   with no tolerance: {m.nonfinite_mismatch} element(s) are nan/inf on one "
                          "side only or differ in kind")
         else:
-            lines.append(f"  would pass   with rtol >= {_up(mt.rtol)} (at atol {tol.atol:g}), or atol >= {_up(mt.atol)} "
+            lines.append(f"  would pass   with rtol >= {ceil_3g(mt.rtol)} (at atol {tol.atol:g}), or atol >= {ceil_3g(mt.atol)} "
                          f"(at rtol {tol.rtol:g}), or ulp={int(mt.ulps)}")
     if loc.total_rows:
         lines.append(f"  rows         {loc.n_rows} of {loc.total_rows}: {_listed(loc.rows, loc.n_rows)}")

@@ -253,3 +253,14 @@ def tolerances_from_specs(specs: list[tuple[str, str]] | None = None, *, rtol: f
 def oracle_allowance(error_a: float, oracle_max: float, dtype_b: np.dtype | str, factor: float) -> float:
     """How far B may be from the oracle before it is blamed: factor * A's error + one rounding into B's dtype."""
     return factor * error_a + float(np.finfo(np.dtype(dtype_b)).eps) * oracle_max
+
+
+def ceil_3g(x: float) -> str:
+    """`x` rounded up to 3 significant digits, so that the printed minimum tolerance passes too."""
+    if not math.isfinite(x) or x <= 0:
+        return f"{x:g}"
+    unit = 10.0 ** (math.floor(math.log10(x)) - 2)
+    value = math.ceil(x / unit) * unit
+    while float(f"{value:.3g}") < x:
+        value += unit
+    return f"{value:.3g}"

@@ -137,3 +137,12 @@ def test_min_passing_tolerance_is_tight():
 def test_oracle_allowance_is_factor_times_a_plus_one_rounding():
     assert oracle_allowance(1e-9, 2.0, np.float64, 10) == pytest.approx(1e-8 + 2.0 * 2.0**-52)
     assert oracle_allowance(0.0, 1.0, np.float32, 10) == pytest.approx(2.0**-23)
+
+
+def test_printed_minimum_tolerance_rounds_up_so_it_passes():
+    from memstate.tolerance import ceil_3g
+
+    for x in (1.0441e-5, 1.2345678e-7, 0.0019999, 7.01e-07, 123.4501):
+        assert float(ceil_3g(x)) >= x
+        assert float(ceil_3g(x)) <= x * 1.01
+    assert ceil_3g(1.04e-05) == "1.04e-05"
