@@ -260,7 +260,7 @@ def ceil_3g(x: float) -> str:
     if not math.isfinite(x) or x <= 0:
         return f"{x:g}"
     unit = 10.0 ** (math.floor(math.log10(x)) - 2)
-    value = math.ceil(x / unit) * unit
+    value = math.ceil(x / unit - 1e-9) * unit  # 1.04e-05 / 1e-07 is 104.00000000000001
     while float(f"{value:.3g}") < x:
         value += unit
     return f"{value:.3g}"
