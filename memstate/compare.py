@@ -30,6 +30,7 @@ HEAD_STEPS = 3  # steps kept in full at the start,
 AROUND = 2  # before and after the first divergence,
 TAIL_STEPS = 3  # and at the end
 MAX_BUCKETS = 64  # per series: longer traces are summarised by merging neighbouring steps
+GRID_LIMIT = 200  # the first divergent tensor's error grid: at most this many rows and columns (max-pooled)
 _LOGITS = re.compile(r"L(\d+)\.z")
 
 
@@ -194,6 +195,9 @@ class FirstDivergence:
     divergent_steps: int = 1  # steps with any divergence, this one included (a run that stops early counts once)
     last_divergent_step: int | None = None
     diagnoses: tuple = ()  # memstate.diagnosis.Diagnosis, most likely first (empty if no diagnoser)
+    # kind values: |a - b| by row (first axis) and column (the other axes flattened; a 1-d tensor is one row,
+    # a 0-d one a single cell), max-pooled over blocks of grid_bin(n) rows/columns to at most GRID_LIMIT a side
+    error_grid: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def rows(self) -> tuple[int, ...]:
@@ -284,6 +288,31 @@ def meta_diff(meta_a: dict, meta_b: dict) -> tuple[MetaChange, ...]:
             b = None if item.t2 is notpresent else item.t2
             changes.append(MetaChange(path=path.lstrip("."), change=change, a=a, b=b))
     return tuple(sorted(changes, key=lambda c: c.path))
+
+
+def grid_bin(n: int, limit: int = GRID_LIMIT) -> int:
+    """How many rows (or columns) of n one cell of an error grid covers: at most `limit` cells a side."""
+    return max(1, -(-n // limit))
+
+
+def error_grid(errors: np.ndarray, limit: int = GRID_LIMIT) -> tuple[tuple[float, ...], ...]:
+    """Elementwise errors as a row-by-column grid, max-pooled to at most `limit` cells a side.
+
+    Rows are the first axis, columns the other axes flattened (memstate.localize); a 1-d tensor is one
+    row, a 0-d tensor one cell. Block (i, j) covers rows i*grid_bin(R)... and columns j*grid_bin(C)...
+    """
+    m = np.asarray(errors, dtype=np.float64)
+    m = m.reshape(1, -1) if m.ndim <= 1 else m.reshape(m.shape[0], -1)
+    rows, cols = m.shape
+    if rows == 0 or cols == 0:
+        return ()
+    br, bc = grid_bin(rows, limit), grid_bin(cols, limit)
+    nr, nc = -(-rows // br), -(-cols // bc)
+    if br > 1 or bc > 1:
+        padded = np.full((nr * br, nc * bc), -np.inf)
+        padded[:rows, :cols] = m
+        m = padded.reshape(nr, br, nc, bc).max(axis=(1, 3))
+    return tuple(tuple(float(x) for x in row) for row in m)
 
 
 # ---------------------------------------------------------------- the bounded summaries
@@ -499,7 +528,8 @@ class _Comparer:
             errors = element_errors(a, b)
             where = localize(a, b, errors, t.tolerance.out_of_tolerance(errors))
             first = FirstDivergence("values", t.step, t.name, f"{t.name} differs in {where.n_out} of {where.size} "
-                                    f"elements ({where.pattern})", tensor=t, where=where)
+                                    f"elements ({where.pattern})", tensor=t, where=where,
+                                    error_grid=error_grid(errors.abs))
         self._found(first, earlier, inputs)
         inputs_b = names_b[:names_b.index(t.name)]
         self.first = replace(self.first, diagnoses=_diagnose(

@@ -9,11 +9,9 @@ could not be checked) is rendered here.
 
 from __future__ import annotations
 
-import html
 import math
-from typing import Any
 
-from memstate import report_json, report_text
+from memstate import report_html, report_json, report_text
 from memstate.check import INVARIANTS, CheckResult, Inferred, OpCheck
 
 _wrap, _e = report_text._wrap, report_text._e
@@ -247,28 +245,15 @@ def render_json(r: CheckResult, indent: int | None = 2) -> str:
 
 # ---------------------------------------------------------------- HTML
 
-_CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
-h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-.clean { color: #17692a; } .fail { color: #b00020; }
-table { border-collapse: collapse; } td, th { padding: .15em .7em; text-align: left; border-bottom: 1px solid #eee; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; } tr.bad td { background: #fde8ea; }
-pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: 12.5px; }
-.code { font-family: ui-monospace, monospace; font-weight: 600; }
-"""
-
-
-def _h(x: Any) -> str:
-    return html.escape(str(x))
+# the page skeleton, CSS and escaping are the diff report's (memstate.report_html)
+_h = report_html.esc
 
 
 def render_html(r: CheckResult) -> str:
     """A self-contained HTML page: verdict, first wrong operation, diagnosis, settings, per-tensor table, and
     the full text report."""
     cls = "clean" if r.ok else "fail"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>memstate check: {_h(r.path.name)}</title>",
-             f"<style>{_CSS}</style></head><body>",
-             f"<h1>memstate check: {_h(r.path)}</h1>", f"<p class='{cls}'><b>{_h(verdict(r))}</b></p>"]
+    parts = [f"<h1>memstate check: {_h(r.path)}</h1>", f"<p class='{cls}'><b>{_h(verdict(r))}</b></p>"]
     op, f = r.first_failure, r.first_divergence
     if op is not None and f is not None:
         parts.append("<h2>First wrong operation</h2><table>")
@@ -315,8 +300,8 @@ def render_html(r: CheckResult) -> str:
     parts.append("</table>")
     if r.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_h(n)}</li>" for n in r.notes) + "</ul>")
-    parts.append(f"<h2>Text report</h2><pre>{_h(render(r))}</pre></body></html>\n")
-    return "\n".join(parts)
+    parts.append(f"<h2>Text report</h2><pre>{_h(render(r))}</pre>")
+    return report_html.page(f"memstate check: {r.path.name}", parts)
 
 
 RENDERERS = {"text": render, "json": render_json, "html": render_html}
