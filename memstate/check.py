@@ -28,7 +28,7 @@ import numpy as np
 
 from memstate import recompute as rc
 from memstate.compare import (Comparison, FirstDivergence, StepComparison, TensorComparison, TensorSeries,
-                              ToleranceUse, TraceInfo, _Buckets)
+                              ToleranceUse, TraceInfo, _Buckets, error_grid)
 from memstate.compare import Finding as CompareFinding
 from memstate.errors import MemstateError
 from memstate.localize import localize
@@ -788,7 +788,7 @@ def _divergence(k: int, name: str, rule: rc.Rule, ref: np.ndarray, value: np.nda
     where = localize(np.asarray(ref, dtype=np.float64), value, errors, fail)
     return FirstDivergence("values", k, name, f"{name} is not {rule.formula}: it differs in {where.n_out} of "
                            f"{where.size} elements ({where.pattern})", tensor=tc, where=where, inputs=tuple(inputs),
-                           inputs_agree=agree)
+                           inputs_agree=agree, error_grid=error_grid(errors.abs))
 
 
 def _reference_meta(meta: Mapping[str, Any], activation: Any, reduction: Any, lr: Any) -> dict[str, Any]:

@@ -266,6 +266,7 @@ def render_html(r: CheckResult) -> str:
                 ("invariants violated", ", ".join(op.invariants) or "none")]
         parts += [f"<tr><th>{_h(k)}</th><td>{_h(v)}</td></tr>" for k, v in rows]
         parts.append("</table>")
+        parts.append(report_html.heatmap_figure(f))
         if f.worst:
             parts.append("<p>worst elements (A recomputed, B recorded):</p><table><tr><th>index</th><th>A</th>"
                          "<th>B</th><th>abs err</th></tr>")
@@ -301,7 +302,7 @@ def render_html(r: CheckResult) -> str:
     if r.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_h(n)}</li>" for n in r.notes) + "</ul>")
     parts.append(f"<h2>Text report</h2><pre>{_h(render(r))}</pre>")
-    return report_html.page(f"memstate check: {r.path.name}", parts)
+    return report_html.page(f"memstate check: {r.path.name}", parts, css=report_html.HEAT_CSS)
 
 
 RENDERERS = {"text": render, "json": render_json, "html": render_html}

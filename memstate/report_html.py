@@ -510,7 +510,7 @@ def heatmap(grid: Sequence[Sequence[float]], shape: tuple[int, ...], *, mark: fl
     return "".join(out)
 
 
-def _heatmap_figure(f: FirstDivergence) -> str:
+def heatmap_figure(f: FirstDivergence) -> str:
     t = f.tensor
     if f.error_grid is None or not f.error_grid or t is None or t.metrics is None:
         return ""
@@ -665,7 +665,7 @@ def _first(c: Comparison, f: FirstDivergence) -> list[str]:
     title = f"First divergence: step {f.step}" + (f", {f.name}" if f.name else "")
     parts = [f"<h2 id='first'>{esc(title)}</h2>", "<div class='side'>", "<div class='factbox'>", _table(_facts(c, f)),
              "</div>"]
-    fig = _heatmap_figure(f)
+    fig = heatmap_figure(f)
     if fig:
         parts.append(f"<div>{fig}</div>")
     parts.append("</div>")

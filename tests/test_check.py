@@ -419,6 +419,8 @@ def test_cli_html(tmp_path, scenario):
                  "-o", str(out)]) == 1
     text = out.read_text()
     assert text.startswith("<!doctype html>") and "log-epsilon" in text and "First wrong operation" in text
+    # the heatmap of the failing operation (loss: one cell), coloured by the page's own style sheet
+    assert text.count("<rect x=") >= 1 and ".q0{fill:" in text
 
 
 @pytest.mark.parametrize("argv, words", [
