@@ -34,6 +34,7 @@ from memstate.checkpoint import CheckpointRun, check_every
 from memstate.errors import MemstateError, ScenarioError
 from memstate.metrics import element_errors, max_rel_error, relative_to_scale
 from memstate.recorder import Recorder, as_float_array
+from memstate.report_text import _e
 from memstate.scenario import Scenario, iter_batches, load_scenario
 from memstate.tolerance import Tolerances
 from memstate.variants import Variant
@@ -568,7 +569,7 @@ class _Bisector:
                 diags = _diagnose(k, name, ta, tb, history, agree, self.runs[0].meta, self.runs[1].meta)
                 local = Finding(k, name, errs[name], "lockstep",
                                 f"from the same parameters ({reference.upper()}'s), one step gives {name} a max rel "
-                                f"error of {_fmt(errs[name])}, above the rounding level {_fmt(self.level)}",
+                                f"error of {_e(errs[name])}, above the rounding level {_e(self.level)}",
                                 None, diags)
             theta = sides[ref].params()
         return tuple(errors), local
@@ -783,10 +784,10 @@ def _verdict(bis: _Bisector, episodes: list[Episode], break_step: int | None, br
         worst = max((max(e.lockstep_errors or (0.0,)) for e in episodes), default=0.0)
         curve = sorted(bis.errors.items())
         nonzero = [(c, e) for c, (e, _, _) in curve if e > 0]
-        apart = (f"from {_fmt(nonzero[0][1])} at step {nonzero[0][0]} to {_fmt(curve[-1][1][0])} at step "
+        apart = (f"from {_e(nonzero[0][1])} at step {nonzero[0][0]} to {_e(curve[-1][1][0])} at step "
                  f"{curve[-1][0]}" if nonzero else "")
         text = (f"drift: from the same parameters every replayed step agrees to rounding level (one-step errors "
-                f"<= {_fmt(worst)}, level {_fmt(bis.level)}), while the free-running parameters drift apart "
+                f"<= {_e(worst)}, level {_e(bis.level)}), while the free-running parameters drift apart "
                 f"{apart}".rstrip())
         if break_step is not None:
             text += (f"; {break_side.upper()} still turns non-finite at step {break_step} on its own trajectory, "  # type: ignore[union-attr]
@@ -807,14 +808,6 @@ def _verdict(bis: _Bisector, episodes: list[Episode], break_step: int | None, br
 
 
 # ---------------------------------------------------------------- reports
-
-
-def _fmt(x: float) -> str:
-    if x == 0:
-        return "0"
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return f"{x:.1e}"
 
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -867,7 +860,7 @@ def render_text(r: BisectResult) -> str:
     lines.append(f"  {r.steps} steps, parameters checkpointed every {r.checkpoint_every}; tolerance: {r.tolerance}")
     lines += ["", "free-running, parameters at the checkpoints (max rel error; sparkline 1e-16 .. 1, × non-finite):"]
     lines.append(f"  {sparkline(r.checkpoint_errors)}  steps {r.checkpoint_steps[0]}..{r.checkpoint_steps[-1]}")
-    cells = [f"{s}:{_fmt(e)}" for s, e in zip(r.checkpoint_steps, r.checkpoint_errors)]
+    cells = [f"{s}:{_e(e)}" for s, e in zip(r.checkpoint_steps, r.checkpoint_errors)]
     shown = cells if len(cells) <= 10 else cells[:5] + ["..."] + cells[-4:]
     lines.append("  " + "  ".join(shown))
     lines.append(f"  loss, per step (worst relative difference per bucket): {sparkline(r.loss_errors)}")
@@ -902,16 +895,16 @@ def render_text(r: BisectResult) -> str:
                 lines += _finding_lines(ep.local)
             else:
                 lines.append(f"  lockstep (from {r.reference.upper()}'s parameters): every one-step error at "  # type: ignore[union-attr]
-                             f"rounding level (<= {_fmt(max(ep.lockstep_errors or (0.0,)))}, level "
-                             f"{_fmt(r.rounding_level or 0.0)}): drift")
+                             f"rounding level (<= {_e(max(ep.lockstep_errors or (0.0,)))}, level "
+                             f"{_e(r.rounding_level or 0.0)}): drift")
         lines.append(f"  free-running {sparkline(ep.free_errors)}")
         if ep.lockstep_errors is not None:
             lines.append(f"  lockstep     {sparkline(ep.lockstep_errors)}")
         lines.append("    step   free-running" + ("   lockstep" if ep.lockstep_errors is not None else ""))
         for j in _rows(ep):
-            row = f"  {ep.start + j:>6}   {_fmt(ep.free_errors[j]):>12}"
+            row = f"  {ep.start + j:>6}   {_e(ep.free_errors[j]):>12}"
             if ep.lockstep_errors is not None:
-                row += f"   {_fmt(ep.lockstep_errors[j]):>8}"
+                row += f"   {_e(ep.lockstep_errors[j]):>8}"
             lines.append(row)
         if ep.traces:
             lines.append(f"  traces: {ep.traces[0]}  {ep.traces[1]}")

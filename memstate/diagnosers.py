@@ -23,6 +23,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
+import impls.numpy_mlp as numpy_reference
 from memstate.diagnosis import CODES, Diagnosis, DivergenceContext, jsonable
 from memstate.variants import LOG_EPSILON  # the usual log(p + eps)
 
@@ -243,19 +244,8 @@ SUM_MODES = ("row", "global", "column")
 
 
 def softmax_form(z: np.ndarray, max_mode: str, sum_mode: str) -> np.ndarray:
-    """Softmax of `z` the way memstate.variants' softmax switches compute it."""
-    with np.errstate(all="ignore"):
-        if max_mode == "row":
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-        elif max_mode == "global":
-            e = np.exp(z - np.max(z))
-        else:
-            e = np.exp(z)
-        if sum_mode == "row":
-            return e / e.sum(axis=1, keepdims=True)
-        if sum_mode == "global":
-            return e / np.sum(e)
-        return e / e.sum(axis=0, keepdims=True)
+    """Softmax of `z` the way memstate.variants' softmax switches compute it: the reference's own function."""
+    return numpy_reference.softmax(z, max_mode, sum_mode)
 
 
 def softmax_match(ctx: DivergenceContext, side: Side) -> tuple[str, str, bool] | None:
