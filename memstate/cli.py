@@ -305,6 +305,17 @@ examples:
 
 # ---------------------------------------------------------------- parser
 
+def add_tolerance_options(p: argparse.ArgumentParser) -> None:
+    """--tol, --ulp, --rtol, --atol: the same tolerance options for diff, check and bisect."""
+    p.add_argument("--tol", dest="tol_rules", action="append", type=lambda text: ("tol", text),
+                   metavar="PATTERN=VALUE",
+                   help="tolerance for matching tensors (repeatable; syntax in `memstate diff --help`)")
+    p.add_argument("--ulp", dest="tol_rules", action="append", type=lambda text: ("ulp", text),
+                   metavar="PATTERN=N", help="ULP allowance for matching tensors (repeatable)")
+    p.add_argument("--rtol", type=float, metavar="X", help="relative tolerance for every tensor")
+    p.add_argument("--atol", type=float, metavar="Y", help="absolute tolerance for every tensor")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memstate",
@@ -367,12 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle", type=Path, metavar="C", help="a float64 trace to judge B's errors against A's")
     p.add_argument("--oracle-factor", type=float, default=10.0, metavar="K",
                    help="with --oracle: blame B only beyond K times A's error to the oracle (default 10)")
-    p.add_argument("--tol", dest="tol_rules", action="append", type=lambda text: ("tol", text),
-                   metavar="PATTERN=VALUE", help="tolerance for matching tensors (repeatable; syntax below)")
-    p.add_argument("--ulp", dest="tol_rules", action="append", type=lambda text: ("ulp", text),
-                   metavar="PATTERN=N", help="ULP allowance for matching tensors (repeatable)")
-    p.add_argument("--rtol", type=float, metavar="X", help="relative tolerance for every tensor")
-    p.add_argument("--atol", type=float, metavar="Y", help="absolute tolerance for every tensor")
+    add_tolerance_options(p)
     p.add_argument("--max-steps", type=int, metavar="N", help="compare only the first N steps")
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
@@ -397,12 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "parameters in force)")
     p.add_argument("--scenario", metavar="FILE", help="a scenario (.toml or bundled name) whose activation, loss "
                    "reduction and learning rate replace the trace header's")
-    p.add_argument("--tol", dest="tol_rules", action="append", type=lambda text: ("tol", text),
-                   metavar="PATTERN=VALUE", help="tolerance for matching tensors (repeatable; as for diff)")
-    p.add_argument("--ulp", dest="tol_rules", action="append", type=lambda text: ("ulp", text),
-                   metavar="PATTERN=N", help="ULP allowance for matching tensors (repeatable)")
-    p.add_argument("--rtol", type=float, metavar="X", help="relative tolerance for every tensor")
-    p.add_argument("--atol", type=float, metavar="Y", help="absolute tolerance for every tensor")
+    add_tolerance_options(p)
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
     p.set_defaults(func=cmd_check)
@@ -430,12 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whose parameters lockstep uses (default auto: the side that turns nan/inf, else A)")
     p.add_argument("--rounding-level", type=float, metavar="X",
                    help="one-step errors above X are local (default 1e-4 with a float32 side, else 1e-9)")
-    p.add_argument("--tol", dest="tol_rules", action="append", type=lambda text: ("tol", text),
-                   metavar="PATTERN=VALUE", help="tolerance for matching tensors (repeatable; as in memstate diff)")
-    p.add_argument("--ulp", dest="tol_rules", action="append", type=lambda text: ("ulp", text),
-                   metavar="PATTERN=N", help="ULP allowance for matching tensors (repeatable)")
-    p.add_argument("--rtol", type=float, metavar="X", help="relative tolerance for every tensor")
-    p.add_argument("--atol", type=float, metavar="Y", help="absolute tolerance for every tensor")
+    add_tolerance_options(p)
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep the checkpoint runs and replay traces in DIR (default: a temporary directory)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
