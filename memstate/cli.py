@@ -16,9 +16,11 @@ from memstate.errors import MemstateError
 EPILOG = """\
 the workflow:
   memstate init-params mnist14-relu -o start.params.json     # dump parameters once
-  memstate run mnist14-relu --impl numpy --params start.params.json -o a.memstate.jsonl
-  memstate run mnist14-relu --impl python --params start.params.json -o b.memstate.jsonl
-  memstate diff a.memstate.jsonl b.memstate.jsonl            # where do they part ways, and why?
+  # your port loads start.params.json and records port.memstate.jsonl (docs/format.md)
+  memstate check port.memstate.jsonl --params start.params.json   # one port: first wrong operation
+  memstate run mnist14-relu --impl numpy --params start.params.json -o numpy.memstate.jsonl
+  memstate diff numpy.memstate.jsonl port.memstate.jsonl     # two runs: where do they part, and why?
+  memstate bisect story-global-max --lockstep                # long runs: replay only what matters
 
 formats: docs/format.md   scenarios: memstate scenarios   implementations: memstate impls
 """
