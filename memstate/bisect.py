@@ -14,30 +14,36 @@
    *same* parameters, the reference side's. A real bug is a large one-step error where it first bites;
    rounding drift keeps every one-step error at rounding level while the free-running runs still drift
    apart. The verdict says which (`drift` or `local` with the diagnosis).
+
+The modules: memstate.bisect (this one: the search, and `bisect`), memstate.runspec (`RunSpec`, one
+side), memstate.replay (replay and lockstep), memstate.bisect_result (the result types),
+memstate.report_bisect (text and JSON reports) and memstate.cli_bisect (the command line). The names
+in `__all__` stay importable from here.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
+from memstate.bisect_result import BisectProgress, BisectResult, DiagnosisInfo, Episode, Finding, Progress, SideInfo
 from memstate.checkpoint import CheckpointRun, check_every
-from memstate.errors import MemstateError, ScenarioError
-from memstate.metrics import element_errors, max_rel_error, relative_to_scale
-from memstate.recorder import Recorder, as_float_array
+from memstate.errors import MemstateError
+from memstate.metrics import element_errors, max_rel_error
+from memstate.replay import Replayer
+from memstate.report_bisect import render_json, render_text, sparkline, to_dict
 from memstate.report_text import _e
-from memstate.scenario import Scenario, iter_batches, load_scenario
+from memstate.runspec import RunSpec, check_pair, spec_from_run
+from memstate.scenario import Scenario
 from memstate.tolerance import Tolerances
-from memstate.variants import Variant
 
 DEFAULT_CHECKPOINTS = 40  # checkpoints per run when K is not given: K = ceil(steps / 40)
 CURVE_POINTS = 64  # checkpoints compared in the coarse scan (and shown in the report)
@@ -45,62 +51,6 @@ CURVE_POINTS = 64  # checkpoints compared in the coarse scan (and shown in the r
 #: lower of the two dtypes. float32 vs float64 one-step errors measure <= 2e-6 on mnist14-relu and
 #: story-global-max; float64 rounding differences are ~1e-15. The same floors as the `drift` diagnoser.
 ROUNDING_LEVEL = {"float32": 1e-4, "float64": 1e-9}
-
-Progress = Callable[["BisectProgress"], None]
-
-
-# ---------------------------------------------------------------- run descriptions
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One side of a bisection: a scenario, an implementation, a variant and the initial parameters."""
-
-    scenario: Scenario
-    impl: str = "numpy"
-    variant: Variant | None = None  # None: the scenario's own [variant]
-    params: Mapping[str, np.ndarray] | None = field(default=None, repr=False)  # None: the scenario's init
-    label: str = ""
-
-    @property
-    def the_variant(self) -> Variant:
-        return self.scenario.variant if self.variant is None else self.variant
-
-    def describe(self) -> str:
-        changes = self.the_variant.changes()
-        var = ", ".join(f"{k}={v}" for k, v in changes.items()) if changes else "correct"
-        return f"{self.impl} on {self.scenario.name} ({self.scenario.dtype}, variant {var})"
-
-
-def spec_from_run(run: CheckpointRun) -> RunSpec:
-    """The run description a checkpoint run's header gives, with its scenario loaded and checked."""
-    meta = run.meta
-    file = meta.get("scenario_file")
-    source = file if isinstance(file, str) and Path(file).is_file() else meta["scenario"]
-    try:
-        scenario = load_scenario(source)
-    except ScenarioError as exc:
-        raise MemstateError(f"{run.path}: cannot load its scenario {meta['scenario']!r} to replay it: {exc}") from None
-    variant = Variant.from_mapping(meta.get("variant") or {}, f"{run.path} header variant")
-    expected = scenario.meta()
-    expected["loss_reduction"] = variant.loss_reduction or expected["loss_reduction"]  # as run.trace_meta says it
-    changed = [k for k, v in expected.items() if k in meta and meta[k] != v]
-    if changed:
-        k = changed[0]
-        raise MemstateError(f"{run.path}: the run had {k} = {meta[k]!r} but scenario {scenario.name} now says "
-                            f"{expected[k]!r}; the scenario changed since the run, so it cannot be replayed")
-    return RunSpec(scenario, str(meta["impl"]), variant, run.params(0), label=str(run.path))
-
-
-def check_pair(a: RunSpec, b: RunSpec) -> None:
-    """Both sides must see the same batches and have the same layers, or bisecting them means nothing."""
-    sa, sb = a.scenario, b.scenario
-    for what, x, y in (("data", sa.data, sb.data), ("model.layers", sa.model.layers, sb.model.layers),
-                       ("training.batch_size", sa.training.batch_size, sb.training.batch_size),
-                       ("training.batch_size_cap", sa.training.batch_size_cap, sb.training.batch_size_cap)):
-        if x != y:
-            raise MemstateError(f"the two runs differ in {what} ({sa.name}: {x}; {sb.name}: {y}): they do not "
-                                "train on the same batches, so there is no step where they should agree")
 
 
 # ---------------------------------------------------------------- the search state
@@ -131,121 +81,6 @@ class BisectState:
         return replace(self, bad=index) if diverged else replace(self, good=index)
 
 
-# ---------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class BisectProgress:
-    """What `bisect` reports as it goes: phase is "run a", "run b", "search", "replay" or "lockstep"."""
-
-    phase: str
-    done: int
-    total: int
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class DiagnosisInfo:
-    code: str
-    confidence: float
-    explanation: str
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A step and tensor that explain something, and what the diagnosers make of it."""
-
-    step: int
-    tensor: str | None
-    error: float  # max rel error of the tensor, relative to its scale (inf: non-finite on one side only)
-    how: str  # "comparator" (free-running replay), "non-finite" (first tensor gone nan/inf), "lockstep"
-    detail: str
-    side: str | None = None  # for "non-finite": the side that broke
-    diagnoses: tuple[DiagnosisInfo, ...] = ()
-
-    @property
-    def code(self) -> str | None:
-        return self.diagnoses[0].code if self.diagnoses else None
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One replayed interval, steps start..stop-1."""
-
-    kind: str  # "divergence" (first beyond tolerance), "break" (one side turns non-finite), or both joined by "+"
-    start: int
-    stop: int
-    reason: str
-    free_errors: tuple[float, ...]  # worst max rel error over all tensors, per step, free-running
-    first_divergence: Finding | None  # the comparator's, on the free-running replay
-    non_finite: Finding | None  # break episodes: the first tensor that turns non-finite on one side
-    reproduced: tuple[bool, bool]  # each side's replay matched its checkpoint run (losses and end checkpoint)
-    lockstep_errors: tuple[float, ...] | None = None  # one-step errors, per step, from the reference's params
-    local: Finding | None = None  # lockstep: the first step whose one-step error is above rounding level
-    traces: tuple[str, str] | None = None  # the free-running replay traces, when kept
-
-    @property
-    def steps(self) -> int:
-        return self.stop - self.start
-
-
-@dataclass(frozen=True)
-class SideInfo:
-    label: str
-    description: str
-    impl: str
-    scenario: str
-    dtype: str
-    variant: dict
-    checkpoint_run: str | None  # the path, when kept or given
-
-
-@dataclass(frozen=True)
-class BisectResult:
-    """What `bisect` found; `verdict` is agree, divergent (no lockstep), drift or local (lockstep)."""
-
-    verdict: str
-    diagnosis: str | None  # the headline code: e.g. softmax-global-max, drift; None when agree
-    summary: str  # one sentence
-    a: SideInfo
-    b: SideInfo
-    steps: int
-    checkpoint_every: int
-    tolerance: str
-    rounding_level: float | None
-    lockstep: bool
-    reference: str | None  # "a" or "b": whose parameters lockstep starts both sides from
-    checkpoint_steps: tuple[int, ...]  # the coarse scan's checkpoints (steps done)
-    checkpoint_errors: tuple[float, ...]  # max rel error of the parameters there, free-running
-    loss_steps: tuple[tuple[int, int], ...]  # buckets of steps (first, last)
-    loss_errors: tuple[float, ...]  # the worst relative loss difference in each bucket
-    first_divergent_checkpoint: int | None  # steps done at the first checkpoint beyond tolerance
-    last_agreeing_checkpoint: int | None
-    first_loss_divergence: int | None  # the first step whose loss is beyond tolerance
-    break_step: int | None  # the first step whose loss is non-finite on one side only
-    break_side: str | None
-    checkpoints_loaded: int
-    episodes: tuple[Episode, ...]
-    headline: Finding | None
-    steps_replayed: int  # steps re-run with full recording, per side, free-running
-    lockstep_steps: int  # steps re-run in lockstep (every tensor compared in memory; nothing written)
-    seconds: dict[str, float]
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def exit_code(self) -> int:
-        """0 when the runs agree within tolerance, 1 when they diverge (drift included)."""
-        return 0 if self.verdict == "agree" else 1
-
-    @property
-    def recorded_fraction(self) -> float:
-        """Steps recorded in full (replays written as traces) per side, over a full recording's steps."""
-        return self.steps_replayed / self.steps if self.steps else 0.0
-
-    def __bool__(self) -> bool:
-        return self.verdict == "agree"
-
-
 # ---------------------------------------------------------------- small helpers
 
 
@@ -255,10 +90,6 @@ def _dtype(s: Scenario) -> str:
 
 def _lower(a: str, b: str) -> str:
     return "float32" if "float32" in (a, b) else "float64"
-
-
-def _nonfinite(x: np.ndarray) -> bool:
-    return not bool(np.all(np.isfinite(x)))
 
 
 def params_error(pa: Mapping[str, np.ndarray], pb: Mapping[str, np.ndarray], tolerances: Tolerances,
@@ -297,115 +128,6 @@ def _bucket(values: np.ndarray, limit: int) -> tuple[tuple[tuple[int, int], ...]
     return tuple(spans), tuple(worst)
 
 
-def _diag_infos(diagnoses: Sequence[Any]) -> tuple[DiagnosisInfo, ...]:
-    return tuple(DiagnosisInfo(d.code, float(d.confidence), d.explanation) for d in diagnoses)
-
-
-def _diagnose(step: int, name: str, ta: Mapping[str, np.ndarray], tb: Mapping[str, np.ndarray],
-              history: Sequence[tuple[int, float]], inputs_agree: bool | None, meta_a: dict,
-              meta_b: dict) -> tuple[DiagnosisInfo, ...]:
-    try:
-        from memstate.diagnosis import DivergenceContext, diagnose
-    except ModuleNotFoundError as exc:  # pragma: no cover - the diagnosers ship with memstate
-        if exc.name != "memstate.diagnosis":
-            raise
-        return ()
-    names_a, names_b = list(ta), list(tb)
-    ctx = DivergenceContext(
-        step=step, name=name, a=ta[name], b=tb[name],
-        inputs_a={n: ta[n] for n in names_a[:names_a.index(name)]},
-        inputs_b={n: tb[n] for n in names_b[:names_b.index(name)]},
-        history=tuple((int(s), float(e)) for s, e in history), inputs_agree=inputs_agree,
-        meta_a=meta_a, meta_b=meta_b)
-    return _diag_infos(diagnose(ctx))
-
-
-def rel_error(a: np.ndarray, b: np.ndarray) -> float:
-    """memstate.metrics.max_rel_error (max |a - b| over the tensor's scale; inf where a non-finite value has no
-    match), computed without the ULP distances that function also works out: replays call it per tensor."""
-    if a.shape != b.shape:
-        return math.inf
-    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    fa, fb = np.isfinite(a64), np.isfinite(b64)
-    if not (fa.all() and fb.all()):
-        with np.errstate(invalid="ignore"):
-            same = ~fa & ~fb & ((a64 == b64) | (np.isnan(a64) & np.isnan(b64)))
-        if np.any((~fa | ~fb) & ~same):
-            return math.inf
-        both = fa & fb
-        a64, b64 = a64[both], b64[both]
-    if a64.size == 0:
-        return 0.0
-    scale = max(float(np.max(np.abs(a64))), float(np.max(np.abs(b64))))
-    return relative_to_scale(float(np.max(np.abs(a64 - b64))), scale)
-
-
-def _step_errors(ta: Mapping[str, np.ndarray], tb: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """max rel error of every tensor both sides recorded, in A's dataflow order (inf: shapes differ)."""
-    return {n: rel_error(a, tb[n]) for n, a in ta.items() if n in tb}
-
-
-# ---------------------------------------------------------------- replaying
-
-
-class _Side:
-    """One side's network, rebuilt to re-run steps from given parameters on the scenario's batches."""
-
-    def __init__(self, spec: RunSpec, label: str):
-        from memstate.registry import get_impl
-        from memstate.run import prepare_data
-
-        self.spec, self.label = spec, label
-        self.impl = get_impl(spec.impl)
-        self.net_spec = spec.scenario.net_spec(spec.the_variant)
-        self.lr = spec.scenario.training.learning_rate
-        self.data = prepare_data(spec.scenario.data)
-        self.net: Any = None
-        self.meta: dict = {}
-
-    def load(self, params: Mapping[str, np.ndarray]) -> None:
-        from memstate.run import check_params
-
-        clean = check_params(params, self.spec.scenario, f"{self.label} parameters")
-        if self.net is None:
-            self.net = self.impl.make(self.net_spec, clean)
-        else:
-            self.net.set_params(clean)
-
-    def params(self) -> dict[str, np.ndarray]:
-        return {k: np.array(as_float_array(v)) for k, v in self.net.params().items()}
-
-    def step(self, x: np.ndarray, labels: np.ndarray, recorder: Recorder | None, k: int,
-             ) -> tuple[float, dict[str, np.ndarray]]:
-        got: dict[str, np.ndarray] = {}
-
-        def record(name: str, value: Any) -> None:
-            got[name] = np.array(as_float_array(value))
-            if recorder is not None:
-                recorder.record(name, got[name])
-
-        if recorder is not None:
-            with recorder.step(k):
-                loss = self.net.train_step(x, labels, self.lr, record)
-        else:
-            loss = self.net.train_step(x, labels, self.lr, record)
-        return float(loss), got
-
-
-def _batches(spec: RunSpec, total: int, start: int, stop: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    from memstate.run import prepare_data
-
-    data = prepare_data(spec.scenario.data)
-    for batch in itertools.islice(iter_batches(spec.scenario, len(data.train_y), total), start, stop):
-        yield batch.step, data.train_x[batch.indices], data.train_y[batch.indices]
-
-
-def _trace_meta(side: _Side, extra: dict) -> dict:
-    from memstate.run import trace_meta
-
-    return trace_meta(side.spec.scenario, side.impl, side.spec.the_variant, extra)
-
-
 # ---------------------------------------------------------------- the bisection
 
 
@@ -423,7 +145,9 @@ class _Bisector:
         self.level = rounding_level if rounding_level is not None else ROUNDING_LEVEL[_lower(self.dtype_a, self.dtype_b)]
         self.common = tuple(c for c in runs[0].checkpoints if c in runs[1].checkpoints and c <= self.total)
         self.errors: dict[int, tuple[float, bool, str]] = {}
-        self.warnings: list[str] = []
+        self.replayer = Replayer(self.specs, runs, self.total, tolerances=tolerances, level=self.level,
+                                 workdir=workdir, keep=keep, progress=progress)
+        self.warnings: list[str] = self.replayer.warnings  # the replays' warnings
         self.seconds: dict[str, float] = {}
 
     def _say(self, phase: str, done: int, total: int, detail: str = "") -> None:
@@ -463,116 +187,6 @@ class _Bisector:
         nxt = [x for x in self.common if x > step]
         return c, (nxt[0] if nxt else self.total)
 
-    # -- replay
-    def replay(self, start: int, stop: int, kind: str, break_side: str | None) -> Episode:
-        sides = [_Side(spec, label) for spec, label in zip(self.specs, ("a", "b"))]
-        recorders = []
-        paths = []
-        for side, run in zip(sides, self.runs):
-            side.load(run.params(start))
-            path = self.workdir / f"replay-{start}-{stop}.{side.label}.memstate"
-            paths.append(path)
-            recorders.append(Recorder(path, meta=_trace_meta(side, {"steps": stop - start, "replay_of": str(run.path),
-                                                                     "replay_steps": [start, stop]})))
-        free: list[float] = []
-        history: list[tuple[int, float]] = []
-        non_finite: Finding | None = None
-        same_losses = [True, True]
-        try:
-            for k, x, labels in _batches(self.specs[0], self.total, start, stop):
-                self._say("replay", k - start + 1, stop - start, f"steps {start}..{stop - 1}")
-                (la, ta), (lb, tb) = (s.step(x, labels, r, k) for s, r in zip(sides, recorders))
-                for i, (loss, run) in enumerate(((la, self.runs[0]), (lb, self.runs[1]))):
-                    if np.float64(loss).tobytes() != np.float64(run.losses[k]).tobytes():
-                        same_losses[i] = False
-                errs = _step_errors(ta, tb)
-                worst = max(errs.values(), default=0.0)
-                free.append(worst)
-                history.append((k, worst))
-                if non_finite is None and break_side is not None:
-                    non_finite = self._first_non_finite(k, ta, tb, errs, history)
-        finally:
-            for r in recorders:
-                r.close()
-        reproduced = []
-        for i, (side, run) in enumerate(zip(sides, self.runs)):
-            ok = same_losses[i]
-            if stop in run.checkpoints:
-                want, got = run.params(stop), side.params()
-                ok = ok and all(np.asarray(got[n], dtype=want[n].dtype).tobytes() == want[n].tobytes() for n in want)
-            if not ok:
-                self.warnings.append(f"{side.label}: replaying steps {start}..{stop - 1} from its checkpoint did not "
-                                     "reproduce its checkpoint run bit for bit (a nondeterministic implementation?); "
-                                     "the replayed steps may differ from the run's")
-            reproduced.append(ok)
-        first = self._compare(paths)
-        traces = tuple(str(p) for p in paths) if self.keep else None
-        return Episode(kind, start, stop, "", tuple(free), first, non_finite, (reproduced[0], reproduced[1]),
-                       traces=traces)  # type: ignore[arg-type]
-
-    def _first_non_finite(self, k: int, ta: dict, tb: dict, errs: dict, history: list) -> Finding | None:
-        for n in ta:
-            if n not in tb or ta[n].shape != tb[n].shape:
-                continue
-            na, nb = _nonfinite(ta[n]), _nonfinite(tb[n])
-            if na == nb:
-                continue
-            side = "a" if na else "b"
-            where = ta if na else tb
-            bad = int(np.count_nonzero(~np.isfinite(where[n])))
-            earlier = [errs[m] for m in list(ta)[:list(ta).index(n)] if m in errs]
-            agree = all(e <= self.level for e in earlier) if earlier else None
-            diags = _diagnose(k, n, ta, tb, history, agree, self.runs[0].meta, self.runs[1].meta)
-            return Finding(k, n, math.inf, "non-finite",
-                           f"{n} is the first tensor with non-finite values on {side.upper()} only "
-                           f"({bad} of {where[n].size} elements), in step {k}", side, diags)
-        return None
-
-    def _compare(self, paths: list[Path]) -> Finding | None:
-        try:
-            from memstate.compare import compare
-        except ModuleNotFoundError as exc:  # pragma: no cover - the comparator ships with memstate
-            if exc.name != "memstate.compare":
-                raise
-            return None
-        c = compare(paths[0], paths[1], tolerances=self.tol)
-        f = c.first_divergence
-        if f is None:
-            return None
-        err = f.tensor.max_rel_error if f.tensor is not None else math.inf
-        return Finding(f.step, f.name, err, "comparator", f.detail, None, _diag_infos(f.diagnoses))
-
-    # -- lockstep
-    def lockstep_replay(self, start: int, stop: int, reference: str) -> tuple[tuple[float, ...], Finding | None]:
-        sides = [_Side(spec, label) for spec, label in zip(self.specs, ("a", "b"))]
-        ref = 0 if reference == "a" else 1
-        theta = self.runs[ref].params(start)
-        for s in sides:
-            s.load(theta)
-        errors: list[float] = []
-        history: list[tuple[int, float]] = []
-        local: Finding | None = None
-        for k, x, labels in _batches(self.specs[0], self.total, start, stop):
-            self._say("lockstep", k - start + 1, stop - start, f"steps {start}..{stop - 1}, reference {reference}")
-            for s in sides:
-                s.load(theta)
-            (_, ta), (_, tb) = (s.step(x, labels, None, k) for s in sides)
-            errs = _step_errors(ta, tb)
-            worst = max(errs.values(), default=0.0)
-            errors.append(worst)
-            history.append((k, worst))
-            if local is None and not worst <= self.level:
-                names = list(errs)
-                name = next(n for n in names if not errs[n] <= self.level)
-                earlier = [errs[m] for m in names[:names.index(name)]]
-                agree = all(e <= self.level for e in earlier) if earlier else None
-                diags = _diagnose(k, name, ta, tb, history, agree, self.runs[0].meta, self.runs[1].meta)
-                local = Finding(k, name, errs[name], "lockstep",
-                                f"from the same parameters ({reference.upper()}'s), one step gives {name} a max rel "
-                                f"error of {_e(errs[name])}, above the rounding level {_e(self.level)}",
-                                None, diags)
-            theta = sides[ref].params()
-        return tuple(errors), local
 
 
 def default_every(total: int) -> int:
@@ -724,12 +338,12 @@ def _bisect(bis: _Bisector, keep: bool, a_in: Any, b_in: Any) -> BisectResult:
     t_replay = t_lock = 0.0
     for kind, start, stop, why in intervals:
         t1 = time.perf_counter()
-        ep = bis.replay(start, stop, kind, break_side if "break" in kind else None)
+        ep = bis.replayer.replay(start, stop, kind, break_side if "break" in kind else None)
         ep = replace(ep, reason=why)
         t_replay += time.perf_counter() - t1
         if bis.lockstep:
             t1 = time.perf_counter()
-            lerrs, local = bis.lockstep_replay(start, stop, reference)  # type: ignore[arg-type]
+            lerrs, local = bis.replayer.lockstep_replay(start, stop, reference)  # type: ignore[arg-type]
             ep = replace(ep, lockstep_errors=lerrs, local=local)
             t_lock += time.perf_counter() - t1
         episodes.append(ep)
@@ -806,226 +420,6 @@ def _verdict(bis: _Bisector, episodes: list[Episode], break_step: int | None, br
     text += "; run with lockstep to tell rounding drift from a local bug"
     return "divergent", (nf.code if nf is not None and nf.code else code), (nf or f), text
 
-
-# ---------------------------------------------------------------- reports
-
-
-SPARK = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: Sequence[float], low: float = 1e-16, high: float = 1.0) -> str:
-    """One character per value on a log scale from `low` to `high`: · for 0 (exact), × for inf/nan."""
-    out = []
-    span = math.log10(high) - math.log10(low)
-    for v in values:
-        if v == 0:
-            out.append("·")
-        elif not math.isfinite(v):
-            out.append("×")
-        else:
-            t = (math.log10(min(max(v, low), high)) - math.log10(low)) / span
-            out.append(SPARK[min(len(SPARK) - 1, int(t * len(SPARK)))])
-    return "".join(out)
-
-
-def _finding_lines(f: Finding, indent: str = "    ") -> list[str]:
-    import textwrap
-
-    lines = [f"{indent}{f.detail}"]
-    for d in f.diagnoses[:2]:
-        lines += textwrap.wrap(f"{d.code} ({d.confidence:.2f}): {d.explanation}", 96, initial_indent=indent + "-> ",
-                               subsequent_indent=indent + "   ")
-    return lines
-
-
-def _rows(ep: Episode, limit: int = 12) -> list[int]:
-    n = ep.steps
-    interesting = {0, n - 1}
-    for f in (ep.local, ep.first_divergence, ep.non_finite):
-        if f is not None and ep.start <= f.step < ep.stop:
-            i = f.step - ep.start
-            interesting |= {i - 1, i, i + 1}
-    rest = max(0, limit - len(interesting))
-    interesting |= {round(j * (n - 1) / max(rest - 1, 1)) for j in range(rest)} if n > 1 else set()
-    return sorted(i for i in interesting if 0 <= i < n)
-
-
-def render_text(r: BisectResult) -> str:
-    """The report for a terminal."""
-    lines = [f"memstate bisect: {r.verdict.upper()}" + (f" ({r.diagnosis})" if r.diagnosis else "")]
-    lines += [f"  {r.summary}", ""]
-    for s in (r.a, r.b):
-        where = f"  [{s.checkpoint_run}]" if s.checkpoint_run else ""
-        lines.append(f"  {s.label.upper()}  {s.description}{where}")
-    lines.append(f"  {r.steps} steps, parameters checkpointed every {r.checkpoint_every}; tolerance: {r.tolerance}")
-    lines += ["", "free-running, parameters at the checkpoints (max rel error; sparkline 1e-16 .. 1, × non-finite):"]
-    lines.append(f"  {sparkline(r.checkpoint_errors)}  steps {r.checkpoint_steps[0]}..{r.checkpoint_steps[-1]}")
-    cells = [f"{s}:{_e(e)}" for s, e in zip(r.checkpoint_steps, r.checkpoint_errors)]
-    shown = cells if len(cells) <= 10 else cells[:5] + ["..."] + cells[-4:]
-    lines.append("  " + "  ".join(shown))
-    lines.append(f"  loss, per step (worst relative difference per bucket): {sparkline(r.loss_errors)}")
-    if r.first_divergent_checkpoint is not None:
-        lines.append(f"  first checkpoint beyond tolerance: {r.first_divergent_checkpoint} (last agreeing: "
-                     f"{r.last_agreeing_checkpoint if r.last_agreeing_checkpoint is not None else 'none'}; "
-                     f"{r.checkpoints_loaded} checkpoints compared)")
-    if r.first_loss_divergence is not None:
-        lines.append(f"  first step whose loss is beyond tolerance: {r.first_loss_divergence}")
-    if r.break_step is not None:
-        lines.append(f"  {r.break_side.upper()}'s loss turns non-finite at step {r.break_step}; "  # type: ignore[union-attr]
-                     f"{'B' if r.break_side == 'a' else 'A'}'s stays finite")
-    for i, ep in enumerate(r.episodes, 1):
-        lines += ["", f"replay {i}: steps {ep.start}..{ep.stop - 1} ({ep.steps} steps, {ep.kind}): {ep.reason}"]
-        if not all(ep.reproduced):
-            lines.append("  warning: the replay did not reproduce the checkpoint run bit for bit")
-        if ep.first_divergence is not None:
-            lines.append(f"  free-running, comparator: first divergence at step {ep.first_divergence.step}, "
-                         f"{ep.first_divergence.tensor}")
-            lines += _finding_lines(ep.first_divergence)
-        elif ep.free_errors:
-            lines.append("  free-running, comparator: the replayed steps agree within tolerance")
-        if ep.non_finite is not None:
-            nf = ep.non_finite
-            lines.append(f"  first non-finite tensor: step {nf.step}, {nf.tensor} ({nf.side.upper()})")  # type: ignore[union-attr]
-            same = ep.local is not None and (ep.local.step, ep.local.tensor) == (nf.step, nf.tensor)
-            lines += _finding_lines(replace(nf, diagnoses=()) if same else nf)  # lockstep below says the same
-        if ep.lockstep_errors is not None:
-            if ep.local is not None:
-                lines.append(f"  lockstep (from {r.reference.upper()}'s parameters): LOCAL error at step "  # type: ignore[union-attr]
-                             f"{ep.local.step}, {ep.local.tensor}")
-                lines += _finding_lines(ep.local)
-            else:
-                lines.append(f"  lockstep (from {r.reference.upper()}'s parameters): every one-step error at "  # type: ignore[union-attr]
-                             f"rounding level (<= {_e(max(ep.lockstep_errors or (0.0,)))}, level "
-                             f"{_e(r.rounding_level or 0.0)}): drift")
-        lines.append(f"  free-running {sparkline(ep.free_errors)}")
-        if ep.lockstep_errors is not None:
-            lines.append(f"  lockstep     {sparkline(ep.lockstep_errors)}")
-        lines.append("    step   free-running" + ("   lockstep" if ep.lockstep_errors is not None else ""))
-        for j in _rows(ep):
-            row = f"  {ep.start + j:>6}   {_e(ep.free_errors[j]):>12}"
-            if ep.lockstep_errors is not None:
-                row += f"   {_e(ep.lockstep_errors[j]):>8}"
-            lines.append(row)
-        if ep.traces:
-            lines.append(f"  traces: {ep.traces[0]}  {ep.traces[1]}")
-    lines.append("")
-    lock = f"; {r.lockstep_steps} more re-run in lockstep (compared in memory)" if r.lockstep else ""
-    lines.append(f"recorded in full: {r.steps_replayed} of {r.steps} steps per side "
-                 f"({100 * r.recorded_fraction:.1f}% of a full recording){lock}")
-    lines.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.seconds.items()))
-    lines += [f"warning: {w}" for w in r.warnings]
-    return "\n".join(lines) + "\n"
-
-
-def to_dict(r: BisectResult) -> dict:
-    """The report as JSON-ready data (nan/inf as strings)."""
-    from dataclasses import asdict
-
-    from memstate.diagnosis import jsonable
-
-    d = asdict(r)
-    d["exit_code"] = r.exit_code
-    d["recorded_fraction"] = r.recorded_fraction
-    d["full_recording_steps"] = r.steps
-    d["loss_steps"] = [list(s) for s in r.loss_steps]
-    return jsonable(d)
-
-
-def render_json(r: BisectResult) -> str:
-    import json
-
-    return json.dumps(to_dict(r), indent=1, allow_nan=False) + "\n"
-
-
-# ---------------------------------------------------------------- the command line (memstate.cli calls this)
-
-
-def _variant(base: Variant, items: Sequence[str], flag: str) -> Variant:
-    """`base` with KEY=VALUE overrides; the word `clean` (or `correct`) starts from the correct network."""
-    v, rest = base, []
-    for item in items:
-        if item.strip() in ("clean", "correct"):
-            v = Variant()
-        else:
-            rest.append(item)
-    return v.with_overrides(rest, flag) if rest else v
-
-
-class ProgressLines:
-    """Prints bisect progress to a stream: every phase change, then at most one line per `interval` seconds."""
-
-    def __init__(self, stream: Any = None, interval: float = 1.0):
-        self.stream, self.interval = stream, interval
-        self.phase, self.last = "", 0.0
-
-    def __call__(self, p: BisectProgress) -> None:
-        import sys
-
-        now = time.monotonic()
-        if p.phase == self.phase and now - self.last < self.interval and not (p.total and p.done == p.total):
-            return
-        self.phase, self.last = p.phase, now
-        count = f" {p.done}/{p.total}" if p.total else ""
-        print(f"bisect {p.phase}:{count} {p.detail}".rstrip(), file=self.stream or sys.stderr, flush=True)
-
-
-def command(args: Any) -> int:
-    """`memstate bisect`: parse the targets, run `bisect`, write the report; returns the exit status."""
-    import sys
-
-    from memstate.checkpoint import is_checkpoint_run
-    from memstate.tolerance import tolerances_from_specs
-
-    targets = list(args.targets)
-    if len(targets) not in (1, 2):
-        raise MemstateError(f"bisect takes a SCENARIO (and optionally SCENARIO_B) or two checkpoint runs; "
-                            f"got {len(targets)} arguments")
-    tolerances = tolerances_from_specs(args.tol_rules, rtol=args.rtol, atol=args.atol)
-    runs = [is_checkpoint_run(t) for t in targets]
-    a: Any
-    b: Any
-    if len(targets) == 2 and all(runs):
-        given = [o for o, v in (("--impls", args.impls), ("--variant-a", args.variant_a),
-                                ("--variant-b", args.variant_b), ("--params", args.params)) if v]
-        if given:
-            raise MemstateError(f"{given[0]} describes runs to make; two checkpoint runs are replayed as their "
-                                "headers say (impl, scenario, variant, initial parameters)")
-        a, b = targets
-    else:
-        for t, is_run in zip(targets, runs):
-            p = Path(t)
-            if is_run or (p.exists() and p.suffix != ".toml"):
-                raise MemstateError(f"{t}: give two checkpoint runs (memstate run SCENARIO --checkpoint-every K "
-                                    "-o RUN.memstate) or scenarios, not a mix" if is_run else
-                                    f"{t} is not a checkpoint run (its header has no \"checkpoint_every\"); record "
-                                    "one with memstate run SCENARIO --checkpoint-every K -o RUN.memstate")
-        from memstate.params import read_params
-
-        sa = load_scenario(targets[0])
-        sb = load_scenario(targets[1]) if len(targets) == 2 else sa
-        impls = [n.strip() for n in (args.impls or "numpy").split(",") if n.strip()]
-        if len(impls) not in (1, 2):
-            raise MemstateError(f"--impls {args.impls!r}: name one implementation (both sides) or two (A,B)")
-        impl_a, impl_b = impls[0], impls[-1]
-        va = _variant(sa.variant, args.variant_a, "--variant-a")
-        vb = _variant(sb.variant, args.variant_b, "--variant-b")
-        if len(targets) == 1 and not args.variant_a and not args.variant_b and not sa.variant.is_clean:
-            va = Variant()  # the scenario's [variant] holds the bug: A is the correct network, B the scenario
-        params = read_params(args.params).tensors if args.params else None
-        a, b = RunSpec(sa, impl_a, va, params, "a"), RunSpec(sb, impl_b, vb, params, "b")
-    result = bisect(a, b, checkpoint_every=args.checkpoint_every, steps=args.steps, lockstep=args.lockstep,
-                    reference=args.reference, tolerances=tolerances, rounding_level=args.rounding_level,
-                    workdir=args.keep, progress=None if args.quiet else ProgressLines())
-    text = render_json(result) if args.format == "json" else render_text(result)
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        try:
-            Path(args.output).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise MemstateError(f"{args.output}: cannot write the report: {exc.strerror}") from None
-        print(f"{result.verdict}: {result.summary}; report written to {args.output}")
-    return result.exit_code
 
 
 __all__ = ["BisectProgress", "BisectResult", "BisectState", "DiagnosisInfo", "Episode", "Finding", "RunSpec",

@@ -279,7 +279,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
-    from memstate.bisect import command
+    from memstate.cli_bisect import command
 
     return command(args)
 
