@@ -19,6 +19,7 @@ from memstate.run import prepare_data, run
 from memstate.scenario import NetSpec, load_scenario
 from memstate.trace import read_trace
 from memstate.variants import Variant
+from impl_helpers import disagreement, real_batches, record_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "impls" / "python_mlp.py"
@@ -34,34 +35,6 @@ TOL = 1e-12
 # dtype_mix: numpy's sgemm and this row-order float32 sum both round to float32 (2**-24 ~ 6e-8 per
 # operation), in different orders: the mixed layer and everything after it agree to float32 rounding.
 TOL_F32 = 1e-5
-
-
-def real_batches(steps=3, size=8):
-    data = prepare_data(load_scenario("mnist14-relu").data)
-    return [(data.train_x[i * size:(i + 1) * size], data.train_y[i * size:(i + 1) * size]) for i in range(steps)]
-
-
-def record_steps(impl, spec, params, batches, lr=0.1):
-    net = get_impl(impl).make(spec, params)
-    steps = []
-    for x, labels in batches:
-        rec: dict[str, np.ndarray] = {}
-        net.train_step(x, labels, lr, lambda name, value: rec.__setitem__(name, np.array(value, dtype=np.float64)))
-        steps.append(rec)
-    return steps
-
-
-def disagreement(a, b):
-    """max |a - b| / max(1, max |b|) over the finite entries; nan and inf must sit in the same places."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape
-    assert np.array_equal(np.isnan(a), np.isnan(b)), "nan in different places"
-    inf = np.isinf(a) | np.isinf(b)
-    assert np.array_equal(a[inf], b[inf]), "inf in different places"
-    fin = np.isfinite(b)
-    if not fin.any():
-        return 0.0
-    return float(np.max(np.abs(a[fin] - b[fin])) / max(1.0, np.max(np.abs(b[fin]))))
 
 
 def spec_for(activation="relu", reduction="mean", layers=LAYERS, **variant):
