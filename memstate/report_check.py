@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from memstate import report_html, report_json, report_text
+from memstate import html_page, report_json, report_svg, report_text
 from memstate.check import INVARIANTS, CheckResult, Inferred, OpCheck
 
 _wrap, _e = report_text._wrap, report_text._e
@@ -245,8 +245,8 @@ def render_json(r: CheckResult, indent: int | None = 2) -> str:
 
 # ---------------------------------------------------------------- HTML
 
-# the page skeleton, CSS and escaping are the diff report's (memstate.report_html)
-_h = report_html.esc
+# the page skeleton, CSS and escaping are the diff report's (memstate.html_page)
+_h = html_page.esc
 
 
 def render_html(r: CheckResult) -> str:
@@ -266,7 +266,7 @@ def render_html(r: CheckResult) -> str:
                 ("invariants violated", ", ".join(op.invariants) or "none")]
         parts += [f"<tr><th>{_h(k)}</th><td>{_h(v)}</td></tr>" for k, v in rows]
         parts.append("</table>")
-        parts.append(report_html.heatmap_figure(f))
+        parts.append(report_svg.heatmap_figure(f))
         if f.worst:
             parts.append("<p>worst elements (A recomputed, B recorded):</p><table><tr><th>index</th><th>A</th>"
                          "<th>B</th><th>abs err</th></tr>")
@@ -302,7 +302,7 @@ def render_html(r: CheckResult) -> str:
     if r.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_h(n)}</li>" for n in r.notes) + "</ul>")
     parts.append(f"<h2>Text report</h2><pre>{_h(render(r))}</pre>")
-    return report_html.page(f"memstate check: {r.path.name}", parts, css=report_html.HEAT_CSS)
+    return html_page.page(f"memstate check: {r.path.name}", parts, css=report_svg.HEAT_CSS)
 
 
 RENDERERS = {"text": render, "json": render_json, "html": render_html}

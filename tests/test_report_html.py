@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memstate import report_html
+from memstate import report_html, report_svg
 from memstate.cli import main
 from memstate.compare import GRID_LIMIT, compare, error_grid, grid_bin
 from memstate.recorder import open_writer
@@ -238,13 +238,13 @@ def test_large_tensors_are_binned_by_max_pooling():
     big = error_grid(rng.random((1000, 1000)))
     assert len(big) == len(big[0]) == GRID_LIMIT
     assert error_grid(np.array(3.0)) == ((3.0,),) and error_grid(np.arange(3.0)) == ((0.0, 1.0, 2.0),)
-    svg = report_html.heatmap(grid, (784, 100), mark=1e-3, mark_label="tolerance")
+    svg = report_svg.heatmap(grid, (784, 100), mark=1e-3, mark_label="tolerance")
     assert "data-rows='196' data-cols='100'" in svg and cells(svg) == 196 * 100
     assert "<title>" not in svg  # no per-cell tooltips on large grids: the file stays small
     assert len(svg) < 1_200_000
 
 
 def test_zero_and_non_finite_errors_have_their_own_colours():
-    svg = report_html.heatmap(((0.0, 1e-3), (float("inf"), 1e-6)), (2, 2))
+    svg = report_svg.heatmap(((0.0, 1e-3), (float("inf"), 1e-6)), (2, 2))
     assert "class='qz'" in svg and "class='qi'" in svg and "0 (equal)" in svg and "inf (non-finite)" in svg
     assert cells(svg) == 4
