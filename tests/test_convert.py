@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
+from bit_helpers import bits
 from memstate.convert import convert_trace
 from memstate.errors import MemstateError
 from memstate.recorder import Recorder
@@ -28,10 +29,6 @@ ARRAYS = st.one_of(
     arrays("<f4", SHAPES, elements=st.sampled_from([0.0, -0.0, 1e-45, math.nan, -math.inf]) | st.floats(width=32)),
 )
 TRACES = st.lists(st.dictionaries(st.sampled_from(["x", "L1.z", "loss", "L1.W"]), ARRAYS, max_size=4), max_size=3)
-
-
-def bits(a: np.ndarray) -> np.ndarray:
-    return a.view(np.uint64 if a.dtype.itemsize == 8 else np.uint32)
 
 
 def record(path: Path, steps: list[dict], incomplete: dict | None = None) -> None:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
+from bit_helpers import assert_same_bits, bits
 from memstate.errors import FormatError, MemstateError
 from memstate.params import Params, read_params, write_params
 
@@ -32,19 +33,6 @@ def _typed_arrays(dt: str, width: int, specials: list) -> st.SearchStrategy:
 
 
 FLOAT_ARRAYS = st.one_of(_typed_arrays("<f8", 64, SPECIAL64), _typed_arrays("<f4", 32, SPECIAL32))
-
-
-def bits(a: np.ndarray) -> np.ndarray:
-    return a.view(np.uint64 if a.dtype.itemsize == 8 else np.uint32)
-
-
-def assert_same_bits(got: np.ndarray, want: np.ndarray, exact_nan: bool) -> None:
-    """Bit-for-bit equality; JSON `data` keeps only the canonical NaN, so canonicalise unless exact_nan."""
-    assert got.dtype == want.dtype and got.shape == want.shape
-    if not exact_nan:
-        want = want.copy()
-        want[np.isnan(want)] = np.nan
-    np.testing.assert_array_equal(bits(got), bits(want))
 
 
 @settings(max_examples=150, deadline=None)
@@ -180,7 +168,6 @@ def test_malformed_raises_format_error_naming_file_and_tensor(tmp_path, text, ma
 def test_missing_file(tmp_path):
     with pytest.raises(FormatError, match=re.escape(str(tmp_path / "nope.json")) + ": no such file"):
         read_params(tmp_path / "nope.json")
-
 
 
 def test_write_errors_are_memstate_errors(tmp_path):

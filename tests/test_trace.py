@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 from safetensors.numpy import save_file
 
+from bit_helpers import assert_same_bits, bits
 from memstate.errors import FormatError
 from memstate.names import canonical_names
 from memstate.params import read_params
@@ -36,18 +37,6 @@ def _arrays(dt: str, width: int) -> st.SearchStrategy:
 FLOAT_ARRAYS = st.one_of(_arrays("<f8", 64), _arrays("<f4", 32))
 STEP = st.dictionaries(st.text(min_size=1, max_size=5).filter(lambda s: s != "__metadata__"), FLOAT_ARRAYS,
                        max_size=4)
-
-
-def bits(a: np.ndarray) -> np.ndarray:
-    return a.view(np.uint64 if a.dtype.itemsize == 8 else np.uint32)
-
-
-def assert_same_bits(got: np.ndarray, want: np.ndarray, exact_nan: bool) -> None:
-    assert got.dtype == want.dtype and got.shape == want.shape
-    if not exact_nan:
-        want = want.copy()
-        want[np.isnan(want)] = np.nan
-    np.testing.assert_array_equal(bits(got), bits(want))
 
 
 @settings(max_examples=100, deadline=None)
