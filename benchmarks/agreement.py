@@ -11,10 +11,10 @@ import itertools
 
 import numpy as np
 
-from memstate.initparams import scenario_params
-from memstate.registry import available, get_impl
-from memstate.run import prepare_data
-from memstate.scenario import iter_batches, load_scenario
+from memstate.runner.initparams import scenario_params
+from memstate.runner.registry import available, get_impl
+from memstate.runner.harness import prepare_data
+from memstate.runner.scenario import iter_batches, load_scenario
 
 
 def record(impl_name: str, scenario_name: str, steps: int) -> list[dict[str, np.ndarray]]:

@@ -1,7 +1,7 @@
 """Benchmark: `memstate bisect` against the baseline "full recording + linear diff", measured in one run.
 
 Baseline: record every tensor of every step of both runs (binary traces), then compare them with the
-comparator (memstate.compare), which streams every step. Bisect: checkpoint runs of both sides, the
+comparator (memstate.comparator.compare), which streams every step. Bisect: checkpoint runs of both sides, the
 search, and full recording of the replayed intervals only (plus lockstep with --lockstep).
 
     .venv/bin/python benchmarks/bench_bisect.py                 # story-global-max, 2,000 steps
@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memstate.bisect import RunSpec, bisect  # noqa: E402
-from memstate.compare import compare  # noqa: E402
-from memstate.run import run  # noqa: E402
-from memstate.scenario import load_scenario  # noqa: E402
-from memstate.variants import Variant  # noqa: E402
+from memstate.bisect.search import RunSpec, bisect  # noqa: E402
+from memstate.comparator.compare import compare  # noqa: E402
+from memstate.runner.harness import run  # noqa: E402
+from memstate.runner.scenario import load_scenario  # noqa: E402
+from memstate.runner.variants import Variant  # noqa: E402
 
 
 def disk(path: Path) -> int:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from memstate.initparams import scenario_params
-from memstate.registry import available, get_impl
-from memstate.run import prepare_data
-from memstate.scenario import iter_batches, load_scenario
+from memstate.runner.initparams import scenario_params
+from memstate.runner.registry import available, get_impl
+from memstate.runner.harness import prepare_data
+from memstate.runner.scenario import iter_batches, load_scenario
 
 SCENARIOS = ("mnist14-relu", "mnist14-relu-f32", "mnist784-100-10")
 SLOW = {"scalar": {"mnist784-100-10"}}  # too slow to be useful there: 784x100 Values per sample

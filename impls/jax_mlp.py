@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from memstate.names import canonical_names
-from memstate.scenario import NetSpec
-from memstate.variants import LOG_EPSILON
+from memstate.runner.scenario import NetSpec
+from memstate.runner.variants import LOG_EPSILON
 
 # float64 scenarios need 64-bit JAX. The flag is global, so every float32 path below casts its inputs
 # explicitly and uses only weakly typed Python scalars, which never promote a float32 array.

@@ -1,7 +1,7 @@
 """The NumPy MLP: vectorised, hand-derived gradients, one sample per row.
 
 Softmax subtracts each row's max and cross-entropy is computed from the logits (log-softmax), unless a
-variant switches on one of the bugs in memstate.variants.
+variant switches on one of the bugs in memstate.runner.variants.
 
 The operations are module-level pure functions (`dense`, `activate`, `activation_grad`, `softmax`,
 `log_softmax`, `cross_entropy`, `output_grad`, `weight_grad`, `bias_grad`, `input_grad`, `sgd_update`),
@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from memstate.scenario import NetSpec
-from memstate.variants import LOG_EPSILON
+from memstate.runner.scenario import NetSpec
+from memstate.runner.variants import LOG_EPSILON
 
 NAME = "numpy"
 DTYPES = ("float64", "float32")

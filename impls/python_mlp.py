@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import struct
 
-from memstate.variants import LOG_EPSILON  # 1e-8; memstate.variants itself imports no numpy
+from memstate.runner.variants import LOG_EPSILON  # 1e-8; memstate.runner.variants itself imports no numpy
 
 NAME = "python"
 DTYPES = ("float64",)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import gc
 import math
 
-from impls.scalar_engine import Value, exp, f32, log
-from memstate.variants import LOG_EPSILON
+from memstate.impls.scalar_engine import Value, exp, f32, log
+from memstate.runner.variants import LOG_EPSILON
 
 NAME = "scalar"
 DTYPES = ("float64",)

@@ -1,5 +1,5 @@
 import sys
 
-from memstate.cli import main
+from memstate.cli.main import main
 
 sys.exit(main())

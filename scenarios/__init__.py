@@ -1,6 +1,8 @@
-"""The bundled scenarios (TOML) and digits (data/), installed as package data so that a wheel finds them too."""
+"""The bundled scenarios (TOML) and digits (data/), installed as `memstate.scenarios` package data so that a
+wheel finds them too; located through importlib.resources."""
 
+from importlib.resources import files
 from pathlib import Path
 
-SCENARIO_DIR = Path(__file__).resolve().parent
+SCENARIO_DIR = Path(str(files(__name__)))
 DATA_DIR = SCENARIO_DIR / "data"

@@ -4,7 +4,7 @@ Shared by the check tests (one trace) and the diff tests (a trace against the co
 parameters (the scale) give large logits, so the underflow and overflow bugs bite at step 0.
 """
 
-from memstate.variants import Variant
+from memstate.runner.variants import Variant
 
 # (variant, params scale, first wrong tensor, first diagnosis code)
 VARIANTS = [

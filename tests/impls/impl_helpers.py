@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from memstate.registry import get_impl
-from memstate.run import prepare_data
-from memstate.scenario import load_scenario
+from memstate.runner.registry import get_impl
+from memstate.runner.harness import prepare_data
+from memstate.runner.scenario import load_scenario
 
 
 def real_batches(steps=3, size=8):

@@ -14,10 +14,10 @@ import itertools
 import numpy as np
 import pytest
 
-from memstate.initparams import init_params
-from memstate.registry import available, get_impl
-from memstate.run import prepare_data
-from memstate.scenario import iter_batches, load_scenario
+from memstate.runner.initparams import init_params
+from memstate.runner.registry import available, get_impl
+from memstate.runner.harness import prepare_data
+from memstate.runner.scenario import iter_batches, load_scenario
 
 STEPS = 3
 REL_TOL = 1e-12

@@ -9,11 +9,11 @@ import pytest
 pytest.importorskip("jax")
 
 from memstate.errors import ScenarioError  # noqa: E402
-from memstate.initparams import init_params  # noqa: E402
+from memstate.runner.initparams import init_params  # noqa: E402
 from memstate.names import canonical_names  # noqa: E402
-from memstate.registry import get_impl  # noqa: E402
-from memstate.scenario import NetSpec, iter_batches, load_scenario  # noqa: E402
-from memstate.variants import Variant  # noqa: E402
+from memstate.runner.registry import get_impl  # noqa: E402
+from memstate.runner.scenario import NetSpec, iter_batches, load_scenario  # noqa: E402
+from memstate.runner.variants import Variant  # noqa: E402
 
 LAYERS = (196, 32, 10)
 B = 8
@@ -71,7 +71,7 @@ def random_batches(n_steps=3, batch=B, inputs=LAYERS[0], seed=1):
 
 def mnist_batches(n_steps=3):
     """The first steps of the mnist14-relu schedule on the real (bundled) digits."""
-    from memstate.run import prepare_data
+    from memstate.runner.harness import prepare_data
 
     scenario = load_scenario("mnist14-relu")
     data = prepare_data(scenario.data)

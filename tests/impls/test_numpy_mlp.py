@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memstate.initparams import init_params
+from memstate.runner.initparams import init_params
 from memstate.names import canonical_names
-from memstate.registry import get_impl
-from memstate.scenario import NetSpec
+from memstate.runner.registry import get_impl
+from memstate.runner.scenario import NetSpec
 
 LAYERS = (12, 7, 5, 10)
 
@@ -71,9 +71,9 @@ def test_update_is_sgd_and_dz_is_probs_minus_y():
 
 
 def test_runs_are_bit_identical(tmp_path):
-    from memstate.run import run
-    from memstate.scenario import load_scenario
-    from memstate.trace import read_trace
+    from memstate.runner.harness import run
+    from memstate.runner.scenario import load_scenario
+    from memstate.formats.trace import read_trace
 
     s = load_scenario("mnist14-relu")
     a = run(s, "numpy", steps=3, out=tmp_path / "a.memstate", evaluate=False)
@@ -86,8 +86,8 @@ def test_runs_are_bit_identical(tmp_path):
 
 
 def test_training_learns_on_real_digits():
-    from memstate.run import run
-    from memstate.scenario import load_scenario
+    from memstate.runner.harness import run
+    from memstate.runner.scenario import load_scenario
 
     result = run(load_scenario("mnist14-relu"), "numpy", steps=300)
     assert np.mean(result.losses[-50:]) < 0.6 * np.mean(result.losses[:20])

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from memstate.errors import ScenarioError
-from memstate.initparams import init_params
-from memstate.registry import get_impl
-from memstate.scenario import NetSpec
-from memstate.variants import Variant
+from memstate.runner.initparams import init_params
+from memstate.runner.registry import get_impl
+from memstate.runner.scenario import NetSpec
+from memstate.runner.variants import Variant
 
 LAYERS = (196, 32, 10)
 

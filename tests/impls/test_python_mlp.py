@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from memstate.errors import ScenarioError
-from memstate.initparams import init_params
+from memstate.runner.initparams import init_params
 from memstate.names import canonical_names
-from memstate.registry import get_impl
-from memstate.run import prepare_data, run
-from memstate.scenario import NetSpec, load_scenario
-from memstate.trace import read_trace
-from memstate.variants import Variant
+from memstate.runner.registry import get_impl
+from memstate.runner.harness import prepare_data, run
+from memstate.runner.scenario import NetSpec, load_scenario
+from memstate.formats.trace import read_trace
+from memstate.runner.variants import Variant
 from impl_helpers import disagreement, real_batches, record_steps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def test_source_imports_no_numpy():
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module)
-    assert imported == {"__future__", "math", "struct", "memstate.variants"}
+    assert imported == {"__future__", "math", "struct", "memstate.runner.variants"}
 
 
 def test_imports_and_trains_with_numpy_poisoned():
@@ -64,8 +64,8 @@ def test_imports_and_trains_with_numpy_poisoned():
 import sys
 sys.modules["numpy"] = None  # any `import numpy`, direct or indirect, now raises ImportError
 from types import SimpleNamespace
-from memstate.variants import Variant
-import impls.python_mlp as m
+from memstate.runner.variants import Variant
+import memstate.impls.python_mlp as m
 spec = SimpleNamespace(layers=(4, 3, 10), activation="relu", loss_reduction="mean", dtype="float64",
                        variant=Variant(), n_layers=2, check_batch=lambda batch: None)
 params = {"L1.W": [[0.1 * (i - j) for j in range(3)] for i in range(4)], "L1.b": [0.0] * 3,
@@ -83,7 +83,7 @@ print("ok", loss)
 
 
 def test_ieee_helpers():
-    from impls import python_mlp as m
+    from memstate.impls import python_mlp as m
 
     assert m._exp(1000.0) == math.inf and m._exp(-1000.0) == 0.0
     assert m._log(0.0) == -math.inf and math.isnan(m._log(-1.0)) and math.isnan(m._log(math.nan))
@@ -249,7 +249,7 @@ def test_runs_through_the_harness(tmp_path):
 
 def test_reproduces_the_independent_conformance_trace():
     """tests/conformance/small.*: two steps written by an independent float64 writer (lr 0.1, mean)."""
-    from memstate.params import read_params
+    from memstate.formats.params import read_params
 
     conformance = Path(__file__).resolve().parents[1] / "conformance"
     params = read_params(conformance / "small.params.json").tensors

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from impls.scalar_engine import Value
+from memstate.impls.scalar_engine import Value
 from memstate.errors import ScenarioError
-from memstate.initparams import init_params
+from memstate.runner.initparams import init_params
 from memstate.names import canonical_names
-from memstate.registry import get_impl
-from memstate.run import prepare_data, run
-from memstate.scenario import NetSpec, load_scenario
-from memstate.trace import read_trace
-from memstate.variants import Variant
+from memstate.runner.registry import get_impl
+from memstate.runner.harness import prepare_data, run
+from memstate.runner.scenario import NetSpec, load_scenario
+from memstate.formats.trace import read_trace
+from memstate.runner.variants import Variant
 from impl_helpers import disagreement, real_batches, record_steps
 
 LAYERS = (196, 32, 10)
@@ -228,7 +228,7 @@ def test_runs_through_the_harness(tmp_path):
 
 def test_reproduces_the_independent_conformance_trace():
     """tests/conformance/small.*: two steps written by an independent float64 writer (lr 0.1, mean)."""
-    from memstate.params import read_params
+    from memstate.formats.params import read_params
 
     conformance = Path(__file__).resolve().parents[1] / "conformance"
     params = read_params(conformance / "small.params.json").tensors

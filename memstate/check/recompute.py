@@ -1,0 +1,350 @@
+"""Recomputation rules for `memstate check`: every canonical tensor re-derived from the tensors it depends on.
+
+Each rule is one operation of the MLP's training step (docs/format.md, section 4) written with the NumPy
+implementation's own operations (`memstate.impls.numpy_mlp`), evaluated in float64 on the tensors *as recorded* in
+the same step, plus the parameters in force (the params file at step 0, the previous step's updated
+parameters after it). Besides its value a rule returns a *scale*: the magnitude of the terms the operation
+combines, element by element (`|a| @ |W| + |b|` for a dense layer), so that a comparison can allow for
+rounding relative to the terms and not to a result that cancelled to nearly zero. `terms` is how many
+rounded operations feed one element (the length of the dot product, the row of a softmax), which bounds
+the rounding error an honest implementation in the trace's dtype may make: about `terms * eps * scale`.
+
+The inference helpers say what a trace does not: the activation, the loss reduction and the learning rate.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from memstate.impls import numpy_mlp as ref
+
+ACTIVATIONS = ("relu", "shifted-relu", "sigmoid")
+#: where the derivative of each piecewise-linear activation jumps (either side is a valid subgradient)
+KINKS = {"relu": 0.0, "shifted-relu": -1.0}
+LAYER_NAME = re.compile(r"^L(\d+)\.(z|a|dz|dW|db|da|W|b)$")
+
+Tensors = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the rules need besides the tensors: None means unknown (the rules that need it are skipped)."""
+
+    n_layers: int
+    activation: str | None = None
+    reduction: str | None = None
+    lr: float | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One operation: `name = formula`, from recorded `inputs` of the same step and parameters in force."""
+
+    name: str
+    formula: str
+    inputs: tuple[str, ...]
+    params: tuple[str, ...]
+    terms: Callable[[Tensors], int]
+    fn: Callable[[Tensors, Tensors], tuple[np.ndarray, np.ndarray]]
+    needs: tuple[str, ...] = ()  # settings it needs: "activation", "reduction", "lr"
+    invariant: str | None = None  # the reference-free invariant this rule also is, if any
+
+    def missing_settings(self, s: Settings) -> list[str]:
+        """The settings this rule needs that are unknown (an activation "other" is unknown too)."""
+        return [k for k in self.needs if getattr(s, k) in (None, "other")]
+
+
+def f64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _quiet(fn):
+    def wrapped(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+def _a_prev(i: int) -> str:
+    return "x" if i == 1 else f"L{i - 1}.a"
+
+
+def rules(settings: Settings) -> dict[str, list[Rule]]:
+    """The rules of an `n_layers` network, by tensor name; the first rule whose inputs are recorded applies."""
+    n = settings.n_layers
+    act = settings.activation
+    red = settings.reduction
+    lr = settings.lr
+    out: dict[str, list[Rule]] = {}
+
+    def add(rule: Rule) -> None:
+        out.setdefault(rule.name, []).append(rule)
+
+    for i in range(1, n + 1):
+        ap, W, b = _a_prev(i), f"L{i}.W", f"L{i}.b"
+
+        def z_fn(t, p, ap=ap, W=W, b=b):
+            a, w, bb = f64(t[ap]), f64(p[W]), f64(p[b])
+            return ref.dense(a, w, bb), np.abs(a) @ np.abs(w) + np.abs(bb)
+
+        add(Rule(f"L{i}.z", f"{ap} @ {W} + {b}", (ap,), (W, b), lambda t, ap=ap: t[ap].shape[-1] + 1,
+                 _quiet(z_fn)))
+
+        if i < n:
+            def a_fn(t, p, i=i):
+                z = f64(t[f"L{i}.z"])
+                v = ref.activate(act, z)
+                return v, np.abs(v) + (np.abs(z) if act == "sigmoid" else 0)
+
+            add(Rule(f"L{i}.a", f"{act}(L{i}.z)", (f"L{i}.z",), (), lambda t: 4, _quiet(a_fn), ("activation",)))
+
+    zl = f"L{n}.z"
+
+    def probs_fn(t, p):
+        # each probability is exp(z - max) / sum: it carries the rounding of z - max, u * |z - max| relative
+        z = f64(t[zl])
+        v = ref.softmax(z)
+        return v, v * (1 + np.abs(z - z.max(axis=1, keepdims=True)))
+
+    add(Rule("probs", f"softmax({zl}), each row's max subtracted", (zl,), (), lambda t: t[zl].shape[-1] + 4,
+             _quiet(probs_fn)))
+
+    def loss_fn(t, p):
+        z, y = f64(t[zl]), f64(t["y"])
+        v = ref.cross_entropy(z, ref.softmax(z), y, "safe", red)
+        terms = np.abs(y) * (np.abs(z) + np.abs(z).max(axis=1, keepdims=True) + np.log(z.shape[1]))
+        scale = terms.sum() / (z.shape[0] if red == "mean" else 1)
+        return v, np.asarray(abs(float(v)) + scale)
+
+    def loss_from_probs_fn(t, p):
+        pr, y = f64(t["probs"]), f64(t["y"])
+        terms = np.where(y != 0, y * np.log(pr), 0.0)
+        total = -np.sum(terms) / (pr.shape[0] if red == "mean" else 1)
+        return np.asarray(total), np.asarray(abs(total) + np.abs(terms).sum() + 1.0)
+
+    add(Rule("loss", f"{red} cross-entropy of log_softmax({zl}) against y", (zl, "y"), (),
+             lambda t: t[zl].size + 4, _quiet(loss_fn), ("reduction",)))
+    add(Rule("loss", f"{red} cross-entropy of probs against y", ("probs", "y"), (),
+             lambda t: t["probs"].size + 4, _quiet(loss_from_probs_fn), ("reduction",)))
+
+    def out_dz_fn(t, p):
+        pr, y = f64(t["probs"]), f64(t["y"])
+        v = ref.output_grad(pr, y, red)
+        s = np.abs(pr)
+        if zl in t and t[zl].shape == pr.shape:  # an implementation may take probs from log-space
+            z = f64(t[zl])
+            s = s * (1 + np.abs(z - z.max(axis=1, keepdims=True)))
+        return v, (s + np.abs(y)) * (1.0 / pr.shape[0] if red == "mean" else 1.0)
+
+    div = " / B" if red == "mean" else ""
+    add(Rule(f"L{n}.dz", f"(probs - y){div}", ("probs", "y"), (), lambda t: 4, _quiet(out_dz_fn),
+             ("reduction",), invariant="output-dz-is-probs-minus-y"))
+
+    for i in range(n, 0, -1):
+        ap, dz = _a_prev(i), f"L{i}.dz"
+
+        def dW_fn(t, p, ap=ap, dz=dz):
+            a, d = f64(t[ap]), f64(t[dz])
+            return ref.weight_grad(a, d), np.abs(a).T @ np.abs(d)
+
+        def db_fn(t, p, dz=dz):
+            d = f64(t[dz])
+            return ref.bias_grad(d), np.abs(d).sum(axis=0)
+
+        add(Rule(f"L{i}.dW", f"{ap}^T @ {dz}", (ap, dz), (), lambda t, dz=dz: t[dz].shape[0], _quiet(dW_fn)))
+        add(Rule(f"L{i}.db", f"{dz} summed over the batch", (dz,), (), lambda t, dz=dz: t[dz].shape[0],
+                 _quiet(db_fn)))
+        if i < n:
+            up, W = f"L{i + 1}.dz", f"L{i + 1}.W"
+
+            def da_fn(t, p, up=up, W=W):
+                d, w = f64(t[up]), f64(p[W])
+                return ref.input_grad(d, w), np.abs(d) @ np.abs(w).T
+
+            add(Rule(f"L{i}.da", f"{up} @ {W}^T", (up,), (W,), lambda t, up=up: t[up].shape[-1], _quiet(da_fn)))
+
+            def dz_fn(t, p, i=i):
+                da, z, a = f64(t[f"L{i}.da"]), f64(t[f"L{i}.z"]), f64(t[f"L{i}.a"])
+                g = ref.activation_grad(act, z, a)
+                v = da * g
+                if act in KINKS:  # at the kink both one-sided derivatives are right: accept either
+                    at = z == KINKS[act]
+                    if at.any():
+                        rec = t[dz_name(i)] if dz_name(i) in t else None
+                        if rec is not None and rec.shape == v.shape:
+                            v = np.where(at & (f64(rec) == da), da, v)
+                return v, np.abs(v) if act in KINKS else np.abs(da) * (np.abs(g) + np.abs(a))
+
+            add(Rule(f"L{i}.dz", f"L{i}.da * {act}'(L{i}.z)", (f"L{i}.da", f"L{i}.z", f"L{i}.a"), (),
+                     lambda t: 4, _quiet(dz_fn), ("activation",)))
+
+    for i in range(1, n + 1):
+        for kind in ("W", "b"):
+            name, grad = f"L{i}.{kind}", f"L{i}.d{kind}"
+
+            def upd_fn(t, p, name=name, grad=grad):
+                w, g = f64(p[name]), f64(t[grad])
+                return ref.sgd_update(w, g, lr), np.abs(w) + abs(lr) * np.abs(g)
+
+            add(Rule(name, f"{name} in force - lr * {grad}", (grad,), (name,), lambda t: 4, _quiet(upd_fn),
+                     ("lr",)))
+    return out
+
+
+def dz_name(i: int) -> str:
+    return f"L{i}.dz"
+
+
+def inputs_finite(rule: Rule, t: Tensors, p: Tensors) -> bool:
+    return all(np.isfinite(t[k]).all() for k in rule.inputs) and all(np.isfinite(p[k]).all() for k in rule.params)
+
+
+# ---------------------------------------------------------------- tolerances
+
+EPS = {np.dtype("float64"): float(np.finfo(np.float64).eps), np.dtype("float32"): float(np.finfo(np.float32).eps)}
+
+
+def rounding_bound(dtype: np.dtype, terms: int) -> float:
+    """Relative (to the scale) error a correct implementation computing in `dtype` may make: ~ terms * eps."""
+    return 2.0 * max(terms, 1) * EPS.get(np.dtype(dtype), EPS[np.dtype("float32")])
+
+
+# ---------------------------------------------------------------- inference
+
+def n_layers_of(names: list[str]) -> int | None:
+    """The number of dense layers, from the highest L{i}.z (or L{i}.W) name of a step."""
+    found = [int(m.group(1)) for m in map(LAYER_NAME.match, names) if m and m.group(2) in ("z", "W", "dz")]
+    return max(found) if found else None
+
+
+def activation_error(act: str, z: np.ndarray, a: np.ndarray) -> float:
+    """Largest error of `a` against act(z), relative to max(|act(z)|, |z|) (0 is an exact match)."""
+    z, a = f64(z), f64(a)
+    with np.errstate(all="ignore"):
+        v = ref.activate(act, z)
+        both = np.isnan(v) & np.isnan(a)
+        err = np.where(both, 0.0, np.abs(v - a))
+        scale = np.maximum(np.abs(v), np.abs(z)) + np.finfo(np.float64).tiny
+        r = np.where(both, 0.0, err / scale)
+    r = np.where(np.isnan(r), np.inf, r)
+    return float(r.max()) if r.size else 0.0
+
+
+def infer_activation(t: Tensors, n_layers: int, dtype: np.dtype) -> tuple[str | None, dict[str, float]]:
+    """relu, shifted-relu or sigmoid, whichever reproduces every hidden L{i}.a from L{i}.z; "other" if none.
+
+    Returns (None, {}) when the step has no hidden (z, a) pair to look at.
+    """
+    pairs = [(t[f"L{i}.z"], t[f"L{i}.a"]) for i in range(1, n_layers)
+             if f"L{i}.z" in t and f"L{i}.a" in t and t[f"L{i}.z"].shape == t[f"L{i}.a"].shape]
+    if not pairs:
+        return None, {}
+    errors = {act: max(activation_error(act, z, a) for z, a in pairs) for act in ACTIVATIONS}
+    best = min(errors, key=errors.__getitem__)
+    return (best if errors[best] <= rounding_bound(dtype, 8) else "other"), errors
+
+
+def infer_reduction(t: Tensors, n_layers: int) -> tuple[str | None, str]:
+    """mean or sum: from the output layer's dz against probs - y, else from the loss against per-sample losses.
+
+    Returns (reduction or None, how it was decided).
+    """
+    dz = t.get(f"L{n_layers}.dz")
+    probs, y = t.get("probs"), t.get("y")
+    if dz is not None and probs is not None and y is not None and dz.shape == probs.shape == y.shape:
+        diff = f64(probs) - f64(y)
+        ok = np.isfinite(diff) & np.isfinite(f64(dz))
+        denom = float(np.sum(diff[ok] ** 2))
+        if denom > 0:
+            ratio = float(np.sum(f64(dz)[ok] * diff[ok]) / denom)
+            return _reduction_from_ratio(ratio, dz.shape[0], f"L{n_layers}.dz = {ratio:.6g} * (probs - y)")
+    z, loss = t.get(f"L{n_layers}.z"), t.get("loss")
+    if z is not None and loss is not None and y is not None and loss.size == 1 and z.shape == y.shape:
+        per = -np.sum(f64(y) * ref.log_softmax(f64(z)), axis=1)
+        total = float(np.sum(per))
+        if np.isfinite(total) and total != 0 and np.isfinite(float(loss.reshape(()))):
+            ratio = float(loss.reshape(())) / total
+            return _reduction_from_ratio(ratio, z.shape[0], f"loss = {ratio:.6g} * the sum of per-sample losses")
+    return None, "neither the output layer's dz nor the loss could be compared with probs - y"
+
+
+def _reduction_from_ratio(ratio: float, batch: int, how: str) -> tuple[str | None, str]:
+    if batch == 1 and abs(ratio - 1) < 1e-3:
+        return "mean", how + " (batch of 1: mean and sum agree)"
+    if abs(ratio * batch - 1) < 1e-3:
+        return "mean", how + f" = 1/B, B = {batch}"
+    if abs(ratio - 1) < 1e-3:
+        return "sum", how
+    return None, how + f": neither 1/B (B = {batch}) nor 1"
+
+
+@dataclass
+class LrFit:
+    """Least-squares fit of one learning rate to `p_new = p_old - lr * grad`, over every tensor of every step."""
+
+    num: float = 0.0
+    den: float = 0.0
+    count: int = 0
+    lo: float = np.inf
+    hi: float = -np.inf
+    worst: float = 0.0  # largest |lr_t - lr| / allowance over tensors (consistency when > 1)
+    worst_at: tuple[int, str] | None = None
+    fits: list[tuple[int, str, float, float]] | None = None  # (step, name, lr_t, allowance)
+
+    def add(self, step: int, name: str, old: np.ndarray, new: np.ndarray, grad: np.ndarray) -> float | None:
+        """Fit lr_t for one tensor of one step; returns it (None when the gradient is all zero)."""
+        dtype = new.dtype
+        old, new, grad = f64(old), f64(new), f64(grad)
+        if old.shape != new.shape or grad.shape != new.shape:
+            return None
+        ok = np.isfinite(old) & np.isfinite(new) & np.isfinite(grad)
+        g, d = grad[ok], (old - new)[ok]
+        gg = float(g @ g)
+        if not gg > 0:
+            return None
+        lr_t = float(g @ d) / gg
+        # new is rounded to its dtype, so lr_t is known to about eps * (|new| + |lr * grad|) / |grad|
+        eps = EPS.get(np.dtype(dtype), EPS[np.dtype("float32")])
+        allowance = 4 * eps * (float(np.linalg.norm(new[ok])) + abs(lr_t) * np.sqrt(gg)) / np.sqrt(gg)
+        self.num += float(g @ d)
+        self.den += gg
+        self.count += 1
+        self.lo, self.hi = min(self.lo, lr_t), max(self.hi, lr_t)
+        if self.fits is None:
+            self.fits = []
+        if len(self.fits) < 100_000:
+            self.fits.append((step, name, lr_t, allowance))
+        return lr_t
+
+    @property
+    def lr(self) -> float | None:
+        return self.num / self.den if self.den > 0 else None
+
+    def consistency(self) -> tuple[float, tuple[int, str] | None]:
+        """Largest |lr_t - lr| / allowance over the fitted tensors, and where (<= 1: one lr explains all)."""
+        lr = self.lr
+        worst, at = 0.0, None
+        for step, name, lr_t, allowance in self.fits or []:
+            r = abs(lr_t - lr) / (allowance + abs(lr) * 1e-12)
+            if r > worst:
+                worst, at = r, (step, name)
+        return worst, at
+
+
+def lr_precision(dtype: str | np.dtype | None) -> float:
+    """How closely a learning rate fitted from updates in `dtype` can be known (relative): 100 eps."""
+    return 100 * EPS.get(np.dtype(dtype or "float64"), EPS[np.dtype("float32")])
+
+
+def nice_lr(lr: float, dtype: str | np.dtype | None = "float64") -> float:
+    """The shortest decimal within the fit's precision of a fitted learning rate (0.1, not 0.09999999999999998)."""
+    rel = lr_precision(dtype)
+    for digits in range(1, 18):
+        v = float(f"{lr:.{digits}g}")
+        if abs(v - lr) <= rel * abs(lr):
+            return v
+    return lr

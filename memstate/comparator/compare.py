@@ -1,0 +1,675 @@
+"""Compare two traces step by step: where they first part ways, what follows from it, and small summaries.
+
+`compare(a, b)` streams both traces (and an optional float64 oracle) one step at a time, aligns tensors
+by (step, name), judges each against its tolerance (memstate.comparator.tolerance), and returns a `Comparison`. It
+never prints and never raises on a divergence; it raises MemstateError only for unreadable input.
+Memory is bounded: one step of each trace, plus summaries whose size does not grow with the number of
+steps (a few selected steps, bucketed series, findings compressed per name).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from array import array
+from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from memstate.comparator.localize import Localization, WorstElement, localize
+from memstate.comparator.metrics import TensorMetrics, element_errors, max_abs_error, tensor_metrics
+from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
+from memstate.formats.trace import Step, TraceReader, open_trace
+
+TraceLike = str | os.PathLike | TraceReader
+
+HEAD_STEPS = 3  # steps kept in full at the start,
+AROUND = 2  # before and after the first divergence,
+TAIL_STEPS = 3  # and at the end
+MAX_BUCKETS = 64  # per series: longer traces are summarised by merging neighbouring steps
+GRID_LIMIT = 200  # the first divergent tensor's error grid: at most this many rows and columns (max-pooled)
+_LOGITS = re.compile(r"L(\d+)\.z")
+
+
+@dataclass(frozen=True)
+class OracleCheck:
+    """Oracle mode: is B's difference from A B's fault? (see memstate.comparator.tolerance)"""
+
+    error_a: float  # max abs error of A against the oracle
+    error_b: float  # max abs error of B against the oracle
+    allowed: float  # oracle_factor * error_a + one rounding of the oracle into B's dtype
+    blamed: bool  # error_b > allowed
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    """One tensor of one step on both sides; truthy when it passes."""
+
+    step: int
+    name: str
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    dtype_a: str
+    dtype_b: str
+    tolerance: Tolerance
+    within_tolerance: bool
+    metrics: TensorMetrics | None  # None when the shapes differ
+    min_tolerance: MinTolerance | None = None  # the least tolerance that passes it, when it does not pass
+    oracle: OracleCheck | None = None  # oracle mode, for tensors out of tolerance
+
+    @property
+    def passed(self) -> bool:
+        """Within tolerance, or (oracle mode) out of it but not blamed on B."""
+        return self.within_tolerance or (self.oracle is not None and not self.oracle.blamed)
+
+    @property
+    def excused(self) -> bool:
+        return self.passed and not self.within_tolerance
+
+    @property
+    def max_abs_error(self) -> float:
+        return self.metrics.max_abs_error if self.metrics else float("inf")
+
+    @property
+    def max_rel_error(self) -> float:
+        """Relative to the tensor's scale; inf when the shapes differ."""
+        return self.metrics.max_rel_error if self.metrics else float("inf")
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+@dataclass(frozen=True)
+class StepComparison:
+    """One step on both sides: its tensors in A's dataflow order, and the names only one side recorded."""
+
+    step: int
+    tensors: tuple[TensorComparison, ...]
+    only_a: tuple[str, ...] = ()
+    only_b: tuple[str, ...] = ()
+    complete_a: bool = True
+    complete_b: bool = True
+
+    @property
+    def passed(self) -> bool:
+        return (all(self.tensors) and not self.only_a and not self.only_b
+                and self.complete_a and self.complete_b)
+
+    @property
+    def worst(self) -> TensorComparison | None:
+        """The tensor with the largest rel error (the first one on ties)."""
+        return max(self.tensors, key=lambda t: t.max_rel_error, default=None)
+
+    @property
+    def worst_rel_error(self) -> float:
+        return self.worst.max_rel_error if self.tensors else 0.0
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A run of consecutive compared steps summarised: the worst errors in it and how many steps failed."""
+
+    first_step: int
+    last_step: int
+    steps: int
+    max_abs_error: float
+    max_rel_error: float
+    worst_step: int
+    worst_name: str | None
+    failed: int
+
+
+@dataclass(frozen=True)
+class TensorSeries:
+    """One tensor's errors over the whole trace, in at most MAX_BUCKETS buckets."""
+
+    name: str
+    buckets: tuple[Bucket, ...]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something structural: a missing step or name, a crash, a shape or dtype difference; compressed per name."""
+
+    kind: str  # missing-step, extra-steps, truncated, incomplete, missing-name, shape-mismatch, dtype-mismatch,
+    #            order, oracle-missing, excused, unused-rule
+    severity: str  # error (makes the traces diverge), warning, info
+    message: str
+    side: str | None = None  # "a", "b", or None for both/neither
+    name: str | None = None
+    first_step: int | None = None
+    last_step: int | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class MetaChange:
+    """One difference between the two headers' metadata, from DeepDiff(meta_a, meta_b)."""
+
+    path: str  # e.g. "variant.softmax_max"
+    change: str  # changed, added (B only), removed (A only)
+    a: Any
+    b: Any
+
+
+@dataclass(frozen=True)
+class TraceInfo:
+    """What was read of one trace."""
+
+    path: str
+    encoding: str
+    meta: dict
+    steps: int  # complete steps read
+    last_step: int | None
+    incomplete_step: int | None  # the crashed step at its end, if any
+
+
+@dataclass(frozen=True)
+class ToleranceUse:
+    """A resolved tolerance and the tensor names it was applied to."""
+
+    tolerance: Tolerance
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FirstDivergence:
+    """Where the traces first part ways: the earliest step, and in it the first tensor in A's dataflow order."""
+
+    kind: str  # values, shape, or missing (a step or name one side lacks, or a crash)
+    step: int
+    name: str | None  # None when a whole step is missing
+    detail: str  # one sentence
+    tensor: TensorComparison | None = None  # kinds values and shape
+    where: Localization | None = None  # kind values
+    inputs: tuple[str, ...] = ()  # the names recorded before it in the step, A's order
+    inputs_agree: bool | None = None  # None: nothing was recorded before it
+    inputs_worst: tuple[str, float] | None = None  # the input with the largest rel error
+    consequences: tuple[str, ...] = ()  # tensors after it in the same step that fail too
+    divergent_steps: int = 1  # steps with any divergence, this one included (a run that stops early counts once)
+    last_divergent_step: int | None = None
+    diagnoses: tuple = ()  # memstate.diagnose.context.Diagnosis, most likely first (empty if no diagnoser)
+    # kind values: |a - b| by row (first axis) and column (the other axes flattened; a 1-d tensor is one row,
+    # a 0-d one a single cell), max-pooled over blocks of grid_bin(n) rows/columns to at most GRID_LIMIT a side
+    error_grid: tuple[tuple[float, ...], ...] | None = None
+
+    @property
+    def rows(self) -> tuple[int, ...]:
+        return self.where.rows if self.where is not None else ()
+
+    @property
+    def columns(self) -> tuple[int, ...]:
+        return self.where.columns if self.where is not None else ()
+
+    @property
+    def pattern(self) -> str | None:
+        return self.where.pattern if self.where is not None else None
+
+    @property
+    def worst(self) -> tuple[WorstElement, ...]:
+        return self.where.worst if self.where is not None else ()
+
+    @property
+    def min_tolerance(self) -> MinTolerance | None:
+        return self.tensor.min_tolerance if self.tensor is not None else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of comparing two traces; truthy when they agree."""
+
+    verdict: str  # "agree" or "diverge"
+    first_divergence: FirstDivergence | None
+    a: TraceInfo
+    b: TraceInfo
+    oracle: TraceInfo | None
+    tolerances: Tolerances
+    tolerances_used: tuple[ToleranceUse, ...]
+    steps_compared: int
+    divergent_steps: int
+    steps: tuple[StepComparison, ...]  # first steps, steps around the first divergence, last steps
+    overview: tuple[Bucket, ...]  # per step: the worst tensor, bucketed
+    series: tuple[TensorSeries, ...]  # per tensor, bucketed
+    findings: tuple[Finding, ...]
+    meta_diff: tuple[MetaChange, ...]
+
+    @property
+    def diagnoses(self) -> tuple:
+        return self.first_divergence.diagnoses if self.first_divergence else ()
+
+    def __bool__(self) -> bool:
+        return self.verdict == "agree"
+
+
+# ---------------------------------------------------------------- tensors
+
+def compare_tensors(name: str, step: int, a: np.ndarray, b: np.ndarray, tolerance: Tolerance, *,
+                    argmax: bool = False) -> TensorComparison:
+    """Judge b against a under `tolerance`; shapes that differ fail without metrics."""
+    common = dict(step=step, name=name, shape_a=tuple(a.shape), shape_b=tuple(b.shape), dtype_a=a.dtype.name,
+                  dtype_b=b.dtype.name, tolerance=tolerance)
+    if a.shape != b.shape:
+        return TensorComparison(**common, within_tolerance=False, metrics=None)
+    errors = element_errors(a, b)
+    out = tolerance.out_of_tolerance(errors)
+    metrics = tensor_metrics(a, b, errors, out, argmax=argmax)
+    within = metrics.n_out == 0
+    return TensorComparison(**common, within_tolerance=within, metrics=metrics,
+                            min_tolerance=None if within else min_passing(errors, tolerance))
+
+
+def oracle_check(a: np.ndarray, b: np.ndarray, oracle: np.ndarray, factor: float) -> OracleCheck:
+    """Blame B only when it is further from the oracle than `factor` times A, plus one rounding."""
+    error_a, error_b = max_abs_error(a, oracle), max_abs_error(b, oracle)
+    finite = oracle[np.isfinite(oracle)]
+    top = float(np.abs(finite).max()) if finite.size else 0.0
+    allowed = oracle_allowance(error_a, top, b.dtype, factor)
+    return OracleCheck(error_a=error_a, error_b=error_b, allowed=allowed, blamed=not error_b <= allowed)
+
+
+def meta_diff(meta_a: dict, meta_b: dict) -> tuple[MetaChange, ...]:
+    """The differences between two headers' metadata, by DeepDiff, sorted by path."""
+    from deepdiff import DeepDiff
+    from deepdiff.helper import notpresent
+
+    changes = []
+    for report_type, items in DeepDiff(meta_a, meta_b, verbose_level=2).tree.items():
+        change = "added" if report_type.endswith("_added") else "removed" if report_type.endswith("_removed") \
+            else "changed"
+        for item in items:
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item.path(output_format="list"))
+            a = None if item.t1 is notpresent else item.t1
+            b = None if item.t2 is notpresent else item.t2
+            changes.append(MetaChange(path=path.lstrip("."), change=change, a=a, b=b))
+    return tuple(sorted(changes, key=lambda c: c.path))
+
+
+def grid_bin(n: int, limit: int = GRID_LIMIT) -> int:
+    """How many rows (or columns) of n one cell of an error grid covers: at most `limit` cells a side."""
+    return max(1, -(-n // limit))
+
+
+def error_grid(errors: np.ndarray, limit: int = GRID_LIMIT) -> tuple[tuple[float, ...], ...]:
+    """Elementwise errors as a row-by-column grid, max-pooled to at most `limit` cells a side.
+
+    Rows are the first axis, columns the other axes flattened (memstate.comparator.localize); a 1-d tensor is one
+    row, a 0-d tensor one cell. Block (i, j) covers rows i*grid_bin(R)... and columns j*grid_bin(C)...
+    """
+    m = np.asarray(errors, dtype=np.float64)
+    m = m.reshape(1, -1) if m.ndim <= 1 else m.reshape(m.shape[0], -1)
+    rows, cols = m.shape
+    if rows == 0 or cols == 0:
+        return ()
+    br, bc = grid_bin(rows, limit), grid_bin(cols, limit)
+    nr, nc = -(-rows // br), -(-cols // bc)
+    if br > 1 or bc > 1:
+        padded = np.full((nr * br, nc * bc), -np.inf)
+        padded[:rows, :cols] = m
+        m = padded.reshape(nr, br, nc, bc).max(axis=(1, 3))
+    return tuple(tuple(float(x) for x in row) for row in m)
+
+
+# ---------------------------------------------------------------- the bounded summaries
+
+def _merge(x: Bucket, y: Bucket) -> Bucket:
+    worst = y if y.max_rel_error > x.max_rel_error else x
+    return Bucket(x.first_step, y.last_step, x.steps + y.steps, max(x.max_abs_error, y.max_abs_error),
+                  worst.max_rel_error, worst.worst_step, worst.worst_name, x.failed + y.failed)
+
+
+class _Buckets:
+    """A series downsampled to at most `limit` buckets of equal step counts (doubling as it grows)."""
+
+    def __init__(self, limit: int = MAX_BUCKETS):
+        self.limit, self.width, self.items = limit, 1, []  # type: ignore[var-annotated]
+
+    def add(self, step: int, abs_err: float, rel_err: float, name: str | None, failed: bool) -> None:
+        new = Bucket(step, step, 1, abs_err, rel_err, step, name, int(failed))
+        if self.items and self.items[-1].steps < self.width:
+            self.items[-1] = _merge(self.items[-1], new)
+        else:
+            self.items.append(new)
+        if len(self.items) > self.limit:
+            pairs = [self.items[i:i + 2] for i in range(0, len(self.items), 2)]
+            self.items = [_merge(*p) if len(p) == 2 else p[0] for p in pairs]
+            self.width *= 2
+
+
+class _Findings:
+    """Findings compressed by (kind, side, name): first and last step, and a count."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple, Finding] = {}
+
+    def add(self, kind: str, severity: str, message: str, side: str | None = None, name: str | None = None,
+            step: int | None = None, key: tuple | None = None) -> None:
+        key = (kind, side, name) if key is None else key
+        old = self.items.get(key)
+        if old is None:
+            self.items[key] = Finding(kind, severity, message, side, name, step, step, 1)
+        else:
+            self.items[key] = replace(old, last_step=step, count=old.count + 1)
+
+
+# ---------------------------------------------------------------- the comparison
+
+def _logits_name(names: list[str]) -> str | None:
+    layers = [(int(m.group(1)), n) for n in names if (m := _LOGITS.fullmatch(n))]
+    return max(layers)[1] if layers else None
+
+
+class _Comparer:
+    """The mutable state of one comparison; `compare` feeds it aligned steps and asks for the result."""
+
+    def __init__(self, tolerances: Tolerances, readers: dict[str, TraceReader]):
+        self.tol = tolerances
+        self.readers = readers
+        self.findings = _Findings()
+        self.overview = _Buckets()
+        self.series: dict[str, _Buckets] = {}
+        self.used: dict[Tolerance, list[str]] = {}
+        self.names: set[str] = set()
+        self.head: list[StepComparison] = []
+        self.before: deque[StepComparison] = deque(maxlen=AROUND)
+        self.around: list[StepComparison] = []
+        self.tail: deque[StepComparison] = deque(maxlen=TAIL_STEPS)
+        self.hist_steps, self.hist_errors = array("q"), array("d")
+        self.first: FirstDivergence | None = None
+        self.kept_after = 0  # steps kept from the first divergence on
+        self.consequences: list[str] = []
+        self.divergent_steps = 0
+        self.last_divergent: int | None = None
+        self.compared = 0
+        self.count = {"a": 0, "b": 0, "oracle": 0}
+        self.last: dict[str, Step | None] = {"a": None, "b": None, "oracle": None}
+
+    # -- one step present on both sides
+    def both(self, sa: Step, sb: Step, sc: Step | None) -> None:
+        k = sa.index
+        names_a, names_b = list(sa.tensors), list(sb.tensors)
+        set_a, set_b = set(names_a), set(names_b)
+        only_a = tuple(n for n in names_a if n not in set_b)
+        only_b = tuple(n for n in names_b if n not in set_a)
+        logits = _logits_name(names_a)
+        tensors = []
+        for name in names_a:
+            if name in set_b:
+                tensors.append(self._tensor(k, name, sa.tensors[name], sb.tensors[name], sc,
+                                            argmax=name in ("probs", logits)))
+        common_b = [n for n in names_b if n in set_a]
+        if common_b != [n for n in names_a if n in set_b]:
+            self.findings.add("order", "info", "B records the tensors in a different order than A "
+                              "(compared by name; the first divergence follows A's order)", "b", None, k)
+        self._structure(k, sa, sb, only_a, only_b)
+        result = StepComparison(k, tuple(tensors), only_a, only_b, sa.complete, sb.complete)
+        self._summarise(result)
+        if self.first is None:
+            self._divergence(result, sa, sb, names_a, names_b)
+        self._keep(result)
+
+    def _tensor(self, k: int, name: str, a: np.ndarray, b: np.ndarray, sc: Step | None, *,
+                argmax: bool) -> TensorComparison:
+        tol = self.tol.resolve(name, a.dtype, b.dtype)
+        self.names.add(name)
+        uses = self.used.setdefault(tol, [])
+        if name not in uses:
+            uses.append(name)
+        tc = compare_tensors(name, k, a, b, tol, argmax=argmax)
+        if a.shape != b.shape:
+            self.findings.add("shape-mismatch", "error", f"{name} has shape {list(a.shape)} in A but "
+                              f"{list(b.shape)} in B", None, name, k)
+        elif a.dtype != b.dtype:
+            self.findings.add("dtype-mismatch", "info", f"A records {a.dtype.name} where B records {b.dtype.name} "
+                              f"(first: {name}); compared at the tolerance of the wider dtype", None, None, k,
+                              key=("dtype-mismatch", a.dtype.name, b.dtype.name))
+        if not tc.within_tolerance and tc.metrics is not None and "oracle" in self.readers:
+            c = sc.tensors.get(name) if sc is not None else None
+            if c is None or c.shape != a.shape:
+                why = "has no step" if sc is None else "has no such tensor" if c is None else "has another shape"
+                self.findings.add("oracle-missing", "warning", f"the oracle {why} to judge {name} by; "
+                                  "B is blamed for it", None, name, k)
+            else:
+                tc = replace(tc, oracle=oracle_check(a, b, c, self.tol.oracle_factor))
+                if tc.excused:
+                    self.findings.add("excused", "info", f"tensors differ beyond tolerance (first: {name}), but B "
+                                      f"is within {self.tol.oracle_factor:g}x A's error to the oracle: counted "
+                                      "per tensor and step", None, None, k)
+        return tc
+
+    def _structure(self, k: int, sa: Step, sb: Step, only_a: tuple[str, ...], only_b: tuple[str, ...]) -> None:
+        for side, step, missing in (("b", sb, only_a), ("a", sa, only_b)):
+            if not step.complete:
+                continue  # the incomplete finding says why
+            for name in missing:
+                other = "A" if side == "b" else "B"
+                self.findings.add("missing-name", "error", f"{side.upper()} has no {name}, which {other} "
+                                  "records", side, name, k)
+        for side, step in (("a", sa), ("b", sb)):
+            if not step.complete:
+                self._incomplete(side, step)
+
+    def _incomplete(self, side: str, step: Step) -> None:
+        last = list(step.tensors)[-1] if step.tensors else None
+        after = f"after recording {last}" if last else "before recording any tensor"
+        self.findings.add("incomplete", "error", f"{side.upper()}'s step {step.index} is incomplete: its run "
+                          f"crashed {after} ({self.readers[side].path})", side, None, step.index)
+
+    def _summarise(self, result: StepComparison) -> None:
+        k = result.step
+        self.compared += 1
+        failed = not result.passed
+        worst = result.worst
+        if worst is not None:
+            self.overview.add(k, max(t.max_abs_error for t in result.tensors), worst.max_rel_error, worst.name, failed)
+        for t in result.tensors:
+            self.series.setdefault(t.name, _Buckets()).add(k, t.max_abs_error, t.max_rel_error, t.name, not t.passed)
+        if self.first is None:
+            self.hist_steps.append(k)
+            self.hist_errors.append(result.worst_rel_error)
+        if failed:
+            self.divergent_steps += 1
+            self.last_divergent = k
+
+    def _keep(self, result: StepComparison) -> None:
+        if len(self.head) < HEAD_STEPS:
+            self.head.append(result)
+        if self.first is None:
+            self.before.append(result)
+        elif self.kept_after <= AROUND:
+            self.around.append(result)
+            self.kept_after += 1
+        self.tail.append(result)
+
+    # -- finding the first divergence
+    def _divergence(self, result: StepComparison, sa: Step, sb: Step, names_a: list[str],
+                    names_b: list[str]) -> None:
+        by_name = {t.name: t for t in result.tensors}
+        order = names_a + list(result.only_b)
+        for pos, name in enumerate(order):
+            t = by_name.get(name)
+            if t is not None and t.passed:
+                continue
+            earlier = [by_name[n] for n in names_a[:pos] if n in by_name]
+            if t is None:
+                side, step = ("b", sb) if name in result.only_a else ("a", sa)
+                crash = "" if step.complete else f" (its step {step.index} is incomplete: the run crashed)"
+                self._found(FirstDivergence("missing", result.step, name, f"{side.upper()} has no {name} in step "
+                                            f"{result.step}{crash}"), earlier, names_a[:pos])
+            else:
+                self._found_tensor(t, sa, sb, names_a[:pos], names_b, earlier)
+            self.consequences = [n for n in order[pos + 1:] if n in by_name and not by_name[n].passed]
+            return
+        if not (sa.complete and sb.complete):
+            side = "a" if not sa.complete else "b"
+            self._found(FirstDivergence("missing", result.step, None, f"{side.upper()}'s step {result.step} is "
+                                        "incomplete: its run crashed after recording every tensor"), [], [])
+
+    def _found(self, first: FirstDivergence, earlier: list[TensorComparison], inputs: list[str]) -> None:
+        worst = max(earlier, key=lambda t: t.max_rel_error, default=None)
+        self.first = replace(
+            first, inputs=tuple(inputs),
+            inputs_agree=all(t.within_tolerance for t in earlier) and len(earlier) == len(inputs) if inputs else None,
+            inputs_worst=(worst.name, worst.max_rel_error) if worst is not None else None)
+        self.around = list(self.before)
+
+    def _found_tensor(self, t: TensorComparison, sa: Step, sb: Step, inputs: list[str], names_b: list[str],
+                      earlier: list[TensorComparison]) -> None:
+        a, b = sa.tensors[t.name], sb.tensors[t.name]
+        if t.metrics is None:
+            first = FirstDivergence("shape", t.step, t.name, f"{t.name} has shape {list(t.shape_a)} in A but "
+                                    f"{list(t.shape_b)} in B", tensor=t)
+        else:
+            errors = element_errors(a, b)
+            where = localize(a, b, errors, t.tolerance.out_of_tolerance(errors))
+            first = FirstDivergence("values", t.step, t.name, f"{t.name} differs in {where.n_out} of {where.size} "
+                                    f"elements ({where.pattern})", tensor=t, where=where,
+                                    error_grid=error_grid(errors.abs))
+        self._found(first, earlier, inputs)
+        inputs_b = names_b[:names_b.index(t.name)]
+        self.first = replace(self.first, diagnoses=_diagnose(
+            step=t.step, name=t.name, a=a, b=b,
+            inputs_a={n: sa.tensors[n] for n in inputs}, inputs_b={n: sb.tensors[n] for n in inputs_b},
+            history=tuple(zip(self.hist_steps, self.hist_errors)), inputs_agree=self.first.inputs_agree,
+            meta_a=self.readers["a"].meta, meta_b=self.readers["b"].meta))
+
+    # -- a step on one side only
+    def one_sided(self, side: str, step: Step, other_ended: bool) -> None:
+        other, k = ("b" if side == "a" else "a"), step.index
+        if not step.complete:
+            self._incomplete(side, step)
+            self._missing_step(k, f"{side.upper()}'s step {k} is incomplete: its run crashed")
+        if not other_ended:  # traces may record every n-th step: a gap is not a divergence
+            self.findings.add("missing-step", "warning", f"{other.upper()} has no step {k}, which {side.upper()} "
+                              "has; only the steps both have are compared", other, None, k)
+        elif self._stopped_early(other):
+            if ("truncated", other, None) not in self.findings.items:
+                self._missing_step(k, f"{other.upper()} ends before step {k}: its run stopped early")
+            self.findings.add("truncated", "error", f"{other.upper()} ends after step {self.last[other].index} "
+                              f"although its header says {self.readers[other].meta['steps']} steps: the run "
+                              f"stopped early ({self.readers[other].path})", other, None, k)
+        elif self.last[other] is None or self.last[other].complete:  # (after a crash, the crash is the error)
+            self.findings.add("extra-steps", "warning", f"{side.upper()} has steps that {other.upper()} lacks at "
+                              "its end; only the steps both have are compared", side, None, k)
+
+    def _stopped_early(self, side: str) -> bool:
+        """Whether a trace of every step from 0 ended complete, short of the steps its header declares."""
+        declared, last = self.readers[side].meta.get("steps"), self.last[side]
+        return (isinstance(declared, int) and last is not None and last.complete
+                and self.count[side] == last.index + 1 < declared)
+
+    def _missing_step(self, k: int, detail: str) -> None:
+        self.divergent_steps += 1
+        self.last_divergent = k
+        if self.first is None:
+            self._found(FirstDivergence("missing", k, None, detail), [], [])
+
+    # -- the result
+    def result(self, stopped_early: bool) -> Comparison:
+        if not stopped_early:
+            self._check_lengths()
+        for rule in self.tol.unused_rules(self.names):
+            self.findings.add("unused-rule", "warning", f"{rule.text} matches no tensor name; names are e.g. "
+                              f"{', '.join(sorted(self.names)[:4])}")
+        findings = tuple(self.findings.items.values())
+        diverge = self.first is not None or any(f.severity == "error" for f in findings)
+        first = self.first
+        if first is not None:
+            first = replace(first, consequences=tuple(dict.fromkeys(self.consequences)),
+                            divergent_steps=self.divergent_steps, last_divergent_step=self.last_divergent)
+        chosen = {s.step: s for s in [*self.head, *self.around, *self.tail]}
+        return Comparison(
+            verdict="diverge" if diverge else "agree",
+            first_divergence=first,
+            a=self._info("a"), b=self._info("b"), oracle=self._info("oracle") if "oracle" in self.readers else None,
+            tolerances=self.tol,
+            tolerances_used=tuple(ToleranceUse(t, tuple(n)) for t, n in self.used.items()),
+            steps_compared=self.compared,
+            divergent_steps=self.divergent_steps,
+            steps=tuple(chosen[k] for k in sorted(chosen)),
+            overview=tuple(self.overview.items),
+            series=tuple(TensorSeries(n, tuple(s.items)) for n, s in self.series.items()),
+            findings=findings,
+            meta_diff=meta_diff(self.readers["a"].meta, self.readers["b"].meta),
+        )
+
+    def _check_lengths(self) -> None:
+        for side in ("a", "b"):
+            if self._stopped_early(side) and ("truncated", side, None) not in self.findings.items:
+                self.findings.add("truncated", "warning", f"{side.upper()} ends after step {self.last[side].index} "
+                                  f"although its header says {self.readers[side].meta['steps']} steps", side)
+
+    def _info(self, side: str) -> TraceInfo:
+        r, last = self.readers[side], self.last[side]
+        return TraceInfo(str(r.path), r.encoding, dict(r.meta), self.count[side],
+                         last.index if last is not None else None,
+                         last.index if last is not None and not last.complete else None)
+
+    def seen(self, side: str, step: Step) -> None:
+        self.last[side] = step
+        self.count[side] += step.complete
+
+
+def _diagnose(**context: Any) -> tuple:
+    """The colleague's diagnosers (memstate.diagnose.context), when that module exists."""
+    try:
+        from memstate.diagnose.context import DivergenceContext
+        from memstate.diagnose.catalogue import diagnose
+    except ModuleNotFoundError as exc:
+        if exc.name != "memstate.diagnose.context":
+            raise
+        return ()
+    return tuple(diagnose(DivergenceContext(**context)))
+
+
+def _open(trace: TraceLike, stack: ExitStack) -> TraceReader:
+    if isinstance(trace, TraceReader):
+        return trace
+    return stack.enter_context(open_trace(trace))
+
+
+def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None, oracle: TraceLike | None = None,
+            max_steps: int | None = None) -> Comparison:
+    """Compare trace B against reference trace A (paths or open readers), step by step, in bounded memory."""
+    tolerances = Tolerances() if tolerances is None else tolerances
+    with ExitStack() as stack:
+        readers = {"a": _open(a, stack), "b": _open(b, stack)}
+        if oracle is not None:
+            readers["oracle"] = _open(oracle, stack)
+        comparer = _Comparer(tolerances, readers)
+        its = {side: r.steps(include_incomplete=True) for side, r in readers.items()}
+        cur = {side: next(it, None) for side, it in its.items()}
+
+        def advance(side: str) -> None:
+            comparer.seen(side, cur[side])
+            cur[side] = next(its[side], None)
+
+        stopped, done = False, 0
+        while cur["a"] is not None or cur["b"] is not None:
+            if max_steps is not None and done >= max_steps:
+                stopped = True
+                break
+            done += 1
+            k = min(cur[s].index for s in ("a", "b") if cur[s] is not None)
+            here = {s: cur[s] if cur[s] is not None and cur[s].index == k else None for s in ("a", "b")}
+            sc = None
+            if "oracle" in cur:
+                while cur["oracle"] is not None and cur["oracle"].index < k:
+                    advance("oracle")
+                sc = cur["oracle"] if cur["oracle"] is not None and cur["oracle"].index == k else None
+            if here["a"] is not None and here["b"] is not None:
+                comparer.both(here["a"], here["b"], sc)
+            else:
+                side = "a" if here["a"] is not None else "b"
+                comparer.one_sided(side, here[side], other_ended=cur["b" if side == "a" else "a"] is None)
+            for s in ("a", "b"):
+                if here[s] is not None:
+                    advance(s)
+            if sc is not None:
+                advance("oracle")
+        return comparer.result(stopped)

@@ -1,0 +1,284 @@
+"""Writing memstate traces: the two encodings' writers and the Recorder that implementations call.
+
+A crash must cost at most the step in progress, so each step reaches disk whole, at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from memstate.errors import MemstateError
+from memstate.formats.tensorjson import DTYPES, dtype_name, encode_fields
+from memstate.formats.trace import FORMAT, HEADER_FILE, STEP_FILE, step_file_name
+
+VERSION = 1
+ENCODINGS = ("jsonl", "binary")
+
+
+def encoding_for(path: str | os.PathLike) -> str:
+    """The encoding a path implies: a `.memstate` name or an existing directory is binary, anything else JSONL."""
+    path = Path(path)
+    return "binary" if path.suffix == ".memstate" or path.is_dir() else "jsonl"
+
+
+def open_writer(path: str | os.PathLike, meta: dict | None = None, encoding: str | None = None, *,
+                b64: bool = False) -> TraceWriter:
+    """A writer for a new trace at `path` (replacing any trace there); encoding None means from the path."""
+    encoding = encoding or encoding_for(path)
+    if encoding == "jsonl":
+        return JsonlWriter(path, meta, b64=b64)
+    if encoding == "binary":
+        return BinaryWriter(path, meta)
+    raise MemstateError(f"{path}: unknown trace encoding {encoding!r}; use 'jsonl' or 'binary'")
+
+
+def _header(path: Path, meta: dict | None, **extra: str) -> str:
+    try:
+        return json.dumps({"format": FORMAT, "version": VERSION, "meta": dict(meta or {}), **extra},
+                          allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise MemstateError(f"{path}: meta must be plain JSON (str, numbers, lists, dicts; no NaN): {e}") from None
+
+
+class TraceWriter:
+    """Step bookkeeping shared by both encodings: steps strictly increase, names are unique within a step."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._step: int | None = None
+        self._last: int | None = None
+        self._names: set[str] = set()
+        self._stopped: str | None = None  # why no further step may begin
+
+    @property
+    def current_step(self) -> int | None:
+        """The open step's number, or None between steps."""
+        return self._step
+
+    def begin_step(self, index: int) -> None:
+        """Open step `index`, which must be greater than every step before it."""
+        if self._stopped:
+            raise MemstateError(f"{self.path}: cannot begin step {index}: {self._stopped}")
+        if self._step is not None:
+            raise MemstateError(f"{self.path}: cannot begin step {index}: step {self._step} is still open")
+        if not (type(index) is int or isinstance(index, np.integer)) or index < 0:
+            raise MemstateError(f"{self.path}: step number must be a non-negative integer, got {index!r}")
+        index = int(index)
+        if self._last is not None and index <= self._last:
+            raise MemstateError(f"{self.path}: step {index} after step {self._last}; step numbers must increase")
+        self._step, self._names = index, set()
+        self._begin()
+
+    def write_tensor(self, name: str, array: np.ndarray) -> None:
+        """Add a float32/float64 tensor to the open step; the writer keeps its own copy."""
+        if self._step is None:
+            raise MemstateError(f"{self.path}: tensor {name!r} recorded outside a step; wrap it in a step")
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise MemstateError(f"{self.path}, step {self._step}: bad tensor name {name!r}; use a non-empty string "
+                                "other than '__metadata__'")
+        if name in self._names:
+            raise MemstateError(f"{self.path}, step {self._step}, tensor {name!r}: recorded twice in one step; "
+                                "give each tensor its own name")
+        arr = np.asarray(array)
+        try:
+            dtype_name(arr)
+        except ValueError:
+            raise MemstateError(f"{self.path}, step {self._step}, tensor {name!r}: dtype {arr.dtype} cannot be "
+                                "written; use float32 or float64") from None
+        self._names.add(name)
+        self._add(name, arr)
+
+    def end_step(self) -> None:
+        """Close the open step and put it on disk in full."""
+        self._require_step("end")
+        self._finish(complete=True)
+        self._last, self._step = self._step, None
+
+    def abort_step(self) -> None:
+        """Put the open step on disk as incomplete (no terminator); the trace ends with it."""
+        self._require_step("abort")
+        self._finish(complete=False)
+        self._stopped = f"step {self._step} was left incomplete, so the trace ends there"
+        self._step = None
+
+    def close(self) -> None:
+        """Finish the trace; a step still open is written as incomplete. Safe to call twice."""
+        if self._step is not None:
+            self.abort_step()
+        self._stopped = self._stopped or "the trace is closed"
+        self._close()
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_step(self, verb: str) -> None:
+        if self._step is None:
+            raise MemstateError(f"{self.path}: no step is open to {verb}")
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _add(self, name: str, arr: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self, complete: bool) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class JsonlWriter(TraceWriter):
+    """JSONL encoding: header at once, each step's lines buffered and flushed with its terminator."""
+
+    encoding = "jsonl"
+
+    def __init__(self, path: str | os.PathLike, meta: dict | None = None, *, b64: bool = False):
+        super().__init__(path)
+        self.b64 = b64
+        header = _header(self.path, meta)
+        try:
+            self._fh = open(self.path, "wb")
+        except OSError as e:
+            raise MemstateError(f"{self.path}: cannot create trace: {e.strerror}") from None
+        self._fh.write(header.encode() + b"\n")
+        self._fh.flush()
+        self._lines: list[str] = []
+
+    def _begin(self) -> None:
+        self._lines = []
+
+    def _add(self, name: str, arr: np.ndarray) -> None:
+        record = {"step": self._step, "name": name, **encode_fields(arr, b64=self.b64)}
+        self._lines.append(json.dumps(record, allow_nan=False))
+
+    def _finish(self, complete: bool) -> None:
+        if complete:
+            self._lines.append(json.dumps({"step": self._step, "end": True}))
+        if self._lines:
+            self._fh.write(("\n".join(self._lines) + "\n").encode())
+            self._fh.flush()
+        self._lines = []
+
+    def _close(self) -> None:
+        self._fh.close()
+
+
+class BinaryWriter(TraceWriter):
+    """Binary encoding: a directory with header.json and one safetensors file per step, each written atomically."""
+
+    encoding = "binary"
+
+    def __init__(self, path: str | os.PathLike, meta: dict | None = None):
+        super().__init__(path)
+        header = _header(self.path, meta, encoding="binary")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            for entry in os.listdir(self.path):  # replace an older trace, like opening a file for writing
+                if STEP_FILE.match(entry) or entry == HEADER_FILE:
+                    os.remove(self.path / entry)
+            tmp = self.path / (HEADER_FILE + ".tmp")
+            tmp.write_text(header + "\n", encoding="utf-8")
+            os.replace(tmp, self.path / HEADER_FILE)
+        except OSError as e:
+            raise MemstateError(f"{self.path}: cannot create binary trace directory: {e}") from None
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def _begin(self) -> None:
+        self._arrays = {}
+
+    def _add(self, name: str, arr: np.ndarray) -> None:
+        self._arrays[name] = np.array(arr, dtype=DTYPES[dtype_name(arr)], order="C", copy=True)
+
+    def _finish(self, complete: bool) -> None:
+        final = self.path / step_file_name(self._step)
+        tmp = final.with_name(final.name + ".tmp")
+        metadata = {"step": str(self._step), "order": json.dumps(list(self._arrays))}
+        save_file(self._arrays, str(tmp), metadata=metadata)
+        if complete:
+            os.replace(tmp, final)
+        self._arrays = {}
+
+    def _close(self) -> None:
+        pass
+
+
+def as_float_array(value: Any, dtype: Any = None) -> np.ndarray:
+    """`value` (array, nested lists, Python float) as a float32/float64 array; ints and bools become float64."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"cannot make an array of it ({e}); pass a numpy array or rectangular nested lists") \
+            from None
+    kind, size = arr.dtype.kind, arr.dtype.itemsize
+    if kind not in "fiub":
+        raise ValueError(f"dtype {arr.dtype} is not numeric; pass floats")
+    if dtype is not None:
+        try:
+            target = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype={dtype!r} is not a dtype; use 'float32' or 'float64'") from None
+        if target not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"dtype={dtype!r} is not allowed; use 'float32' or 'float64'")
+    elif kind == "f" and size in (4, 8):
+        target = np.dtype(np.float64 if size == 8 else np.float32)
+    elif kind == "f" and size == 2:
+        target = np.dtype(np.float32)  # exact
+    elif kind == "f":
+        raise ValueError(f"dtype {arr.dtype} would lose precision; pass dtype='float64' to accept that")
+    else:
+        target = np.dtype(np.float64)
+    return arr.astype(target, copy=False)
+
+
+class Recorder:
+    """What an implementation calls to record its memstate: `with rec.step(k): rec.record("L1.z", z)`."""
+
+    def __init__(self, path: str | os.PathLike, meta: dict | None = None, encoding: str | None = None, *,
+                 b64: bool = False):
+        self._writer = open_writer(path, meta, encoding, b64=b64)
+        self.path = self._writer.path
+        self.encoding = self._writer.encoding
+
+    @contextmanager
+    def step(self, index: int) -> Iterator[Recorder]:
+        """A training step; leaving it by an exception leaves the step incomplete on disk, which is the truth."""
+        self._writer.begin_step(index)
+        try:
+            yield self
+        except BaseException:
+            self._writer.abort_step()
+            raise
+        self._writer.end_step()
+
+    def record(self, name: str, value: Any, *, dtype: Any = None) -> None:
+        """Record one tensor of the current step (copied now, so the caller may reuse its buffer)."""
+        step = self._writer.current_step
+        if step is None:
+            raise MemstateError(f"{self.path}: record({name!r}) outside a step; call it inside `with rec.step(k):`")
+        try:
+            arr = as_float_array(value, dtype)
+        except ValueError as e:
+            raise MemstateError(f"{self.path}, step {step}, tensor {name!r}: {e}") from None
+        self._writer.write_tensor(name, arr)
+
+    def close(self) -> None:
+        """Finish the trace file(s)."""
+        self._writer.close()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

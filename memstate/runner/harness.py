@@ -1,0 +1,201 @@
+"""Run an implementation on a scenario and record its memstate trace: the harness every CLI command uses.
+
+The harness owns what is not maths (data, batch schedule, parameter loading, evaluation, progress);
+the implementation owns one training step and records its own tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from memstate.runner import data as digits
+from memstate.errors import FormatError, MemstateError, ScenarioError
+from memstate.runner.initparams import scenario_params
+from memstate.names import param_names
+from memstate.formats.recorder import Recorder
+from memstate.runner.registry import Implementation, get_impl
+from memstate.runner.scenario import DataSpec, Scenario, iter_batches
+from memstate.runner.variants import Variant
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a long run reports as it goes: passed to the `progress` callback."""
+
+    step: int
+    total: int
+    loss: float
+    test_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    impl: str
+    scenario: str
+    steps: int
+    trace: Path | None
+    losses: tuple[float, ...]
+    evaluations: tuple[tuple[int, float], ...]  # (steps done, test accuracy)
+    seconds: float  # training and recording only: evaluation is timed apart
+    meta: dict[str, Any] = field(default_factory=dict)
+    eval_seconds: float = 0.0
+
+    @property
+    def final_test_accuracy(self) -> float | None:
+        return self.evaluations[-1][1] if self.evaluations else None
+
+
+@lru_cache(maxsize=4)
+def prepare_data(spec: DataSpec) -> Dataset:
+    """Load, preprocess and split the digits a scenario names (cached: specs are frozen)."""
+    if spec.source == "bundled":
+        images, labels = digits.load_bundled()
+    else:
+        images, labels = digits.load_idx_dir(spec.idx_dir, split="train")
+    x = digits.preprocess(images, crop=spec.crop, size=spec.size, binarize=spec.binarize, normalize=spec.normalize)
+    train_x, train_y, test_x, test_y = digits.split(
+        x, labels, train=spec.train, test=spec.test, shuffle_seed=spec.shuffle_seed
+    )
+    return Dataset(train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64))
+
+
+def check_params(params: Mapping[str, np.ndarray], scenario: Scenario, source: str) -> dict[str, np.ndarray]:
+    """The parameters in the scenario's order and dtype, or an error naming the tensor that does not fit."""
+    layers = scenario.model.layers
+    out: dict[str, np.ndarray] = {}
+    for name in param_names(len(layers) - 1):
+        if name not in params:
+            raise FormatError(source, f"missing; scenario {scenario.name} needs {', '.join(param_names(len(layers) - 1))}", tensor=name)
+        i = int(name[1 : name.index(".")])
+        want = (layers[i - 1], layers[i]) if name.endswith(".W") else (layers[i],)
+        arr = np.asarray(params[name])
+        if arr.shape != want:
+            raise FormatError(
+                source,
+                f"has shape {list(arr.shape)} but scenario {scenario.name} (layers {list(layers)}) needs {list(want)}",
+                tensor=name,
+            )
+        out[name] = arr.astype(scenario.dtype, copy=True)
+    return out
+
+
+def accuracy(logits: Any, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(np.asarray(logits, dtype=np.float64), axis=1) == labels))
+
+
+def trace_meta(scenario: Scenario, impl: Implementation, variant: Variant, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    meta = {"impl": impl.name, **scenario.meta(), "variant": variant.changes(), **impl.meta}
+    meta["loss_reduction"] = variant.loss_reduction or scenario.training.loss_reduction  # what this run computes
+    meta.update(extra or {})
+    return meta
+
+
+def run(
+    scenario: Scenario,
+    impl: str | Implementation,
+    *,
+    params: Mapping[str, np.ndarray] | None = None,
+    params_source: str = "params",
+    steps: int | None = None,
+    out: str | Path | None = None,
+    variant: Variant | None = None,
+    encoding: str | None = None,
+    evaluate: bool = True,
+    progress: Callable[[Progress], None] | None = None,
+    checkpoint_every: int | None = None,
+) -> RunResult:
+    """Train `impl` on `scenario`, recording every step to `out` (no trace when `out` is None).
+
+    With `checkpoint_every=K` the trace at `out` is a checkpoint run instead (memstate.runner.checkpoint): loss and
+    batch accuracy every step, the parameters at the start, every K steps and at the end.
+    """
+    impl = get_impl(impl) if isinstance(impl, str) else impl
+    variant = scenario.variant if variant is None else variant
+    if scenario.dtype not in impl.dtypes:
+        raise ScenarioError(
+            f"implementation {impl.name!r} supports {', '.join(impl.dtypes)}, not {scenario.dtype} "
+            f"(scenario {scenario.name}); pick another implementation or scenario"
+        )
+    spec = scenario.net_spec(variant)
+    start_params = check_params(scenario_params(scenario) if params is None else params, scenario, params_source)
+    dataset = prepare_data(scenario.data)
+    n_train = len(dataset.train_y)
+    total = scenario.total_steps(n_train) if steps is None else steps
+    if total < 1:
+        raise ScenarioError(f"--steps {total}: need at least one step")
+    net = impl.make(spec, start_params)
+    lr = scenario.training.learning_rate
+    meta = trace_meta(scenario, impl, variant, {"steps": total})
+    checkpoints = None
+    if checkpoint_every is not None:
+        from memstate.runner.checkpoint import CheckpointWriter
+
+        if out is None:
+            raise ScenarioError("checkpoint_every needs an output path for the checkpoint run (-o RUN.memstate)")
+        checkpoints = CheckpointWriter(out, meta, checkpoint_every, total, spec.n_layers, encoding, scenario.path)
+        meta = checkpoints.recorder_meta
+    recorder = Recorder(out, meta=meta, encoding=encoding) if out is not None and checkpoints is None else None
+    record = recorder.record if recorder is not None else (lambda name, value: None)
+    losses: list[float] = []
+    evaluations: list[tuple[int, float]] = []
+    eval_every = scenario.training.eval_every
+    eval_seconds = 0.0
+    began = time.perf_counter()
+    try:
+        for batch in iter_batches(scenario, n_train, total):
+            x, labels = dataset.train_x[batch.indices], dataset.train_y[batch.indices]
+            if checkpoints is not None:
+                loss = checkpoints.train_step(net, batch.step, x, labels, lr)
+            elif recorder is not None:
+                with recorder.step(batch.step):
+                    loss = net.train_step(x, labels, lr, record)
+            else:
+                loss = net.train_step(x, labels, lr, record)
+            losses.append(loss)
+            done = batch.step + 1
+            acc = None
+            if evaluate and len(dataset.test_y) and (done % eval_every == 0 or done == total):
+                eval_began = time.perf_counter()
+                acc = accuracy(net.logits(dataset.test_x), dataset.test_y)
+                evaluations.append((done, acc))
+                eval_seconds += time.perf_counter() - eval_began
+            if progress is not None:
+                progress(Progress(done, total, loss, acc))
+    finally:
+        if recorder is not None:
+            recorder.close()
+        if checkpoints is not None:
+            checkpoints.close()
+    return RunResult(
+        impl=impl.name,
+        scenario=scenario.name,
+        steps=len(losses),
+        trace=Path(out) if out is not None else None,
+        losses=tuple(losses),
+        evaluations=tuple(evaluations),
+        seconds=time.perf_counter() - began - eval_seconds,
+        meta=meta,
+        eval_seconds=eval_seconds,
+    )
+
+
+def final_params(net: Any) -> dict[str, np.ndarray]:
+    """An implementation's current parameters as float arrays (pure-Python ones return lists)."""
+    return {k: np.asarray(v) for k, v in net.params().items()}
+
+
+__all__ = ["Dataset", "Progress", "RunResult", "prepare_data", "check_params", "run", "MemstateError"]
