@@ -4,7 +4,9 @@
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings only on a terminal, and never when NO_COLOR is set (https://no-color.org).
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD='' PLAIN=''; fi
+say() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 expect() {  # expect STATUS CMD...: run a command whose exit status is part of the story
     local want=$1; shift

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from memstate import __version__
 from memstate.errors import MemstateError
 
 EPILOG = """\
@@ -327,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"memstate {__version__} (distribution memstate-nn)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from memstate.comparator.localize import Localization, WorstElement, localize
+from memstate.comparator.metadiff import MetaChange, meta_diff
 from memstate.comparator.metrics import TensorMetrics, element_errors, max_abs_error, tensor_metrics
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
 from memstate.formats.trace import Step, TraceReader, open_trace
@@ -149,16 +150,6 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class MetaChange:
-    """One difference between the two headers' metadata, from DeepDiff(meta_a, meta_b)."""
-
-    path: str  # e.g. "variant.softmax_max"
-    change: str  # changed, added (B only), removed (A only)
-    a: Any
-    b: Any
-
-
-@dataclass(frozen=True)
 class TraceInfo:
     """What was read of one trace."""
 
@@ -271,23 +262,6 @@ def oracle_check(a: np.ndarray, b: np.ndarray, oracle: np.ndarray, factor: float
     top = float(np.abs(finite).max()) if finite.size else 0.0
     allowed = oracle_allowance(error_a, top, b.dtype, factor)
     return OracleCheck(error_a=error_a, error_b=error_b, allowed=allowed, blamed=not error_b <= allowed)
-
-
-def meta_diff(meta_a: dict, meta_b: dict) -> tuple[MetaChange, ...]:
-    """The differences between two headers' metadata, by DeepDiff, sorted by path."""
-    from deepdiff import DeepDiff
-    from deepdiff.helper import notpresent
-
-    changes = []
-    for report_type, items in DeepDiff(meta_a, meta_b, verbose_level=2).tree.items():
-        change = "added" if report_type.endswith("_added") else "removed" if report_type.endswith("_removed") \
-            else "changed"
-        for item in items:
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item.path(output_format="list"))
-            a = None if item.t1 is notpresent else item.t1
-            b = None if item.t2 is notpresent else item.t2
-            changes.append(MetaChange(path=path.lstrip("."), change=change, a=a, b=b))
-    return tuple(sorted(changes, key=lambda c: c.path))
 
 
 def grid_bin(n: int, limit: int = GRID_LIMIT) -> int:

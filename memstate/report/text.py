@@ -198,10 +198,9 @@ def _findings(c: Comparison) -> list[str]:
 def _meta(c: Comparison) -> list[str]:
     if not c.meta_diff:
         return []
-    lines = ["", "metadata differences (A | B):"]
+    lines = ["", "metadata differences (A → B):"]
     for m in c.meta_diff:
-        show = {"added": f"- | {m.b!r}", "removed": f"{m.a!r} | -"}.get(m.change, f"{m.a!r} | {m.b!r}")
-        lines += _wrap(f"{m.path}: {show}")
+        lines += _wrap(m.describe())
     return lines
 
 

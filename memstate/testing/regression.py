@@ -258,7 +258,7 @@ class MemstateRegression:
             write_golden(obtained, golden, encoding)
             _fail(f"memstate: --memstate-regen: this run differs from the golden trace ({summary}), so the "
                   f"golden was rewritten:\n  {self._show(golden)}\n"
-                  f"Review the change (git diff) and commit it; rerun without --memstate-regen to check:\n"
+                  f"{review_hint(encoding)}; rerun without --memstate-regen to check:\n"
                   f"  {self.command()}")
         from memstate.report import text as report_text
 
@@ -283,3 +283,11 @@ class MemstateRegression:
 
 
 __all__ = ["MemstateRegression", "scan_trace", "write_golden"]
+
+
+def review_hint(encoding: str) -> str:
+    """How to review a rewritten golden: git diff reads a JSONL golden, not the safetensors of a binary one."""
+    if encoding == "jsonl":
+        return "Review the change (git diff shows it tensor by tensor) and commit it"
+    return ("Review the change (the summary above says where it moved; git diff of a binary golden only lists "
+            "the step files that changed) and commit it")

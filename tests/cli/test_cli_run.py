@@ -75,3 +75,12 @@ def test_user_mistakes_exit_2_with_a_message(argv, words, tmp_path, capsys):
     err = capsys.readouterr().err
     assert words in err
     assert "Traceback" not in err
+
+
+def test_version_names_the_package_and_distribution(capsys):
+    import memstate
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"memstate {memstate.__version__} (distribution memstate-nn)\n"

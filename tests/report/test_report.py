@@ -67,7 +67,7 @@ def test_text_report_of_a_divergence(planted):
         line.strip() for line in lines)
     assert "diagnosis:" in text
     assert "tolerances:" in text and "rtol 1e-10, atol 1e-12 (float64 default)" in text
-    assert "impl: 'a' | 'b'" in text
+    assert "impl: 'a' → 'b'" in text
     assert all(len(line) <= 80 for line in lines), max(lines, key=len)
 
 

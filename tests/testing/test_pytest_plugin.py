@@ -161,6 +161,8 @@ def test_lifecycle_fail_pass_change_fail_regen_pass(pytester):
     assert message.startswith("memstate: --memstate-regen: this run differs from the golden trace (step 0, "
                               "tensor L1.W")
     assert message.splitlines()[-1] == "  pytest test_train.py::test_training"
+    review = "git diff shows it tensor by tensor" if golden.suffix == ".jsonl" else "only lists the step files"
+    assert review in message
     assert snapshot(golden) != created
 
     pytester.runpytest().assert_outcomes(passed=1)  # 6. pass
