@@ -50,7 +50,7 @@ def get_impl(name: str) -> Implementation:
             if name == "jax" and (exc.name or "").split(".")[0] in ("jax", "jaxlib"):
                 raise MemstateError(
                     "the jax implementation needs JAX, which is not installed: "
-                    "pip install 'memstate[jax]' (or pip install jax)"
+                    "pip install 'memstate-nn[jax]' (or pip install jax)"
                 ) from exc
             raise
     elif name in plugins:
