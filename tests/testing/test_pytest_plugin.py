@@ -434,7 +434,7 @@ def test_cross_impl_pairs_skips_and_unknown_names(pytester):
     ])
     out = result.stdout.str()
     assert "implementation 'jax' is not available here: the jax implementation needs JAX, which is not " \
-           "installed: pip install 'memstate[jax]'" in out
+           "installed: pip install 'memstate-nn[jax]'" in out
     assert "memstate: no implementation named 'nosuchimpl'; available: numpy, python, jax, scalar" in out
     assert "During handling" not in out
     assert "impl_a comes from @memstate.cross_impl('numpy', 'python', ...) on the test; " \
