@@ -121,7 +121,7 @@ def _mapping_rules(table: Mapping[str, Any]) -> list[Rule]:
             unknown = set(value) - {"rtol", "atol", "ulps"}
             if unknown:
                 raise MemstateError(f"{text}: unknown key {sorted(unknown)[0]!r}; use rtol, atol and ulps")
-            fields = {k: _nonneg(v, f"{text}, {k}") for k, v in value.items() if k != "ulps"}
+            fields: dict[str, Any] = {k: _nonneg(v, f"{text}, {k}") for k, v in value.items() if k != "ulps"}
             if "ulps" in value:
                 if isinstance(value["ulps"], bool) or not isinstance(value["ulps"], int) or value["ulps"] < 0:
                     raise MemstateError(f"{text}: ulps must be a whole number >= 0")
@@ -207,7 +207,7 @@ def as_trace(x: Any, stack: ExitStack, label: str) -> str | os.PathLike | TraceR
     if isinstance(x, TraceReader) or _is_trace_path(x):
         return x
     trace = getattr(x, "trace", None)  # memstate.runner.harness.RunResult
-    if _is_trace_path(trace):
+    if trace is not None and _is_trace_path(trace):
         return trace
     if isinstance(x, (Mapping, Iterable)) and not isinstance(x, (bytes, np.ndarray)):
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="memstate-"))
@@ -407,6 +407,7 @@ def assert_tensors_close(actual: Any, desired: Any, *, name: str = "tensor", rto
 
 def _tensor_lines(where: str, tc: TensorComparison, a: np.ndarray, b: np.ndarray) -> list[str]:
     m, tol = tc.metrics, tc.tolerance
+    assert m is not None  # a failing comparison always carries its metrics
     errors = element_errors(a, b)
     loc = localize(a, b, errors, tol.out_of_tolerance(errors))
     lines = [f"{where} is not close: {loc.n_out} of {loc.size} elements out of tolerance "

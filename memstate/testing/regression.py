@@ -212,7 +212,9 @@ class MemstateRegression:
         if isinstance(getattr(trace, "trace", None), (str, os.PathLike)):
             return Path(trace.trace)
         if self.tmp_dir is None:
-            return Path(as_trace(trace, stack, "obtained"))
+            found = as_trace(trace, stack, "obtained")
+            assert not isinstance(found, TraceReader)  # readers were taken above
+            return Path(found)
         name = golden.name.removesuffix(SUFFIX["jsonl"]).removesuffix(SUFFIX["binary"])
         return write_steps(trace, self.tmp_dir() / f"{name}.obtained.memstate", meta=meta, encoding="binary")
 
