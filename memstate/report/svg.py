@@ -305,33 +305,15 @@ def _span(i: int, size: int, total: int) -> str:
     return str(a) if a == b else f"{a}-{b}"
 
 
-def heatmap(grid: Sequence[Sequence[float]], shape: tuple[int, ...], *, mark: float | None = None,
-            mark_label: str = "", title: str = "") -> str:
-    """|a - b| by row and column as SVG rects (one per grid cell), log colour scale, with a legend.
-
-    `shape` is the tensor's: its rows are the first axis and its columns the rest flattened (a 1-d tensor is
-    one row, a 0-d tensor one cell); a grid smaller than that is max-pooled over blocks (compare.grid_bin).
-    `mark` puts a tick on the legend (the tolerance at the tensor's scale).
-    """
+def _heat_cells(grid: Sequence[Sequence[float]], shape: tuple[int, ...], left: int, top: int, hw: int,
+                hh: int) -> list[str]:
+    """The heatmap's cells as one nested SVG in cell units, each with a tooltip when there are few."""
     n_rows, n_cols = len(grid), len(grid[0])
     total_rows, total_cols = _matrix_shape(shape)
     br, bc = grid_bin(total_rows), grid_bin(total_cols)
     values = [v for row in grid for v in row]
     lo, hi = _decade_range(values)
-    has_zero = any(v == 0 for v in values)
-    has_inf = any(not v < math.inf for v in values)
-    cw, ch = max(2, min(28, 720 // n_cols)), max(2, min(28, 480 // n_rows))
-    cw, ch = min(cw, 4 * ch), min(ch, 4 * cw)  # cells at most 4:1
-    hw, hh = n_cols * cw, n_rows * ch
-    left, top = (54 if n_rows > 1 else 16), 30
-    legend_w = max(260, min(420, hw))
-    width = max(left + hw + (60 if hw < 300 else 16), left + legend_w + (130 if has_zero or has_inf else 24))
-    ly = top + hh + 26  # the legend bar's top
-    height = ly + 48
-    out = [(f"<svg class='heatmap' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
-           f"viewBox='0 0 {width} {height}' role='img' aria-label='{esc(title)}' "
-           f"data-rows='{n_rows}' data-cols='{n_cols}'>")]
-    # the cells, in cell units
+    out: list[str] = []
     tips = n_rows * n_cols <= 4096
     out.append(f"<svg x='{left}' y='{top}' width='{hw}' height='{hh}' viewBox='0 0 {n_cols} {n_rows}' "
                "preserveAspectRatio='none' shape-rendering='crispEdges'>")
@@ -346,7 +328,15 @@ def heatmap(grid: Sequence[Sequence[float]], shape: tuple[int, ...], *, mark: fl
                 out.append(rect + "/>")
     out.append("</svg>")
     out.append(f"<rect x='{left}' y='{top}' width='{hw}' height='{hh}' fill='none' stroke='#888'/>")
-    # axes: original indices at the centre of their cell
+    return out
+
+
+def _heat_axes(shape: tuple[int, ...], n_rows: int, left: int, top: int, hw: int, hh: int, cw: int,
+               ch: int) -> list[str]:
+    """Ticks at the original indices (at the centre of their cell) and the axis titles."""
+    total_rows, total_cols = _matrix_shape(shape)
+    br, bc = grid_bin(total_rows), grid_bin(total_cols)
+    out: list[str] = []
     if len(shape) >= 1 and total_cols > 1:
         for t in _nice_ticks(0, total_cols - 1, max(2, min(8, hw // 70))):
             x = left + (t // bc + 0.5) * cw
@@ -363,7 +353,13 @@ def heatmap(grid: Sequence[Sequence[float]], shape: tuple[int, ...], *, mark: fl
     if len(shape) >= 1:
         out.append(f"<text x='{left + hw + 6}' y='{top - 7}'>{col_title}</text>" if hw < 300 else
                    f"<text x='{left}' y='11'>{col_title}</text>")
-    # the legend: the colour bar by decade, then 0 and inf swatches
+    return out
+
+
+def _heat_legend(lo: int, hi: int, left: int, legend_w: int, ly: int, mark: float | None, mark_label: str,
+                 has_zero: bool, has_inf: bool) -> list[str]:
+    """The colour bar by decade, the tolerance tick, then the 0 and inf swatches."""
+    out: list[str] = []
     step = legend_w / LEVELS
     for i, color in enumerate(HEAT):
         out.append(f"<rect x='{_n(left + i * step)}' y='{ly}' width='{_n(step + 0.5)}' height='10' fill='{color}'/>")
@@ -386,6 +382,36 @@ def heatmap(grid: Sequence[Sequence[float]], shape: tuple[int, ...], *, mark: fl
             out.append(f"<rect x='{sx}' y='{ly}' width='10' height='10' fill='{fill}' stroke='#bbb'/>"
                        f"<text x='{sx + 14}' y='{ly + 9}'>{label}</text>")
             ly += 16
+    return out
+
+
+def heatmap(grid: Sequence[Sequence[float]], shape: tuple[int, ...], *, mark: float | None = None,
+            mark_label: str = "", title: str = "") -> str:
+    """|a - b| by row and column as SVG rects (one per grid cell), log colour scale, with a legend.
+
+    `shape` is the tensor's: its rows are the first axis and its columns the rest flattened (a 1-d tensor is
+    one row, a 0-d tensor one cell); a grid smaller than that is max-pooled over blocks (compare.grid_bin).
+    `mark` puts a tick on the legend (the tolerance at the tensor's scale).
+    """
+    n_rows, n_cols = len(grid), len(grid[0])
+    values = [v for row in grid for v in row]
+    lo, hi = _decade_range(values)
+    has_zero = any(v == 0 for v in values)
+    has_inf = any(not v < math.inf for v in values)
+    cw, ch = max(2, min(28, 720 // n_cols)), max(2, min(28, 480 // n_rows))
+    cw, ch = min(cw, 4 * ch), min(ch, 4 * cw)  # cells at most 4:1
+    hw, hh = n_cols * cw, n_rows * ch
+    left, top = (54 if n_rows > 1 else 16), 30
+    legend_w = max(260, min(420, hw))
+    width = max(left + hw + (60 if hw < 300 else 16), left + legend_w + (130 if has_zero or has_inf else 24))
+    ly = top + hh + 26  # the legend bar's top
+    height = ly + 48
+    out = [(f"<svg class='heatmap' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+           f"viewBox='0 0 {width} {height}' role='img' aria-label='{esc(title)}' "
+           f"data-rows='{n_rows}' data-cols='{n_cols}'>")]
+    out += _heat_cells(grid, shape, left, top, hw, hh)
+    out += _heat_axes(shape, n_rows, left, top, hw, hh, cw, ch)
+    out += _heat_legend(lo, hi, left, legend_w, ly, mark, mark_label, has_zero, has_inf)
     out.append("</svg>")
     return "".join(out)
 
