@@ -23,7 +23,7 @@ from memstate.bisect.result import BisectProgress, DiagnosisInfo, Episode, Findi
 from memstate.runner.checkpoint import CheckpointRun
 from memstate.comparator.metrics import relative_to_scale
 from memstate.formats.recorder import Recorder, as_float_array
-from memstate.report.text import _e
+from memstate.numfmt import short as _e
 from memstate.bisect.runspec import RunSpec
 from memstate.runner.scenario import iter_batches
 from memstate.comparator.tolerance import Tolerances

@@ -17,8 +17,8 @@
 
 The modules: memstate.bisect.search (this one: the search, and `bisect`), memstate.bisect.runspec (`RunSpec`, one
 side), memstate.bisect.replay (replay and lockstep), memstate.bisect.result (the result types),
-memstate.report.bisect (text and JSON reports) and memstate.cli.bisect (the command line). The names
-in `__all__` stay importable from here.
+memstate.report.bisect (text and JSON reports: `render_text`, `render_json`) and memstate.cli.bisect (the
+command line). Nothing here imports the report layer: reports sit above bisect.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from memstate.runner.checkpoint import CheckpointRun, check_every
 from memstate.errors import MemstateError
 from memstate.comparator.metrics import element_errors, max_rel_error
 from memstate.bisect.replay import Replayer
-from memstate.report.bisect import render_json, render_text, sparkline, to_dict
-from memstate.report.text import _e
+from memstate.numfmt import short as _e
 from memstate.bisect.runspec import RunSpec, check_pair, spec_from_run
 from memstate.runner.scenario import Scenario
 from memstate.comparator.tolerance import Tolerances
@@ -421,7 +420,5 @@ def _verdict(bis: _Bisector, episodes: list[Episode], break_step: int | None, br
     return "divergent", (nf.code if nf is not None and nf.code else code), (nf or f), text
 
 
-
 __all__ = ["BisectProgress", "BisectResult", "BisectState", "DiagnosisInfo", "Episode", "Finding", "RunSpec",
-           "SideInfo", "bisect", "check_pair", "default_every", "params_error", "render_json", "render_text",
-           "sparkline", "spec_from_run", "to_dict"]
+           "SideInfo", "bisect", "check_pair", "default_every", "params_error", "spec_from_run"]

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from memstate.bisect.result import BisectResult, Episode, Finding
-from memstate.report.text import _e
+from memstate.numfmt import short as _e
 
 SPARK = "▁▂▃▄▅▆▇█"
 

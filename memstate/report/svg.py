@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 from memstate.comparator.compare import Bucket, Comparison, FirstDivergence, grid_bin
 from memstate.report.page import esc
-from memstate.report.text import _e
+from memstate.numfmt import short as _e
 
 
 def _n(x: float) -> str:

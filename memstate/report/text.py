@@ -6,6 +6,7 @@ import math
 import textwrap
 from typing import TYPE_CHECKING
 
+from memstate.numfmt import short as _e
 from memstate.comparator.compare import Comparison, FirstDivergence, TensorComparison, TraceInfo
 from memstate.comparator.tolerance import ceil_3g
 
@@ -16,15 +17,6 @@ WIDTH = 80
 SHOWN_LISTED = 12  # rows/columns printed before "..."
 OVERVIEW_PER_LINE = 12
 MAX_ULP_HINT = 2**20  # beyond this an --ulp allowance is no help: suggest none
-
-
-def _e(x: float) -> str:
-    """A short number: 0, 1.2e-07, inf."""
-    if x == 0:
-        return "0"
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return f"{x:.1e}"
 
 
 def _g(x: float) -> str:

@@ -13,10 +13,8 @@ from memstate.bisect.search import (
     RunSpec,
     bisect,
     params_error,
-    render_json,
-    render_text,
-    sparkline,
 )
+from memstate.report.bisect import render_json, render_text, sparkline
 from memstate.runner.checkpoint import CheckpointRun, checkpoint_positions
 from memstate.cli.main import main
 from memstate.runner.initparams import scenario_params
