@@ -136,8 +136,8 @@ def compare_impls(scenario: Scenario, impls: Sequence[str], *, steps: int | None
                 for impl in impls]
         pairs = []
         for ra, rb in combinations(runs, 2):
-            both = ra.trace is not None and rb.trace is not None
-            pairs.append(PairResult(ra.impl, rb.impl, compare(ra.trace, rb.trace, tolerances=tolerances)
-                                    if both else None))
+            both = None if ra.trace is None or rb.trace is None else \
+                compare(ra.trace, rb.trace, tolerances=tolerances)
+            pairs.append(PairResult(ra.impl, rb.impl, both))
     return Matrix(scenario.name, steps, tuple(impls), tuple(runs), tuple(pairs),
                   kept=str(keep) if keep is not None else None)

@@ -106,7 +106,8 @@ def min_passing(errors: ElementErrors, tol: Tolerance) -> MinTolerance:
 def _least(errors: ElementErrors, tol: Tolerance, field: str, value: float) -> float:
     """`value`, nudged up by a few ulps until it passes despite rounding in atol + rtol * magnitude."""
     for _ in range(16):
-        if not math.isfinite(value) or not replace(tol, **{field: value}).out_of_tolerance(errors).any():
+        trial = replace(tol, rtol=value) if field == "rtol" else replace(tol, atol=value)
+        if not math.isfinite(value) or not trial.out_of_tolerance(errors).any():
             return value
         value = float(np.nextafter(value, math.inf))
     return value * (1 + 1e-12)

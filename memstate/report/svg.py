@@ -82,7 +82,7 @@ class _LogPlot:
 
     def __init__(self, steps: tuple[int, int], decades: tuple[int, int], width: int, height: int, *,
                  left: int, right: int, top: int, bottom: int, zero: bool, inf: bool, band: int = 16):
-        self.s0, self.s1 = steps
+        self.s0, self.s1 = float(steps[0]), float(steps[1])
         if self.s1 <= self.s0:
             self.s0, self.s1 = self.s0 - 0.5, self.s1 + 0.5
         self.lo, self.hi = decades
@@ -119,11 +119,12 @@ class _LogPlot:
                 out.append(f"<line class='grid' x1='{_n(self.x0)}' x2='{_n(self.x1)}' y1='{_n(y)}' y2='{_n(y)}'/>")
                 if labels:
                     out.append(f"<text x='{_n(self.x0 - 4)}' y='{_n(y + 3.5)}' text-anchor='end'>{_decade(d)}</text>")
-        for label, y in (("0", self.zero_y), ("inf", self.inf_y)):
-            if y is not None:
-                out.append(f"<rect class='band' x='{_n(self.x0)}' y='{_n(y - 5)}' width='{_n(self.x1 - self.x0)}' "
+        band_ys: tuple[tuple[str, int | None], ...] = (("0", self.zero_y), ("inf", self.inf_y))
+        for label, band_y in band_ys:
+            if band_y is not None:
+                out.append(f"<rect class='band' x='{_n(self.x0)}' y='{_n(band_y - 5)}' width='{_n(self.x1 - self.x0)}' "
                            "height='10'/>")
-                out.append(f"<text x='{_n(self.x0 - 4)}' y='{_n(y + 3.5)}' text-anchor='end'>{label}</text>")
+                out.append(f"<text x='{_n(self.x0 - 4)}' y='{_n(band_y + 3.5)}' text-anchor='end'>{label}</text>")
         bottom = self.zero_y + 6 if self.zero_y is not None else self.y0
         out.append(f"<line class='axis' x1='{_n(self.x0)}' x2='{_n(self.x1)}' y1='{_n(bottom)}' y2='{_n(bottom)}'/>")
         out.append(f"<line class='axis' x1='{_n(self.x0)}' x2='{_n(self.x0)}' y1='{_n(self.y1 - 4)}' "
@@ -270,8 +271,8 @@ def small_multiples(c: Comparison, width: int = 214, height: int = 104) -> str:
                            f"fill='{fill}'><title>step {x}: {_e(v)}{' (fails)' if failed else ''}</title></circle>")
         out.append("</svg>")
         worst = max((b.max_rel_error for b in s.buckets), default=0.0)
-        failed = sum(b.failed for b in s.buckets)
-        status = (f"<span class='fail'>fails in {failed} step{'s' * (failed != 1)}</span>" if failed
+        n_failed = sum(int(b.failed) for b in s.buckets)
+        status = (f"<span class='fail'>fails in {n_failed} step{'s' * (n_failed != 1)}</span>" if n_failed
                   else "<span class='agree'>within tolerance</span>")
         name = f"<b>{esc(s.name)}</b>" if hl else esc(s.name)
         figs.append(f"<figure class='fit'>{''.join(out)}<figcaption><code>{name}</code> worst {_e(worst)}, {status}"

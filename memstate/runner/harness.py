@@ -65,6 +65,7 @@ def prepare_data(spec: DataSpec) -> Dataset:
     if spec.source == "bundled":
         images, labels = digits.load_bundled()
     else:
+        assert spec.idx_dir is not None  # the scenario's validation requires it for source = "idx"
         images, labels = digits.load_idx_dir(spec.idx_dir, split="train")
     x = digits.preprocess(images, crop=spec.crop, size=spec.size, binarize=spec.binarize, normalize=spec.normalize)
     train_x, train_y, test_x, test_y = digits.split(
