@@ -635,6 +635,11 @@ def _start_params(params: Mapping[str, np.ndarray], t: Mapping[str, np.ndarray],
                   ) -> dict[str, np.ndarray]:
     """The params file's tensors, checked against the shapes the trace records for the updated parameters."""
     out = {}
+    unknown = [n for n in params if n not in param_names(n_layers)]
+    if unknown:
+        raise MemstateError(f"the params file has tensors a {n_layers}-layer trace does not use: "
+                            f"{', '.join(map(repr, unknown))}; it needs exactly {', '.join(param_names(n_layers))}: "
+                            "is it the params file of this run?")
     for name in param_names(n_layers):
         if name not in params:
             raise MemstateError(f"the params file has no {name}; a {n_layers}-layer trace needs "

@@ -239,9 +239,9 @@ def _cell(t: TensorComparison | None, w: int) -> str:
 
 
 def _table(c: Comparison) -> list[str]:
-    if not c.steps:
-        return []
     names = [s.name for s in c.series]
+    if not c.steps or not names:  # (steps that record no tensor at all: nothing to tabulate)
+        return []
     nw = min(10, max(len(n) for n in names)) + 1
     w = max(4, *(len(str(s.step)) + 1 for s in c.steps))
     header, gaps, prev = "", [], None
