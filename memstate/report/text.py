@@ -53,7 +53,9 @@ def _trace_line(label: str, info: TraceInfo, role: str = "") -> list[str]:
     meta = info.meta
     facts = [str(meta[k]) for k in ("impl", "scenario", "dtype") if k in meta]
     facts.append(f"{info.steps} step{'s' * (info.steps != 1)}")
-    if info.incomplete_step is not None:
+    if info.ended_early is not None:
+        facts.append(str(info.ended_early))
+    elif info.incomplete_step is not None:
         facts.append(f"crashed in step {info.incomplete_step}")
     return _wrap(f"{label}  {info.path}  ({', '.join(facts)}){role}")
 
