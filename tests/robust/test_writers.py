@@ -175,3 +175,27 @@ def test_two_concurrent_cli_writers_never_both_succeed(tmp_path):
     assert [s.index for s in steps] == list(range(40))
     with open_trace(path) as reader:
         assert reader.ended_early is None
+
+
+def test_keep_failed_folder_names_are_unique():
+    from memstate.testing.asserts import folder_for_test
+
+    ids = ["t[a/b]", "t[a_b]", "t[a b]", "t", "tests/x.py::t[\ud800]", "tests/x.py::t[?]"]
+    names = [folder_for_test(i) for i in ids]
+    assert len(set(names)) == len(ids)
+    assert names[3] == "t" and names[0].startswith("t_a_b-") and all("/" not in n for n in names)
+
+
+def test_golden_write_is_locked_and_atomic(tmp_path):
+    from memstate.testing.regression import write_golden
+
+    src = tmp_path / "obtained.memstate"
+    _record(src, range(2), 1.0)
+    golden = tmp_path / "goldens" / "g.memstate.jsonl"
+    write_golden(src, golden, "jsonl")
+    with Recorder(golden.with_name("g.memstate.jsonl")):  # a writer holds it (its own file now empty)
+        with pytest.raises(TraceBusyError):
+            write_golden(src, golden, "jsonl")
+    write_golden(src, golden, "jsonl")
+    assert [float(s.tensors["loss"]) for s in read_trace(golden)] == [1.0, 2.0]
+    assert sorted(p.name for p in golden.parent.iterdir()) == ["g.memstate.jsonl"]
