@@ -154,7 +154,7 @@ oracle:
   with --oracle C (a float64 trace), a tensor of B out of tolerance against
   A counts only if B's error to C exceeds K (--oracle-factor, 10) times A's
   error to C plus one rounding.
-exit status: 0 the traces agree, 1 they diverge, 2 usage or input error.
+exit status: 0 the traces agree, 1 they diverge, 2 usage or input error, 3 a bug (see --debug).
 examples:
   memstate diff numpy.memstate.jsonl python.memstate.jsonl
   memstate diff a.memstate.jsonl b.memstate.jsonl --format json -o r.json
@@ -256,7 +256,7 @@ parameters in force: at step 0 the --params file (without it those checks are sk
   at step k the updated parameters the trace records at step k-1.
 activation, loss reduction, learning rate: from --scenario, else the trace header, else inferred.
 tolerances: as for diff (--rtol, --atol, --tol, --ulp), in the trace's own dtype.
-exit status: 0 clean, 1 a wrong operation or a failed invariant, 2 usage or input error.
+exit status: 0 clean, 1 a wrong operation or a failed invariant, 2 usage or input error, 3 a bug.
 examples:
   memstate run mnist14-relu --params start.params.json --steps 50 -o run.memstate.jsonl
   memstate check run.memstate.jsonl --params start.params.json
@@ -309,7 +309,7 @@ what it does:
   large one-step error, rounding drift as one-step errors at rounding level.
 sides: with one SCENARIO whose [variant] holds a bug and no --variant-a/-b, A is the correct network
   and B the scenario's variant. --variant-a clean starts A from the correct network.
-exit status: 0 the runs agree within tolerance, 1 they diverge (drift included), 2 usage or input error.
+exit status: 0 the runs agree within tolerance, 1 they diverge (drift included), 2 usage or input error, 3 a bug.
 examples:
   memstate bisect story-global-max --lockstep
   memstate bisect mnist14-relu mnist14-relu-f32 --lockstep
