@@ -216,6 +216,10 @@ CASES: list[Case] = [
       enumerate(scenario_cmds({"layers = [196, 32, 10]": "layers = [196, 1e11, 10]"}))],
     *[Case(f"scenario-too-many-samples-{i}", cmd, 2, ("s.toml", "data.train", "10000")) for i, cmd in
       enumerate(scenario_cmds({"train = 8000": "train = 9000"}))],
+    *[Case(f"scenario-variant-needs-batch-{i}", cmd, 2, ("s.toml", "bias_grad_axis", "batch")) for i, cmd in
+      enumerate(scenario_cmds({'eval_every = 100': 'eval_every = 100\n\n[variant]\nbias_grad_axis = "features"'}))],
+    *[Case(f"scenario-epochs-{i}", cmd, 2, ("s.toml", "training.epochs")) for i, cmd in
+      enumerate(scenario_cmds({"steps = 600": "epochs = 9223372036854775807"}))],
     # valid traces that used to crash
     Case("zero-tensor-step-diff", lambda d: ["diff", _zero_tensor_trace(d, "a.memstate"),
                                              _zero_tensor_trace(d, "b.memstate.jsonl")], 0, ("AGREE",)),
