@@ -156,8 +156,9 @@ def _jsonl_cut(at: int) -> None:
             assert at <= JSONL.index(b"\n") + 1  # only a cut header is unreadable
             return
         assert _steps_equal(steps, JSONL_STEPS[:len(steps)])
-        ends = [i + 1 for i in range(len(JSONL)) if JSONL.startswith(b'"end": true}\n', i - 12)]
-        assert len(steps) == sum(end <= at for end in ends)
+        # a step is complete once its terminator's closing brace is written (the newline may still be missing)
+        ends = [i + len(b'"end": true}') for i in range(len(JSONL)) if JSONL.startswith(b'"end": true}', i)]
+        assert len(ends) == 3 and len(steps) == sum(end <= at for end in ends)
 
 
 test_jsonl_cut, test_jsonl_cut_long = _jsonl_cut
