@@ -29,3 +29,7 @@ class ScenarioError(MemstateError):
 
 class DataError(MemstateError):
     """A data set (bundled digits or MNIST IDX files) is missing, truncated or malformed."""
+
+
+class TraceBusyError(MemstateError):
+    """Another writer holds the trace (or its destination) this writer was asked to write."""

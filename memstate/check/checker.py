@@ -35,7 +35,7 @@ from memstate.comparator.localize import localize
 from memstate.comparator.metrics import TensorMetrics, element_errors, tensor_metrics
 from memstate.names import param_names
 from memstate.comparator.tolerance import Tolerance, Tolerances, min_passing
-from memstate.formats.trace import open_trace
+from memstate.formats.trace import EndedEarly, open_trace
 
 #: How many failing operations are kept in full (all of them are counted).
 MAX_FAILURES = 50
@@ -157,6 +157,7 @@ class CheckResult:
     tolerances: Tolerances
     comparison: Comparison  # the result in the comparator's terms (what the JSON report renders)
     seconds: float = 0.0
+    ended_early: EndedEarly | None = None  # the run stopped before the steps its header declares
 
     @property
     def ok(self) -> bool:
@@ -541,6 +542,10 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
         incomplete = reader.incomplete.index if reader.incomplete is not None else None
         if incomplete is not None:
             st.note("the trace ends with an incomplete step (the run crashed); it was not checked", incomplete)
+        early = reader.ended_early
+        if early is not None and incomplete is None:
+            st.note(f"{early}: the run stopped before the end its header declares",
+                    last_step if last_step is not None else 0)
         encoding = reader.encoding
 
     if st.last_kept is not None and st.last_kept[0] not in {s.step for s in st.full_steps}:
@@ -571,7 +576,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
         verdict="agree" if ok else "diverge",
         first_divergence=first_divergence,
         a=TraceInfo(REFERENCE_PATH, "recomputed", ref_meta, count, last_step, None),
-        b=TraceInfo(str(path), encoding, meta, count, last_step, incomplete),
+        b=TraceInfo(str(path), encoding, meta, count, last_step, incomplete, early),
         oracle=None,
         tolerances=tolerances,
         tolerances_used=tuple(ToleranceUse(tol, tuple(names)) for tol, names in st.used.items()),
@@ -594,7 +599,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
         first_finding=st.first_finding, failures=tuple(st.failures), n_failures=st.n_failures,
         failing_steps=st.failing_steps, findings=findings, diagnoses=diagnoses, notes=notes,
         unchecked=tuple(st.unchecked), tolerances=tolerances, comparison=comparison,
-        seconds=time.perf_counter() - began,
+        seconds=time.perf_counter() - began, ended_early=early,
     )
 
 
@@ -635,6 +640,11 @@ def _start_params(params: Mapping[str, np.ndarray], t: Mapping[str, np.ndarray],
                   ) -> dict[str, np.ndarray]:
     """The params file's tensors, checked against the shapes the trace records for the updated parameters."""
     out = {}
+    unknown = [n for n in params if n not in param_names(n_layers)]
+    if unknown:
+        raise MemstateError(f"the params file has tensors a {n_layers}-layer trace does not use: "
+                            f"{', '.join(map(repr, unknown))}; it needs exactly {', '.join(param_names(n_layers))}: "
+                            "is it the params file of this run?")
     for name in param_names(n_layers):
         if name not in params:
             raise MemstateError(f"the params file has no {name}; a {n_layers}-layer trace needs "

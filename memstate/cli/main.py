@@ -1,13 +1,17 @@
 """The `memstate` command: a thin shell; each subcommand parses, calls one library function, renders, exits.
 
-Exit status: 0 success (or traces agree), 1 traces diverge or a check fails, 2 usage or input error.
+Exit status (EXIT_CODES): 0 success (or traces agree), 1 traces diverge or a check fails, 2 usage or input
+error, 3 an internal error (a bug in memstate), 130 interrupted. `main` is the one place that turns
+exceptions into statuses, so no exception reaches the user as a traceback unless --debug asks for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,7 +28,17 @@ the workflow:
   memstate bisect story-global-max --lockstep                # long runs: replay only what matters
 
 formats: docs/format.md   scenarios: memstate scenarios   implementations: memstate impls
+
+exit codes (every command):
+  0    success: the traces agree, the check is clean
+  1    a finding: the traces diverge, a check fails
+  2    bad input or usage: a missing or malformed file, a bad option, a trace another run is writing
+  3    internal error: a bug in memstate; rerun with --debug (or MEMSTATE_DEBUG=1) for the traceback
+  130  interrupted (Ctrl-C)     141  the output pipe was closed (e.g. `| head`)
 """
+
+EXIT_CODES = {"ok": 0, "finding": 1, "input": 2, "internal": 3, "interrupted": 130, "broken_pipe": 141}
+REPORT_TO = "the memstate issue tracker"
 
 
 class ProgressPrinter:
@@ -141,7 +155,7 @@ oracle:
   with --oracle C (a float64 trace), a tensor of B out of tolerance against
   A counts only if B's error to C exceeds K (--oracle-factor, 10) times A's
   error to C plus one rounding.
-exit status: 0 the traces agree, 1 they diverge, 2 usage or input error.
+exit status: 0 the traces agree, 1 they diverge, 2 usage or input error, 3 a bug (see --debug).
 examples:
   memstate diff numpy.memstate.jsonl python.memstate.jsonl
   memstate diff a.memstate.jsonl b.memstate.jsonl --format json -o r.json
@@ -243,7 +257,7 @@ parameters in force: at step 0 the --params file (without it those checks are sk
   at step k the updated parameters the trace records at step k-1.
 activation, loss reduction, learning rate: from --scenario, else the trace header, else inferred.
 tolerances: as for diff (--rtol, --atol, --tol, --ulp), in the trace's own dtype.
-exit status: 0 clean, 1 a wrong operation or a failed invariant, 2 usage or input error.
+exit status: 0 clean, 1 a wrong operation or a failed invariant, 2 usage or input error, 3 a bug.
 examples:
   memstate run mnist14-relu --params start.params.json --steps 50 -o run.memstate.jsonl
   memstate check run.memstate.jsonl --params start.params.json
@@ -296,7 +310,7 @@ what it does:
   large one-step error, rounding drift as one-step errors at rounding level.
 sides: with one SCENARIO whose [variant] holds a bug and no --variant-a/-b, A is the correct network
   and B the scenario's variant. --variant-a clean starts A from the correct network.
-exit status: 0 the runs agree within tolerance, 1 they diverge (drift included), 2 usage or input error.
+exit status: 0 the runs agree within tolerance, 1 they diverge (drift included), 2 usage or input error, 3 a bug.
 examples:
   memstate bisect story-global-max --lockstep
   memstate bisect mnist14-relu mnist14-relu-f32 --lockstep
@@ -329,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"memstate {__version__} (distribution memstate-nn)")
+    parser.add_argument("--debug", action="store_true", help="on an internal error, print the traceback "
+                        "(also: MEMSTATE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -448,23 +464,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scenarios)
     p = sub.add_parser("impls", help="list the implementations that can be run")
     p.set_defaults(func=cmd_impls)
+    for p in sub.choices.values():  # --debug also after the command name
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+def _debug_from_env() -> bool:
+    return os.environ.get("MEMSTATE_DEBUG", "").strip().lower() not in ("", "0", "no", "false")
+
+
+def _silence_stdout() -> None:
+    """After the reader of our output went away: send the rest to /dev/null, so that Python's final flush of
+    stdout does not print a second BrokenPipeError."""
     try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit status (EXIT_CODES), whatever it raises."""
+    command, debug = "", _debug_from_env()
+    try:
+        args = build_parser().parse_args(argv)
+        command, debug = args.command, debug or args.debug
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except MemstateError as exc:
-        print(f"memstate {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"memstate {command}: error: {exc}", file=sys.stderr)
+        return EXIT_CODES["input"]
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"memstate {command}: interrupted", file=sys.stderr)
+        return EXIT_CODES["interrupted"]
     except BrokenPipeError:
-        return 0
+        _silence_stdout()
+        return EXIT_CODES["broken_pipe"]
+    except OSError as exc:
+        if exc.filename is None:
+            return _internal(command, exc, debug)
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        print(f"memstate {command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CODES["input"]
+    except MemoryError as exc:
+        print(f"memstate {command}: error: out of memory (is an input far larger than expected?)", file=sys.stderr)
+        if debug:
+            traceback.print_exception(exc)
+        return EXIT_CODES["internal"]
+    except Exception as exc:  # noqa: BLE001 - the one top-level guard: a bug is exit 3, never a bare traceback
+        return _internal(command, exc, debug)
+
+
+def _internal(command: str, exc: BaseException, debug: bool) -> int:
+    """Exit 3: a one-line message, the traceback only when asked for, and where to report it."""
+    where = f"memstate {command}" if command else "memstate"
+    first = (str(exc).splitlines() or [""])[0][:200]
+    how = "the traceback above" if debug else "the traceback that --debug (or MEMSTATE_DEBUG=1) prints"
+    if debug:
+        traceback.print_exception(exc)
+    print(f"{where}: internal error: {type(exc).__name__}: {first} (a bug in memstate, not in your input: please "
+          f"report it to {REPORT_TO} with the command line and {how})", file=sys.stderr)
+    return EXIT_CODES["internal"]
 
 
 if __name__ == "__main__":

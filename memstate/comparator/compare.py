@@ -23,7 +23,7 @@ from memstate.comparator.localize import Localization, WorstElement, localize
 from memstate.comparator.metadiff import MetaChange, meta_diff
 from memstate.comparator.metrics import TensorMetrics, element_errors, max_abs_error, tensor_metrics
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
-from memstate.formats.trace import Step, TraceReader, open_trace
+from memstate.formats.trace import EndedEarly, Step, TraceReader, ended_early, open_trace
 
 TraceLike = str | os.PathLike | TraceReader
 
@@ -159,6 +159,7 @@ class TraceInfo:
     steps: int  # complete steps read
     last_step: int | None
     incomplete_step: int | None  # the crashed step at its end, if any
+    ended_early: EndedEarly | None = None  # its run stopped before its end (None too when not read to its end)
 
 
 @dataclass(frozen=True)
@@ -362,6 +363,7 @@ class _Comparer:
         self.compared = 0
         self.count = {"a": 0, "b": 0, "oracle": 0}
         self.last: dict[str, Step | None] = {"a": None, "b": None, "oracle": None}
+        self.complete_span: dict[str, tuple[int, int] | None] = {"a": None, "b": None, "oracle": None}
 
     # -- one step present on both sides
     def both(self, sa: Step, sb: Step, sc: Step | None) -> None:
@@ -426,13 +428,17 @@ class _Comparer:
                                   "records", side, name, k)
         for side, step in (("a", sa), ("b", sb)):
             if not step.complete:
-                self._incomplete(side, step)
+                self._incomplete(side, step, same_crash=_same_crash(sa, sb))
 
-    def _incomplete(self, side: str, step: Step) -> None:
+    def _incomplete(self, side: str, step: Step, same_crash: bool = False) -> None:
+        """A crashed step: an error, unless both runs crashed at the same point (then the steps both have are
+        what is compared, and the crash is only noted)."""
         last = list(step.tensors)[-1] if step.tensors else None
         after = f"after recording {last}" if last else "before recording any tensor"
-        self.findings.add("incomplete", "error", f"{side.upper()}'s step {step.index} is incomplete: its run "
-                          f"crashed {after} ({self.readers[side].path})", side, None, step.index)
+        both = "; so did the other run, at the same point" if same_crash else ""
+        self.findings.add("incomplete", "warning" if same_crash else "error", f"{side.upper()}'s step {step.index} "
+                          f"is incomplete: its run crashed {after} ({self.readers[side].path}){both}", side, None,
+                          step.index)
 
     def _summarise(self, result: StepComparison) -> None:
         k = result.step
@@ -479,7 +485,7 @@ class _Comparer:
                 self._found_tensor(t, sa, sb, names_a[:pos], names_b, earlier)
             self.consequences = [n for n in order[pos + 1:] if n in by_name and not by_name[n].passed]
             return
-        if not (sa.complete and sb.complete):
+        if not (sa.complete and sb.complete) and not _same_crash(sa, sb):
             side = "a" if not sa.complete else "b"
             self._found(FirstDivergence("missing", result.step, None, f"{side.upper()}'s step {result.step} is "
                                         "incomplete: its run crashed after recording every tensor"), [], [])
@@ -560,7 +566,8 @@ class _Comparer:
         return Comparison(
             verdict="diverge" if diverge else "agree",
             first_divergence=first,
-            a=self._info("a"), b=self._info("b"), oracle=self._info("oracle") if "oracle" in self.readers else None,
+            a=self._info("a", not stopped_early), b=self._info("b", not stopped_early),
+            oracle=self._info("oracle", False) if "oracle" in self.readers else None,
             tolerances=self.tol,
             tolerances_used=tuple(ToleranceUse(t, tuple(n)) for t, n in self.used.items()),
             steps_compared=self.compared,
@@ -578,15 +585,27 @@ class _Comparer:
                 self.findings.add("truncated", "warning", f"{side.upper()} ends after step {self.last[side].index} "
                                   f"although its header says {self.readers[side].meta['steps']} steps", side)
 
-    def _info(self, side: str) -> TraceInfo:
+    def _info(self, side: str, read_to_end: bool = True) -> TraceInfo:
         r, last = self.readers[side], self.last[side]
+        unfinished = last.index if last is not None and not last.complete else None
+        span = self.complete_span[side]
+        first, last_done = span if span is not None else (None, None)
+        early = ended_early(r.meta, self.count[side], first, last_done, unfinished) if read_to_end else None
         return TraceInfo(str(r.path), r.encoding, dict(r.meta), self.count[side],
-                         last.index if last is not None else None,
-                         last.index if last is not None and not last.complete else None)
+                         last.index if last is not None else None, unfinished, early)
 
     def seen(self, side: str, step: Step) -> None:
         self.last[side] = step
         self.count[side] += step.complete
+        if step.complete:
+            span = self.complete_span[side]
+            self.complete_span[side] = (step.index if span is None else span[0], step.index)
+
+
+def _same_crash(sa: Step, sb: Step) -> bool:
+    """Both steps crashed, after recording the same tensors: a crashed run compared with itself, or two runs
+    killed at the same point."""
+    return not sa.complete and not sb.complete and list(sa.tensors) == list(sb.tensors)
 
 
 def _diagnose(**context: Any) -> tuple:

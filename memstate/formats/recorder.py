@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,11 +17,20 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from memstate.errors import MemstateError
-from memstate.formats.tensorjson import DTYPES, dtype_name, encode_fields
+from memstate.formats.lock import TraceLock, lock_trace
+from memstate.formats.tensorjson import DTYPES, BadJSON, dtype_name, encode_fields, loads_strict
 from memstate.formats.trace import FORMAT, HEADER_FILE, STEP_FILE, step_file_name
 
 VERSION = 1
 ENCODINGS = ("jsonl", "binary")
+
+
+class _NewRunId:
+    def __repr__(self) -> str:
+        return "NEW_RUN_ID"
+
+
+NEW_RUN_ID: Any = _NewRunId()  # the default run id: a fresh one for this writer
 
 
 def encoding_for(path: str | os.PathLike) -> str:
@@ -30,29 +40,47 @@ def encoding_for(path: str | os.PathLike) -> str:
 
 
 def open_writer(path: str | os.PathLike, meta: dict | None = None, encoding: str | None = None, *,
-                b64: bool = False) -> TraceWriter:
-    """A writer for a new trace at `path` (replacing any trace there); encoding None means from the path."""
+                b64: bool = False, run_id: str | None = NEW_RUN_ID) -> TraceWriter:
+    """A writer for a new trace at `path` (replacing any trace there); encoding None means from the path.
+
+    The writer holds the trace's lock (memstate.formats.lock) until closed: a second writer fails at once.
+    `run_id` (default: a new one; None: none, as in a converted trace that had none) goes into the header and
+    every binary step file.
+    """
     encoding = encoding or encoding_for(path)
     if encoding == "jsonl":
-        return JsonlWriter(path, meta, b64=b64)
+        return JsonlWriter(path, meta, b64=b64, run_id=run_id)
     if encoding == "binary":
-        return BinaryWriter(path, meta)
+        return BinaryWriter(path, meta, run_id=run_id)
     raise MemstateError(f"{path}: unknown trace encoding {encoding!r}; use 'jsonl' or 'binary'")
 
 
-def _header(path: Path, meta: dict | None, **extra: str) -> str:
+def new_run_id() -> str:
+    """A fresh run id: 32 hex digits, unique per writer."""
+    return uuid.uuid4().hex
+
+
+def _header(path: Path, meta: dict | None, run_id: str | None, **extra: str) -> str:
+    ids = {"run_id": run_id} if run_id is not None else {}
     try:
-        return json.dumps({"format": FORMAT, "version": VERSION, "meta": dict(meta or {}), **extra},
+        text = json.dumps({"format": FORMAT, "version": VERSION, **ids, "meta": dict(meta or {}), **extra},
                           allow_nan=False)
     except (TypeError, ValueError) as e:
         raise MemstateError(f"{path}: meta must be plain JSON (str, numbers, lists, dicts; no NaN): {e}") from None
+    try:
+        loads_strict(text)  # what the reader will refuse (a lone surrogate in a string) is refused now
+    except BadJSON as e:
+        raise MemstateError(f"{path}: meta cannot be written: {e.msg}") from None
+    return text
 
 
 class TraceWriter:
     """Step bookkeeping shared by both encodings: steps strictly increase, names are unique within a step."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, run_id: str | None = NEW_RUN_ID):
         self.path = Path(path)
+        self.run_id: str | None = new_run_id() if run_id is NEW_RUN_ID else run_id
+        self._lock: TraceLock | None = None
         self._step: int | None = None
         self._last: int | None = None
         self._names: set[str] = set()
@@ -81,9 +109,9 @@ class TraceWriter:
         """Add a float32/float64 tensor to the open step; the writer keeps its own copy."""
         if self._step is None:
             raise MemstateError(f"{self.path}: tensor {name!r} recorded outside a step; wrap it in a step")
-        if not isinstance(name, str) or not name or name == "__metadata__":
+        if not isinstance(name, str) or not name or name == "__metadata__" or not _is_text(name):
             raise MemstateError(f"{self.path}, step {self._step}: bad tensor name {name!r}; use a non-empty string "
-                                "other than '__metadata__'")
+                                "of text (no lone surrogates) other than '__metadata__'")
         if name in self._names:
             raise MemstateError(f"{self.path}, step {self._step}, tensor {name!r}: recorded twice in one step; "
                                 "give each tensor its own name")
@@ -111,16 +139,24 @@ class TraceWriter:
 
     def close(self) -> None:
         """Finish the trace; a step still open is written as incomplete. Safe to call twice."""
-        if self._step is not None:
-            self.abort_step()
-        self._stopped = self._stopped or "the trace is closed"
-        self._close()
+        try:
+            if self._step is not None:
+                self.abort_step()
+            self._stopped = self._stopped or "the trace is closed"
+            self._close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self) -> TraceWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _take_lock(self) -> None:
+        """Lock the trace before touching it; a writer already on it makes this raise TraceBusyError."""
+        self._lock = lock_trace(self.path)
 
     def _require_step(self, verb: str) -> None:
         if self._step is None:
@@ -144,13 +180,16 @@ class JsonlWriter(TraceWriter):
 
     encoding = "jsonl"
 
-    def __init__(self, path: str | os.PathLike, meta: dict | None = None, *, b64: bool = False):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, meta: dict | None = None, *, b64: bool = False,
+                 run_id: str | None = NEW_RUN_ID):
+        super().__init__(path, run_id)
         self.b64 = b64
-        header = _header(self.path, meta)
+        header = _header(self.path, meta, self.run_id)
+        self._take_lock()
         try:
             self._fh = open(self.path, "wb")
         except OSError as e:
+            self._lock.release()  # type: ignore[union-attr]
             raise MemstateError(f"{self.path}: cannot create trace: {e.strerror}") from None
         self._fh.write(header.encode() + b"\n")
         self._fh.flush()
@@ -180,11 +219,16 @@ class BinaryWriter(TraceWriter):
 
     encoding = "binary"
 
-    def __init__(self, path: str | os.PathLike, meta: dict | None = None):
-        super().__init__(path)
-        header = _header(self.path, meta, encoding="binary")
+    def __init__(self, path: str | os.PathLike, meta: dict | None = None, *, run_id: str | None = NEW_RUN_ID):
+        super().__init__(path, run_id)
+        header = _header(self.path, meta, self.run_id, encoding="binary")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MemstateError(f"{self.path}: cannot create binary trace directory: {e}") from None
+        self._take_lock()
+        try:
+            self.path.mkdir(exist_ok=True)
             for entry in os.listdir(self.path):  # replace an older trace, like opening a file for writing
                 if STEP_FILE.match(entry) or entry == HEADER_FILE:
                     os.remove(self.path / entry)
@@ -192,6 +236,7 @@ class BinaryWriter(TraceWriter):
             tmp.write_text(header + "\n", encoding="utf-8")
             os.replace(tmp, self.path / HEADER_FILE)
         except OSError as e:
+            self._lock.release()  # type: ignore[union-attr]
             raise MemstateError(f"{self.path}: cannot create binary trace directory: {e}") from None
         self._arrays: dict[str, np.ndarray] = {}
 
@@ -205,6 +250,8 @@ class BinaryWriter(TraceWriter):
         final = self.path / step_file_name(self._step)
         tmp = final.with_name(final.name + ".tmp")
         metadata = {"step": str(self._step), "order": json.dumps(list(self._arrays))}
+        if self.run_id is not None:
+            metadata["run_id"] = self.run_id
         save_file(self._arrays, str(tmp), metadata=metadata)
         if complete:
             os.replace(tmp, final)
@@ -212,6 +259,14 @@ class BinaryWriter(TraceWriter):
 
     def _close(self) -> None:
         pass
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def as_float_array(value: Any, dtype: Any = None) -> np.ndarray:

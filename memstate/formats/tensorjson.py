@@ -19,6 +19,8 @@ from memstate.errors import FormatError
 DTYPES: dict[str, np.dtype] = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
 NONFINITE: dict[str, float] = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _NUMBER_TYPES = frozenset({int, float})
+MAX_NDIM = 64  # numpy's limit
+MAX_ELEMENTS = 2**40  # per tensor, counting non-zero dimensions: numpy cannot even describe much larger shapes
 
 
 class BadJSON(ValueError):
@@ -47,16 +49,99 @@ def _constant_line(text: str | bytes) -> int | None:
     return raw.count(b"\n", 0, m.start(1)) + 1 if m else None
 
 
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _Duplicate(f"duplicate key {_short(dup)} in one object; each key may appear once")
+    return obj
+
+
+def _int_or_negative_zero(token: str) -> int | float:
+    return -0.0 if token == "-0" else int(token)
+
+
+# An integer token -0 (JSON has no -0 integer; a writer printing -0.0 as "-0" means negative zero). Matches
+# inside strings too, which only costs the slower exact parse.
+_NEGATIVE_ZERO = re.compile(rb"-0(?![0-9.eE])")
+# A \uD800-\uDFFF escape: a surrogate, which is only valid as half of a pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_KEY_END = re.compile(rb'"\s*:')
+
+
 def loads_strict(text: str | bytes) -> Any:
-    """json.loads that refuses the NaN/Infinity tokens Python accepts; every failure is a BadJSON."""
+    """Parse strict JSON, the one parse every reader goes through; every failure is a BadJSON.
+
+    Stricter than json.loads: no NaN/Infinity tokens, no duplicate keys in an object, no lone surrogate in
+    a string, nesting bounded by the parser's recursion limit (a BadJSON, not a RecursionError), and the
+    integer token -0 reads as -0.0 (a writer that prints negative zero as "-0" keeps its sign).
+    """
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    parse_int = _int_or_negative_zero if _NEGATIVE_ZERO.search(raw) else None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        decoded = raw.decode("utf-8")  # the format is UTF-8: json.loads would also take UTF-16 and UTF-32
+    except UnicodeDecodeError as e:
+        raise BadJSON(f"not valid UTF-8: byte {raw[e.start]:#04x} at offset {e.start}",
+                      raw.count(b"\n", 0, e.start) + 1) from None
+    try:
+        doc = json.loads(decoded, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates,
+                         parse_int=parse_int)
     except _Constant as e:
-        raise BadJSON(str(e), _constant_line(text)) from None
+        raise BadJSON(str(e), _constant_line(raw)) from None
     except json.JSONDecodeError as e:
         raise BadJSON(f"not valid JSON: {e.msg} (column {e.colno})", e.lineno) from None
-    except ValueError as e:  # bytes that are not UTF-8
-        raise BadJSON(f"not valid UTF-8: {e}") from None
+    except _Duplicate as e:
+        raise BadJSON(str(e)) from None
+    except RecursionError:
+        raise BadJSON("nested too deeply (arrays or objects inside each other beyond the parser's limit); "
+                      "tensor data is a flat list") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise BadJSON(f"not valid JSON: {e}") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        _reject_lone_surrogates(doc)
+    return doc
+
+
+def fast_parse_trusted(raw: bytes, doc: Any) -> bool:
+    """Whether `doc`, parsed from `raw` by a faster parser that keeps the last of duplicate keys and reads
+    -0 as 0, is what loads_strict would return; if not, parse `raw` with loads_strict instead.
+
+    It is when `raw` has no -0 token and no \\u surrogate escape, and as many `":` key ends as `doc` has
+    keys (a duplicate key, or a key end inside a string, makes them differ: the slow parse decides).
+    """
+    if _NEGATIVE_ZERO.search(raw) or _SURROGATE_ESCAPE.search(raw):
+        return False
+    return len(_KEY_END.findall(raw)) == _count_keys(doc)
+
+
+def _count_keys(doc: Any) -> int:
+    if isinstance(doc, dict):
+        return len(doc) + sum(_count_keys(v) for v in doc.values() if isinstance(v, (dict, list)))
+    if isinstance(doc, list) and doc and any(isinstance(v, (dict, list)) for v in doc):
+        return sum(_count_keys(v) for v in doc if isinstance(v, (dict, list)))
+    return 0
+
+
+def _reject_lone_surrogates(doc: Any) -> None:
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, (str, list, dict)))
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadJSON(f"the string {item!r} holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                              "escape), which is not text; write the character itself") from None
 
 
 def dtype_name(arr: np.ndarray) -> str:
@@ -93,13 +178,23 @@ def encode_tensor(name: str, arr: np.ndarray, *, b64: bool = False) -> dict[str,
     return {"name": name, **encode_fields(arr, b64=b64)}
 
 
+def check_shape(shape: Any, path: object, tensor: str | None, line: int | None = None) -> tuple[int, ...]:
+    """`shape` as a tuple if it is a list of at most MAX_NDIM non-negative integers whose non-zero product is at
+    most MAX_ELEMENTS, else a FormatError: checked before anything of that size is allocated or reshaped."""
+    if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
+        raise FormatError(path, f'"shape" must be a list of non-negative integers, got {_short(shape)}', tensor, line)
+    if len(shape) > MAX_NDIM:
+        raise FormatError(path, f'"shape" has {len(shape)} dimensions; at most {MAX_NDIM} are allowed', tensor, line)
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise FormatError(path, f'"shape" {_short(list(shape))} is too large: its non-zero dimensions multiply to '
+                                f"more than {MAX_ELEMENTS} (2**40) elements", tensor, line)
+    return tuple(shape)
+
+
 def _shape(obj: dict, path: object, tensor: str | None, line: int | None) -> tuple[int, ...]:
     if "shape" not in obj:
         raise FormatError(path, 'missing "shape"; add the list of dimensions ([] for a scalar)', tensor, line)
-    shape = obj["shape"]
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise FormatError(path, f'"shape" must be a list of non-negative integers, got {_short(shape)}', tensor, line)
-    return tuple(shape)
+    return check_shape(obj["shape"], path, tensor, line)
 
 
 def _dtype(obj: dict, path: object, tensor: str | None, line: int | None) -> np.dtype:
@@ -189,6 +284,11 @@ def decode_tensor(obj: Any, path: object, line: int | None = None) -> tuple[str,
     """(name, array) of a tensor object; FormatError naming file, line and tensor if it is malformed."""
     name = decode_name(obj, path, line)
     return name, decode_fields(obj, path, name, line)
+
+
+def short_json(value: Any, limit: int = 60) -> str:
+    """`value` as JSON for an error message, cut to `limit` characters."""
+    return _short(value, limit)
 
 
 def _short(value: Any, limit: int = 60) -> str:

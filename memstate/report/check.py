@@ -28,7 +28,9 @@ def _trace_line(r: CheckResult) -> str:
     facts = [str(r.meta[k]) for k in ("impl", "scenario", "dtype") if k in r.meta]
     span = f"{r.steps} steps" + (f", {r.first_step}..{r.last_step}" if r.steps else "")
     facts.append(span)
-    if r.incomplete_step is not None:
+    if r.ended_early is not None:
+        facts.append(str(r.ended_early))
+    elif r.incomplete_step is not None:
         facts.append(f"crashed in step {r.incomplete_step}")
     return f"  trace  {r.path}  ({', '.join(facts)})"
 
@@ -36,8 +38,9 @@ def _trace_line(r: CheckResult) -> str:
 def verdict(r: CheckResult) -> str:
     """One line: CLEAN, or FAIL and where."""
     if r.ok:
+        early = f"; the trace {r.ended_early}" if r.ended_early is not None else ""
         return (f"CLEAN: {r.operations} operations recomputed from their recorded inputs, every one within "
-                f"tolerance; {r.invariant_checks} invariant checks hold")
+                f"tolerance; {r.invariant_checks} invariant checks hold{early}")
     f = r.first_finding
     where = f"step {f.step}, {f.name}" if f.step is not None else "the trace"
     if f.kind == "operation" and r.first_divergence is not None:
@@ -217,6 +220,7 @@ def check_dict(r: CheckResult) -> dict:
         "verdict": verdict(r),
         "trace": str(r.path), "encoding": r.encoding, "n_layers": r.n_layers, "dtype": r.dtype,
         "steps": r.steps, "first_step": r.first_step, "last_step": r.last_step, "incomplete_step": r.incomplete_step,
+        "ended_early": r.ended_early,
         "operations": r.operations, "invariant_checks": r.invariant_checks,
         "failing_operations": r.n_failures, "failing_steps": r.failing_steps,
         "first": {"kind": f.kind, "code": f.code, "step": f.step, "name": f.name, "message": f.message}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memstate.formats.trace import open_trace
+from memstate.formats.trace import EndedEarly, open_trace
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class TraceSummary:
     tensors: tuple[tuple[str, tuple[int, ...], str], ...]  # name, shape, dtype of the first step
     losses: tuple[tuple[int, float], ...]
     incomplete_step: int | None
+    ended_early: EndedEarly | None = None
 
 
 def summarize(path: str | Path) -> TraceSummary:
@@ -39,7 +40,7 @@ def summarize(path: str | Path) -> TraceSummary:
                 losses.append((step.index, float(step.tensors["loss"])))
         incomplete = trace.incomplete.index if trace.incomplete is not None else None
         return TraceSummary(Path(path), trace.encoding, dict(trace.meta), count, first, last, tensors,
-                            tuple(losses), incomplete)
+                            tuple(losses), incomplete, trace.ended_early)
 
 
 def render(summary: TraceSummary, points: int = 10) -> str:
@@ -50,6 +51,9 @@ def render(summary: TraceSummary, points: int = 10) -> str:
     for key in ("impl", "scenario", "dtype", "variant"):
         if key in s.meta:
             lines.append(f"  {key:<9} {s.meta[key]}")
+    if s.ended_early is not None:
+        lines.append(f"  {s.ended_early}: the run stopped before the end its header declares"
+                     if s.ended_early.unfinished_step is None else f"  {s.ended_early}")
     if s.incomplete_step is not None:
         lines.append(f"  step {s.incomplete_step} is incomplete: the run stopped in the middle of it")
     if s.tensors:

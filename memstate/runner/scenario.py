@@ -15,10 +15,16 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from memstate.errors import ScenarioError
+from memstate.runner.data import BUNDLED_COUNT
 from memstate.scenarios import SCENARIO_DIR
 from memstate.runner.variants import Variant
 
 ACTIVATIONS = ("relu", "sigmoid", "shifted-relu")
+MAX_WIDTH = 1_000_000  # units in one layer
+MAX_PARAMETERS = 100_000_000  # weights and biases together (800 MB in float64): checked before any allocation
+MAX_LAYERS = 64
+MAX_STEPS = 10**9
+MAX_EPOCHS = 10**6
 INITS = ("he", "xavier", "uniform(-1,1)", "uniform(0,1)", "zeros")
 DTYPES = ("float64", "float32")
 
@@ -183,11 +189,27 @@ def list_scenarios() -> list[str]:
 def load_scenario(name_or_path: str | Path) -> Scenario:
     """Read and validate a scenario; every problem is a ScenarioError that names the key."""
     path = resolve_scenario_path(name_or_path)
+    return scenario_from_table(read_toml(path), name=path.stem, path=path)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's table; anything that is not UTF-8 TOML of sane nesting is a ScenarioError naming the file."""
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the scenario file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ScenarioError(f"{path}, line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the scenario "
+                            "as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
-    return scenario_from_table(table, name=path.stem, path=path)
+    except RecursionError:
+        raise ScenarioError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
 
 
 def scenario_from_table(table: Mapping[str, Any], name: str, path: Path | None = None) -> Scenario:
@@ -275,16 +297,25 @@ def _validate(s: Scenario, src: str) -> None:
     need(d.normalize in ("unit", "standard"), "data.normalize", f"= {d.normalize!r} must be \"unit\" or \"standard\"")
     need(d.train >= 1, "data.train", f"= {d.train} must be at least 1")
     need(d.test >= 0, "data.test", f"= {d.test} must not be negative")
-    need(len(m.layers) >= 2 and all(n >= 1 for n in m.layers), "model.layers",
-         f"= {list(m.layers)} needs at least an input and an output size, all positive")
+    need(d.shuffle_seed >= 0, "data.shuffle_seed", f"= {d.shuffle_seed} must not be negative")
+    need(d.source != "bundled" or d.train + d.test <= BUNDLED_COUNT, "data.train",
+         f"+ data.test = {d.train} + {d.test} asks for more than the {BUNDLED_COUNT} bundled digits")
+    need(2 <= len(m.layers) <= MAX_LAYERS + 1 and all(1 <= n <= MAX_WIDTH for n in m.layers), "model.layers",
+         f"= {list(m.layers)} needs an input and an output size and at most {MAX_LAYERS} layers, each from 1 to "
+         f"{MAX_WIDTH} wide")
+    weights = sum((a + 1) * b for a, b in zip(m.layers[:-1], m.layers[1:]))
+    need(weights <= MAX_PARAMETERS, "model.layers", f"= {list(m.layers)} has {weights} parameters; at most "
+         f"{MAX_PARAMETERS} are allowed")
+    need(m.init_seed >= 0, "model.init_seed", f"= {m.init_seed} must not be negative")
     need(m.layers[0] == d.size * d.size, "model.layers",
          f"starts with {m.layers[0]} but the data has {d.size}x{d.size} = {d.size * d.size} inputs")
     need(m.layers[-1] == 10, "model.layers", f"ends with {m.layers[-1]}; digits need 10 outputs")
     need(m.activation in ACTIVATIONS, "model.activation", f"= {m.activation!r} must be one of {', '.join(ACTIVATIONS)}")
     need(m.init in INITS, "model.init", f"= {m.init!r} must be one of {', '.join(INITS)}")
     need((t.steps is None) != (t.epochs is None), "training", "needs exactly one of steps or epochs")
-    need(t.steps is None or t.steps >= 1, "training.steps", f"= {t.steps} must be at least 1")
-    need(t.epochs is None or t.epochs >= 1, "training.epochs", f"= {t.epochs} must be at least 1")
+    need(t.steps is None or 1 <= t.steps <= MAX_STEPS, "training.steps", f"= {t.steps} must be from 1 to {MAX_STEPS}")
+    need(t.epochs is None or 1 <= t.epochs <= MAX_EPOCHS, "training.epochs",
+         f"= {t.epochs} must be from 1 to {MAX_EPOCHS}")
     need(1 <= t.batch_size <= d.train, "training.batch_size", f"= {t.batch_size} must be from 1 to data.train ({d.train})")
     need(t.batch_size_cap is None or t.batch_size <= t.batch_size_cap <= d.train, "training.batch_size_cap",
          f"= {t.batch_size_cap} must be from batch_size to data.train")
@@ -292,7 +323,21 @@ def _validate(s: Scenario, src: str) -> None:
          f"= {t.learning_rate} must be a positive number")
     need(t.loss_reduction in ("mean", "sum"), "training.loss_reduction", f"= {t.loss_reduction!r} must be \"mean\" or \"sum\"")
     need(t.eval_every >= 1, "training.eval_every", f"= {t.eval_every} must be at least 1")
+    _validate_variant(s, src)
+
+
+def _validate_variant(s: Scenario, src: str) -> None:
+    """What the scenario's [variant] needs of its network: checked here so every command refuses it alike."""
+    m = s.model
     if s.variant.dtype_mix is not None:
         layer = int(s.variant.dtype_mix[1:])
-        need(1 <= layer <= len(m.layers) - 1, "variant.dtype_mix",
-             f"= {s.variant.dtype_mix!r} names no layer of this {len(m.layers) - 1}-layer network")
+        if not 1 <= layer <= len(m.layers) - 1:
+            raise ScenarioError(f"{src}: variant.dtype_mix = {s.variant.dtype_mix!r} names no layer of this "
+                                f"{len(m.layers) - 1}-layer network")
+    sizes = {s.batch_size_for_epoch(e) for e in range(64) if s.batch_size_for_epoch(e) <= s.data.train}
+    spec = s.net_spec()
+    for size in sorted(sizes):
+        try:
+            spec.check_batch(size)
+        except ScenarioError as exc:
+            raise ScenarioError(f"{src}: {exc}") from None

@@ -25,6 +25,7 @@ Under pytest, `--memstate-rtol` / `--memstate-atol` override `rtol=` / `atol=` o
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -219,8 +220,14 @@ def as_trace(x: Any, stack: ExitStack, label: str) -> str | os.PathLike | TraceR
 # ---------------------------------------------------------------- keeping failed traces
 
 def folder_for_test(test_id: str) -> str:
-    """A folder name for a test id: `tests/test_x.py::test_y[a-b]` -> `tests_test_x.py__test_y_a-b_`."""
-    return re.sub(r"[^\w.-]", "_", test_id).strip("_.") or "test"
+    """A folder name for a test id, one per id: `tests/test_x.py::test_y[a-b]` -> `tests_test_x.py__test_y_a-b-`
+    plus 8 hex digits of the id's hash, added whenever a character had to be replaced (so that `t[a/b]` and
+    `t[a_b]` keep their traces apart)."""
+    safe = re.sub(r"[^\w.-]", "_", test_id).strip("_.")[:120] or "test"
+    if safe == test_id:
+        return safe
+    digest = hashlib.sha256(test_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe}-{digest}"
 
 
 def _trace_suffix(path: Path) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,23 +87,13 @@ def _n(count: int, what: str) -> str:
     return f"{count} {what}{'s' * (count != 1)}"
 
 
-def _remove_trace(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def write_golden(src: Path, golden: Path, encoding: str) -> None:
-    """Copy trace `src` to `golden` in `encoding` (JSONL as decimal numbers), replacing it whole."""
+    """Copy trace `src` to `golden` in `encoding` (JSONL as decimal numbers), replacing it whole: written under a
+    temporary name and renamed into place, with the golden locked so that two sessions cannot both write it."""
     from memstate.formats.convert import convert_trace
 
     golden.parent.mkdir(parents=True, exist_ok=True)
-    tmp = golden.with_name(f".{golden.name}.new")
-    _remove_trace(tmp)
-    convert_trace(src, tmp, encoding=encoding, b64=False)
-    _remove_trace(golden)
-    os.replace(tmp, golden)
+    convert_trace(src, golden, encoding=encoding, b64=False)
 
 
 @dataclass(repr=False)

@@ -1,6 +1,7 @@
 """The Recorder and the trace writers: what implementations can pass, and what a crash leaves behind."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -171,6 +172,7 @@ def test_jsonl_b64_and_layout(tmp_path):
     with Recorder(path, meta={"impl": "t"}, b64=True) as rec, rec.step(0):
         rec.record("a", [0.5])
     lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert re.fullmatch(r"[0-9a-f]{32}", lines[0].pop("run_id"))
     assert lines == [{"format": "memstate.trace", "version": 1, "meta": {"impl": "t"}},
                      {"step": 0, "name": "a", "shape": [1], "dtype": "float64", "b64": "AAAAAAAA4D8="},
                      {"step": 0, "end": True}]

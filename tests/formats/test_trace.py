@@ -274,6 +274,7 @@ def test_binary_layout(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == ["header.json", "step-00000000.safetensors",
                                                       "step-00000001.safetensors"]
     header = json.loads((path / "header.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{32}", header.pop("run_id"))
     assert header == {"format": "memstate.trace", "version": 1, "meta": {"impl": "t"}, "encoding": "binary"}
     steps = read_trace(path)
     assert [s.names() for s in steps] == [["z", "a"], ["z", "a"]]  # dataflow order, not safetensors' sorted order
@@ -281,8 +282,9 @@ def test_binary_layout(tmp_path):
 
 def test_binary_tmp_file_is_the_incomplete_step(tmp_path):
     path = binary(tmp_path)
+    run_id = json.loads((path / "header.json").read_text())["run_id"]
     save_file({"z": np.zeros(2)}, str(path / "step-00000002.safetensors.tmp"),
-              metadata={"step": "2", "order": '["z"]'})
+              metadata={"step": "2", "order": '["z"]', "run_id": run_id})
     (path / "notes.txt").write_text("ignored")
     with open_trace(path) as reader:
         assert [s.index for s in reader] == [0, 1]
@@ -297,7 +299,9 @@ def test_binary_unreadable_tmp_file_is_an_incomplete_step_without_tensors(tmp_pa
 
 
 def _meta_file(path: Path, name: str, tensors: dict, metadata: dict) -> None:
-    save_file(tensors, str(path / name), metadata=metadata)
+    """A step file written by the same run as the trace's header (unless `metadata` says otherwise)."""
+    run_id = json.loads((path / "header.json").read_text())["run_id"]
+    save_file(tensors, str(path / name), metadata={"run_id": run_id, **metadata})
 
 
 BINARY_MALFORMED = [
@@ -320,6 +324,12 @@ BINARY_MALFORMED = [
     ("dtype", lambda p: _meta_file(p, "step-00000001.safetensors", {"z": np.zeros(1, dtype=np.float16)},
                                    {"step": "1", "order": '["z"]'}),
      "step-00000001.safetensors, tensor 'z'", r"dtype F16 is not allowed"),
+    ("other-run", lambda p: _meta_file(p, "step-00000001.safetensors", {"z": np.zeros(1)},
+                                       {"step": "1", "order": '["z"]', "run_id": "b" * 32}),
+     "step-00000001.safetensors", r"written by run b{32} but header.json's run [0-9a-f]{32}: two runs wrote"),
+    ("no-run-id", lambda p: save_file({"z": np.zeros(1)}, str(p / "step-00000001.safetensors"),
+                                      metadata={"step": "1", "order": '["z"]'}),
+     "step-00000001.safetensors", r"written by a run without a run id but header.json's run"),
     ("name", lambda p: (p / "step-00000001.safetensors").rename(p / "step-1.safetensors"),
      "step-1.safetensors", r"file name must be step-00000001.safetensors"),
     ("stray-tmp", lambda p: (p / "step-00000000.safetensors.tmp").write_bytes(b""),

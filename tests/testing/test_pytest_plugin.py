@@ -26,6 +26,7 @@ import memstate.testing.regression  # noqa: F401, E402
 import memstate.report.json  # noqa: F401, E402
 import memstate.report.text  # noqa: F401, E402
 import memstate.runner.harness  # noqa: F401, E402
+from memstate.testing.asserts import folder_for_test  # noqa: E402
 
 try:
     import memstate.impls.jax_mlp  # noqa: F401
@@ -333,7 +334,7 @@ def test_keep_failed_keeps_both_traces_and_the_reports(pytester):
     tiny(pytester, scale=1.5, extra=', encoding="jsonl"')
     result = pytester.runpytest("--memstate-keep-failed", "kept")
     result.assert_outcomes(failed=1)
-    folder = pytester.path / "kept" / "test_tiny.py__test_tiny"
+    folder = pytester.path / "kept" / folder_for_test("test_tiny.py::test_tiny")
     assert sorted(p.name for p in folder.iterdir()) == ["golden.memstate.jsonl", "obtained.memstate",
                                                         "report.json", "report.txt"]
     report = json.loads((folder / "report.json").read_text())
@@ -355,7 +356,7 @@ def test_keep_failed_applies_to_assert_traces_close(pytester):
     """)
     result = pytester.runpytest("--memstate-keep-failed=kept")
     result.assert_outcomes(failed=1)
-    folder = pytester.path / "kept" / "test_pair.py__test_pair"
+    folder = pytester.path / "kept" / folder_for_test("test_pair.py::test_pair")
     assert sorted(p.name for p in folder.iterdir()) == ["a.memstate", "b.memstate", "report.json", "report.txt"]
     assert f"kept for inspection in {folder}" in only_message(result)
 
