@@ -320,6 +320,7 @@ examples:
   memstate run story-global-max --checkpoint-every 50 -o b.memstate
   memstate run story-global-max --variant softmax_max=row --checkpoint-every 50 -o a.memstate
   memstate bisect a.memstate b.memstate --lockstep --format json -o bisect.json
+  memstate bisect mnist14-relu --impls "numpy,cmd:python3 port.py {params} {batches} {trace}" --lockstep
 """
 
 
