@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Generator, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -134,7 +134,7 @@ class _Side:
         return float(loss), got
 
     def steps(self, batches: Sequence[tuple[int, np.ndarray, np.ndarray]], recorder: Recorder | None,
-              ) -> Iterator[tuple[float, dict[str, np.ndarray]]]:
+              ) -> Generator[tuple[float, dict[str, np.ndarray]], None, None]:
         """(loss, tensors) of each of `batches`, run from the loaded parameters: a Python implementation one
         step at a time, a `cmd:` port in one run of its command (read it to the end: the port's parameters
         become the last step's then)."""

@@ -203,9 +203,9 @@ def run_port(scenario: Scenario, net: CommandNet, variant: Variant, start: Mappi
                 for step, batch in zip(port, part):
                     if sink is None:
                         meta = {**meta, "port": port.meta, "loss_recorded": "loss" in step.tensors}
-                        sink = (CheckpointWriter(out, meta, every, total, net.spec.n_layers, encoding, scenario.path)
-                                if every is not None else Recorder(out, meta=meta, encoding=encoding)
-                                if out is not None else None)
+                        sink = (Recorder(out, meta=meta, encoding=encoding) if every is None else
+                                CheckpointWriter(out, meta, every, total, net.spec.n_layers, encoding, scenario.path)
+                                ) if out is not None else None
                         meta = sink.recorder_meta if every is not None else meta
                     loss = step_loss(step)
                     if isinstance(sink, CheckpointWriter):

@@ -48,8 +48,8 @@ def get_impl(name: str, *, timeout: float | None = None) -> Implementation:
     many seconds one run of its command may take (default memstate.runner.command.DEFAULT_TIMEOUT).
     """
     if is_command(name):
-        target = CommandTarget.parse(name, timeout)
-        return Implementation(name=name, target=target, dtypes=("float64", "float32"), meta={})
+        return Implementation(name=name, target=CommandTarget.parse(name, timeout), dtypes=("float64", "float32"),
+                              meta={})
     plugins = _plugins()
     if name in BUILTIN:
         try:
