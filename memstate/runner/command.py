@@ -275,6 +275,9 @@ def _execute(argv: list[str], folder: Path, timeout: float, name: str) -> tuple[
         except subprocess.TimeoutExpired:
             _stop(proc)
             rc = None
+        except BaseException:  # interrupted (Ctrl-C): the port runs in its own session, so stop it too
+            _stop(proc)
+            raise
     seconds = time.perf_counter() - began
     tail = _tail(err) or _tail(out)
     return seconds, rc, tail

@@ -216,6 +216,26 @@ def test_a_variant_cannot_be_planted_in_a_port(tmp_path, capsys):
     assert "cannot switch on the variant softmax_max=global" in capsys.readouterr().err
 
 
+def test_train_step_runs_one_step_per_run_of_the_command(tmp_path):
+    """The one-step interface every implementation has, for code that drives a network step by step."""
+    from memstate.runner.dataset import prepare_data
+    from memstate.runner.initparams import scenario_params
+    from memstate.runner.registry import get_impl
+
+    sc = load_scenario(tiny_scenario(tmp_path))
+    data = prepare_data(sc.data)
+    x, labels = data.train_x[:4], data.train_y[:4]
+    nets = [get_impl(name).make(sc.net_spec(), scenario_params(sc)) for name in ("numpy", py_cmd())]
+    for _ in range(2):
+        got: list[dict] = [{}, {}]
+        losses = [net.train_step(x, labels, 0.1, lambda n, v, g=g: g.__setitem__(n, np.asarray(v)))
+                  for net, g in zip(nets, got)]
+        assert list(got[1]) == list(got[0]) and losses[1] == pytest.approx(losses[0], rel=1e-12)
+        for name, value in got[0].items():
+            np.testing.assert_allclose(got[1][name], value, rtol=1e-10, atol=1e-13)
+    assert nets[1]._next == 2  # the step numbers it gave the port
+
+
 def test_bad_timeouts_are_refused():
     with pytest.raises(CommandError, match="positive number of seconds"):
         CommandTarget.parse(py_cmd(), 0)
