@@ -78,7 +78,8 @@ def test_diff_impls_runs_a_port_next_to_ours(tmp_path, capsys):
     keep = tmp_path / "keep"
     assert main(["diff", "--impls", f"numpy,python,{py_cmd()}", str(sc), "--keep", str(keep), "-q"]) == 0
     out = capsys.readouterr().out
-    assert out.count("agree") >= 3 and "diverge" not in out
+    assert f"  #3 = {py_cmd()}\n" in out  # the port's long name is #3 in the table
+    assert "numpy vs python: agree" in out and "numpy vs #3: agree" in out and "python vs #3: agree" in out
     assert sorted(p.name for p in keep.iterdir()) == ["impl3.memstate", "numpy.memstate", "python.memstate"]
     with open_trace(keep / "impl3.memstate") as t:
         assert t.meta["settings"]["activation"] == "sigmoid" and t.meta["settings"]["loss_reduction"] == "sum"
