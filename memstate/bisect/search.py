@@ -353,6 +353,33 @@ def _bisect(bis: _Bisector, keep: bool, a_in: Any, b_in: Any) -> BisectResult:
     reference = None
     if bis.lockstep and intervals:
         reference = bis.reference_opt if bis.reference_opt != "auto" else (break_side or "a")
+    episodes = _replay_intervals(bis, intervals, break_side, reference)
+
+    if bis.unreplayable and intervals:
+        verdict, diagnosis, headline, summary = _search_only(bis, intervals)
+    else:
+        verdict, diagnosis, headline, summary = _verdict(bis, episodes, break_step, break_side, reference)
+    scan_steps = tuple(bis.common[i] for i in picks)
+    scan_errors = tuple(bis.errors[c][0] for c in scan_steps)
+    return BisectResult(
+        verdict=verdict, diagnosis=diagnosis, summary=summary,
+        a=_side_info("a", bis.specs[0], ra, a_in, keep), b=_side_info("b", bis.specs[1], rb, b_in, keep),
+        steps=total, checkpoint_every=ra.every, tolerance=_tol_text(bis),
+        rounding_level=bis.level if bis.lockstep else None, lockstep=bis.lockstep, reference=reference,
+        checkpoint_steps=scan_steps, checkpoint_errors=scan_errors,
+        loss_steps=loss_spans, loss_errors=loss_worst,
+        first_divergent_checkpoint=first_ck, last_agreeing_checkpoint=last_good, first_loss_divergence=first_loss,
+        break_step=break_step, break_side=break_side, checkpoints_loaded=len(bis.errors),
+        episodes=tuple(episodes), headline=headline,
+        steps_replayed=sum(e.steps for e in episodes),
+        lockstep_steps=sum(e.steps for e in episodes) if bis.lockstep else 0,
+        seconds=dict(bis.seconds), warnings=tuple(bis.warnings))
+
+
+def _replay_intervals(bis: _Bisector, intervals: list[tuple[str, int, int, str]], break_side: str | None,
+                      reference: str | None) -> list[Episode]:
+    """Replay (and with lockstep, re-run in lockstep) each interval; none when a side cannot be replayed. A port
+    that fails on the way stops the replays there (`bis.unreplayable` says why), keeping the ones done."""
     episodes: list[Episode] = []
     t_replay = t_lock = 0.0
     for kind, start, stop, why in intervals if not bis.unreplayable else ():
@@ -378,26 +405,7 @@ def _bisect(bis: _Bisector, keep: bool, a_in: Any, b_in: Any) -> BisectResult:
     bis.seconds["replay"] = t_replay
     if bis.lockstep:
         bis.seconds["lockstep"] = t_lock
-
-    if bis.unreplayable and intervals:
-        verdict, diagnosis, headline, summary = _search_only(bis, intervals)
-    else:
-        verdict, diagnosis, headline, summary = _verdict(bis, episodes, break_step, break_side, reference)
-    scan_steps = tuple(bis.common[i] for i in picks)
-    scan_errors = tuple(bis.errors[c][0] for c in scan_steps)
-    return BisectResult(
-        verdict=verdict, diagnosis=diagnosis, summary=summary,
-        a=_side_info("a", bis.specs[0], ra, a_in, keep), b=_side_info("b", bis.specs[1], rb, b_in, keep),
-        steps=total, checkpoint_every=ra.every, tolerance=_tol_text(bis),
-        rounding_level=bis.level if bis.lockstep else None, lockstep=bis.lockstep, reference=reference,
-        checkpoint_steps=scan_steps, checkpoint_errors=scan_errors,
-        loss_steps=loss_spans, loss_errors=loss_worst,
-        first_divergent_checkpoint=first_ck, last_agreeing_checkpoint=last_good, first_loss_divergence=first_loss,
-        break_step=break_step, break_side=break_side, checkpoints_loaded=len(bis.errors),
-        episodes=tuple(episodes), headline=headline,
-        steps_replayed=sum(e.steps for e in episodes),
-        lockstep_steps=sum(e.steps for e in episodes) if bis.lockstep else 0,
-        seconds=dict(bis.seconds), warnings=tuple(bis.warnings))
+    return episodes
 
 
 def _search_only(bis: _Bisector, intervals: list[tuple[str, int, int, str]],
