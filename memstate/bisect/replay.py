@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Generator, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +25,8 @@ from memstate.comparator.metrics import relative_to_scale
 from memstate.formats.recorder import Recorder, as_float_array
 from memstate.numfmt import short as _e
 from memstate.bisect.runspec import RunSpec
+from memstate.runner.batches import StepBatch
+from memstate.runner.command import CommandNet, step_loss
 from memstate.runner.scenario import iter_batches
 from memstate.comparator.tolerance import Tolerances
 
@@ -95,7 +97,8 @@ class _Side:
         from memstate.runner.harness import prepare_data
 
         self.spec, self.label = spec, label
-        self.impl = get_impl(spec.impl)
+        self.impl = get_impl(spec.impl, timeout=spec.impl_timeout)
+        self.settings = spec.scenario.settings(spec.the_variant)
         self.net_spec = spec.scenario.net_spec(spec.the_variant)
         self.lr = spec.scenario.training.learning_rate
         self.data = prepare_data(spec.scenario.data)
@@ -129,6 +132,28 @@ class _Side:
         else:
             loss = self.net.train_step(x, labels, self.lr, record)
         return float(loss), got
+
+    def steps(self, batches: Sequence[tuple[int, np.ndarray, np.ndarray]], recorder: Recorder | None,
+              ) -> Generator[tuple[float, dict[str, np.ndarray]], None, None]:
+        """(loss, tensors) of each of `batches`, run from the loaded parameters: a Python implementation one
+        step at a time, a `cmd:` port in one run of its command (read it to the end: the port's parameters
+        become the last step's then)."""
+        if not isinstance(self.net, CommandNet):
+            for k, x, labels in batches:
+                yield self.step(x, labels, recorder, k)
+            return
+        with self.net.call([StepBatch(k, x, labels) for k, x, labels in batches], self.settings) as port:
+            for step in port:
+                got = {n: np.array(as_float_array(v)) for n, v in step.tensors.items()}
+                if recorder is not None:
+                    with recorder.step(step.index):
+                        for n, v in got.items():
+                            recorder.record(n, v)
+                yield step_loss(step), got
+
+    def one_step(self, k: int, x: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """One step from the loaded parameters, nothing written (lockstep: one run per step for a port)."""
+        return list(self.steps([(k, x, labels)], None))[0]
 
 
 def _batches(spec: RunSpec, total: int, start: int, stop: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -183,10 +208,11 @@ class Replayer:
         history: list[tuple[int, float]] = []
         non_finite: Finding | None = None
         same_losses = [True, True]
+        batches = list(_batches(self.specs[0], self.total, start, stop))
+        streams = [s.steps(batches, r) for s, r in zip(sides, recorders)]
         try:
-            for k, x, labels in _batches(self.specs[0], self.total, start, stop):
+            for (k, x, labels), (la, ta), (lb, tb) in zip(batches, *streams):
                 self._say("replay", k - start + 1, stop - start, f"steps {start}..{stop - 1}")
-                (la, ta), (lb, tb) = (s.step(x, labels, r, k) for s, r in zip(sides, recorders))
                 for i, (loss, run) in enumerate(((la, self.runs[0]), (lb, self.runs[1]))):
                     if np.float64(loss).tobytes() != np.float64(run.losses[k]).tobytes():
                         same_losses[i] = False
@@ -196,7 +222,12 @@ class Replayer:
                 history.append((k, worst))
                 if non_finite is None and break_side is not None:
                     non_finite = self._first_non_finite(k, ta, tb, errs, history)
+            for stream in streams:  # a port's run ends (and its parameters update) when it is read to the end
+                for _ in stream:
+                    pass
         finally:
+            for stream in streams:
+                stream.close()
             for r in recorders:
                 r.close()
         reproduced = []
@@ -261,7 +292,7 @@ class Replayer:
             self._say("lockstep", k - start + 1, stop - start, f"steps {start}..{stop - 1}, reference {reference}")
             for s in sides:
                 s.load(theta)
-            (_, ta), (_, tb) = (s.step(x, labels, None, k) for s in sides)
+            (_, ta), (_, tb) = (s.one_step(k, x, labels) for s in sides)
             errs = _step_errors(ta, tb)
             worst = max(errs.values(), default=0.0)
             errors.append(worst)

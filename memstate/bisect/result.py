@@ -15,7 +15,8 @@ Progress = Callable[["BisectProgress"], None]
 
 @dataclass(frozen=True)
 class BisectProgress:
-    """What `bisect` reports as it goes: phase is "run a", "run b", "search", "replay" or "lockstep"."""
+    """What `bisect` reports as it goes: phase is "run a", "run b", "check" (a side that cannot be replayed),
+    "search", "replay" or "lockstep"."""
 
     phase: str
     done: int

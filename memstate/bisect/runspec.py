@@ -28,6 +28,7 @@ class RunSpec:
     variant: Variant | None = None  # None: the scenario's own [variant]
     params: Mapping[str, np.ndarray] | None = field(default=None, repr=False)  # None: the scenario's init
     label: str = ""
+    impl_timeout: float | None = None  # seconds per run of a `cmd:` port's command (None: the default)
 
     @property
     def the_variant(self) -> Variant:
@@ -39,7 +40,22 @@ class RunSpec:
         return f"{self.impl} on {self.scenario.name} ({self.scenario.dtype}, variant {var})"
 
 
-def spec_from_run(run: CheckpointRun) -> RunSpec:
+def replay_problem(spec: RunSpec) -> str | None:
+    """Why a side cannot be re-run here (its implementation does not load, a port's program is not found),
+    or None. Bisect asks before its search, so that it can still report what the search finds."""
+    from memstate.runner.command import CommandTarget
+    from memstate.runner.registry import get_impl
+
+    try:
+        impl = get_impl(spec.impl, timeout=spec.impl_timeout)
+    except (MemstateError, ImportError) as exc:
+        return str(exc) or type(exc).__name__
+    if isinstance(impl.target, CommandTarget):
+        return impl.target.missing_program()
+    return None
+
+
+def spec_from_run(run: CheckpointRun, impl_timeout: float | None = None) -> RunSpec:
     """The run description a checkpoint run's header gives, with its scenario loaded and checked."""
     meta = run.meta
     file = meta.get("scenario_file")
@@ -56,7 +72,7 @@ def spec_from_run(run: CheckpointRun) -> RunSpec:
         k = changed[0]
         raise MemstateError(f"{run.path}: the run had {k} = {meta[k]!r} but scenario {scenario.name} now says "
                             f"{expected[k]!r}; the scenario changed since the run, so it cannot be replayed")
-    return RunSpec(scenario, str(meta["impl"]), variant, run.params(0), label=str(run.path))
+    return RunSpec(scenario, str(meta["impl"]), variant, run.params(0), label=str(run.path), impl_timeout=impl_timeout)
 
 
 def check_pair(a: RunSpec, b: RunSpec) -> None:

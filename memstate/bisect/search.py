@@ -37,10 +37,11 @@ import numpy as np
 from memstate.bisect.result import BisectProgress, BisectResult, DiagnosisInfo, Episode, Finding, Progress, SideInfo
 from memstate.runner.checkpoint import CheckpointRun, check_every
 from memstate.errors import MemstateError
+from memstate.runner.command import CommandError
 from memstate.comparator.metrics import element_errors, max_rel_error
 from memstate.bisect.replay import Replayer
 from memstate.numfmt import short as _e
-from memstate.bisect.runspec import RunSpec, check_pair, spec_from_run
+from memstate.bisect.runspec import RunSpec, check_pair, replay_problem, spec_from_run
 from memstate.runner.scenario import Scenario
 from memstate.comparator.tolerance import Tolerances
 
@@ -148,6 +149,8 @@ class _Bisector:
                                  workdir=workdir, keep=keep, progress=progress)
         self.warnings: list[str] = self.replayer.warnings  # the replays' warnings
         self.seconds: dict[str, float] = {}
+        self.unreplayable: dict[str, str] = {}  # side -> why it cannot be re-run (replay is skipped)
+        self.no_loss = [r.meta.get("loss_recorded") is False for r in runs]  # a port that records no loss
 
     def _say(self, phase: str, done: int, total: int, detail: str = "") -> None:
         if self.progress is not None:
@@ -199,7 +202,8 @@ def _is_run_path(x: Any) -> bool:
 def bisect(a: RunSpec | str | os.PathLike, b: RunSpec | str | os.PathLike, *, checkpoint_every: int | None = None,
            steps: int | None = None, lockstep: bool = False, reference: str = "auto",
            tolerances: Tolerances | None = None, rounding_level: float | None = None,
-           workdir: str | os.PathLike | None = None, progress: Progress | None = None) -> BisectResult:
+           workdir: str | os.PathLike | None = None, progress: Progress | None = None,
+           impl_timeout: float | None = None) -> BisectResult:
     """Find where runs A (the reference) and B part ways, replaying only the intervals that matter.
 
     `a` and `b` are run descriptions (RunSpec: both are trained here with checkpoints) or paths to
@@ -207,6 +211,9 @@ def bisect(a: RunSpec | str | os.PathLike, b: RunSpec | str | os.PathLike, *, ch
     the scenario, implementation and variant their headers name. `reference` ("a", "b" or "auto": the
     side that turns non-finite, else A) is whose parameters lockstep starts both sides from.
     `workdir` keeps the checkpoint runs and replay traces (default: a temporary directory, removed).
+    `impl_timeout`: seconds per run of a `cmd:` port's command, for sides read from checkpoint runs.
+    A side that cannot be re-run here (memstate.bisect.runspec.replay_problem) is reported before the search;
+    the result then holds what the search found, with no replay.
     """
     if reference not in ("a", "b", "auto"):
         raise MemstateError(f"reference {reference!r}: use 'a', 'b' or 'auto'")
@@ -220,10 +227,16 @@ def bisect(a: RunSpec | str | os.PathLike, b: RunSpec | str | os.PathLike, *, ch
     work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     try:
-        runs, specs, seconds = _checkpoint_runs(a, b, checkpoint_every, steps, work, progress)
+        runs, specs, seconds = _checkpoint_runs(a, b, checkpoint_every, steps, work, progress, impl_timeout)
+        problems = {label: why for label, spec in zip("ab", specs) if (why := replay_problem(spec))}
+        for label, why in problems.items():
+            if progress is not None:
+                progress(BisectProgress("check", 0, 0, f"side {label.upper()} ({specs['ab'.index(label)].impl}) "
+                                                       f"cannot be replayed here: {why}; the search still runs"))
         bis = _Bisector(specs[0], specs[1], runs, tolerances=tolerances, lockstep=lockstep, reference=reference,
                         rounding_level=rounding_level, workdir=work, keep=keep, progress=progress, steps=steps)
         bis.seconds.update(seconds)
+        bis.unreplayable = {k: f"side {k.upper()} cannot be replayed here: {v}" for k, v in problems.items()}
         result = _bisect(bis, keep, a, b)
     finally:
         if not keep:
@@ -232,7 +245,7 @@ def bisect(a: RunSpec | str | os.PathLike, b: RunSpec | str | os.PathLike, *, ch
 
 
 def _checkpoint_runs(a: Any, b: Any, every: int | None, steps: int | None, work: Path, progress: Progress | None,
-                     ) -> tuple[tuple[CheckpointRun, CheckpointRun], tuple[RunSpec, RunSpec], dict[str, float]]:
+                     impl_timeout: float | None = None) -> tuple[tuple[CheckpointRun, CheckpointRun], tuple[RunSpec, RunSpec], dict[str, float]]:
     from memstate.runner.harness import Progress as RunProgress, prepare_data, run
 
     loaded: dict[str, CheckpointRun] = {}
@@ -252,7 +265,7 @@ def _checkpoint_runs(a: Any, b: Any, every: int | None, steps: int | None, work:
     specs: dict[str, RunSpec] = {}
     for label, x in (("a", a), ("b", b)):
         if label in loaded:
-            specs[label] = spec_from_run(loaded[label])
+            specs[label] = spec_from_run(loaded[label], impl_timeout)
         elif isinstance(x, RunSpec):
             specs[label] = replace(x, label=x.label or label)
         else:
@@ -271,7 +284,8 @@ def _checkpoint_runs(a: Any, b: Any, every: int | None, steps: int | None, work:
 
         t0 = time.perf_counter()
         run(x.scenario, x.impl, params=x.params, params_source=f"side {label} params", steps=total, out=path,
-            variant=x.the_variant, encoding="binary", evaluate=False, progress=relay, checkpoint_every=k)
+            variant=x.the_variant, encoding="binary", evaluate=False, progress=relay, checkpoint_every=k,
+            impl_timeout=x.impl_timeout)
         seconds[f"run {label}"] = time.perf_counter() - t0
         runs[label] = CheckpointRun.load(path)
     if runs["a"].every != runs["b"].every:
@@ -291,6 +305,11 @@ def _bisect(bis: _Bisector, keep: bool, a_in: Any, b_in: Any) -> BisectResult:
     total = bis.total
     # per-step losses: the first beyond tolerance, and the first non-finite on one side only
     la, lb = ra.losses[:total], rb.losses[:total]
+    if any(bis.no_loss):  # a port without a loss: compare the parameters only
+        side = "A" if bis.no_loss[0] else "B"
+        bis.warnings.append(f"side {side}'s port records no loss: the search compares the parameters at the "
+                            "checkpoints only (no loss divergence, no break detection)")
+        la, lb = np.zeros(total), np.zeros(total)
     loss_tol = bis.tol.resolve("loss", bis.dtype_a, bis.dtype_b)
     errs = element_errors(la, lb)
     out = loss_tol.out_of_tolerance(errs)
@@ -333,24 +352,12 @@ def _bisect(bis: _Bisector, keep: bool, a_in: Any, b_in: Any) -> BisectResult:
     reference = None
     if bis.lockstep and intervals:
         reference = bis.reference_opt if bis.reference_opt != "auto" else (break_side or "a")
-    episodes: list[Episode] = []
-    t_replay = t_lock = 0.0
-    for kind, start, stop, why in intervals:
-        t1 = time.perf_counter()
-        ep = bis.replayer.replay(start, stop, kind, break_side if "break" in kind else None)
-        ep = replace(ep, reason=why)
-        t_replay += time.perf_counter() - t1
-        if bis.lockstep:
-            t1 = time.perf_counter()
-            lerrs, local = bis.replayer.lockstep_replay(start, stop, reference)  # type: ignore[arg-type]
-            ep = replace(ep, lockstep_errors=lerrs, local=local)
-            t_lock += time.perf_counter() - t1
-        episodes.append(ep)
-    bis.seconds["replay"] = t_replay
-    if bis.lockstep:
-        bis.seconds["lockstep"] = t_lock
+    episodes = _replay_intervals(bis, intervals, break_side, reference)
 
-    verdict, diagnosis, headline, summary = _verdict(bis, episodes, break_step, break_side, reference)
+    if bis.unreplayable and intervals:
+        verdict, diagnosis, headline, summary = _search_only(bis, intervals)
+    else:
+        verdict, diagnosis, headline, summary = _verdict(bis, episodes, break_step, break_side, reference)
     scan_steps = tuple(bis.common[i] for i in picks)
     scan_errors = tuple(bis.errors[c][0] for c in scan_steps)
     return BisectResult(
@@ -366,6 +373,48 @@ def _bisect(bis: _Bisector, keep: bool, a_in: Any, b_in: Any) -> BisectResult:
         steps_replayed=sum(e.steps for e in episodes),
         lockstep_steps=sum(e.steps for e in episodes) if bis.lockstep else 0,
         seconds=dict(bis.seconds), warnings=tuple(bis.warnings))
+
+
+def _replay_intervals(bis: _Bisector, intervals: list[tuple[str, int, int, str]], break_side: str | None,
+                      reference: str | None) -> list[Episode]:
+    """Replay (and with lockstep, re-run in lockstep) each interval; none when a side cannot be replayed. A port
+    that fails on the way stops the replays there (`bis.unreplayable` says why), keeping the ones done."""
+    episodes: list[Episode] = []
+    t_replay = t_lock = 0.0
+    for kind, start, stop, why in intervals if not bis.unreplayable else ():
+        t1 = time.perf_counter()
+        try:
+            ep = bis.replayer.replay(start, stop, kind, break_side if "break" in kind else None)
+        except CommandError as exc:  # a port that fails now: keep what the search found
+            bis.unreplayable["run"] = f"replaying steps {start}..{stop - 1} failed: {exc}"
+            break
+        ep = replace(ep, reason=why)
+        t_replay += time.perf_counter() - t1
+        if bis.lockstep:
+            t1 = time.perf_counter()
+            try:
+                lerrs, local = bis.replayer.lockstep_replay(start, stop, reference)  # type: ignore[arg-type]
+            except CommandError as exc:
+                bis.unreplayable["run"] = f"lockstep over steps {start}..{stop - 1} failed: {exc}"
+                episodes.append(ep)
+                break
+            ep = replace(ep, lockstep_errors=lerrs, local=local)
+            t_lock += time.perf_counter() - t1
+        episodes.append(ep)
+    bis.seconds["replay"] = t_replay
+    if bis.lockstep:
+        bis.seconds["lockstep"] = t_lock
+    return episodes
+
+
+def _search_only(bis: _Bisector, intervals: list[tuple[str, int, int, str]],
+                 ) -> tuple[str, str | None, Finding | None, str]:
+    """The verdict when the divergent interval cannot be replayed: what the search found, and why no more."""
+    kind, start, stop, why = intervals[0]
+    reasons = "; ".join(bis.unreplayable.values())
+    bis.warnings.append(reasons)
+    return "divergent", None, None, (f"the runs diverge in steps {start}..{stop - 1} ({why}), but no step or tensor "
+                                     f"can be named: {reasons}")
 
 
 def _tol_text(bis: _Bisector) -> str:

@@ -400,6 +400,7 @@ def _declared(meta: Mapping[str, Any], scenario: Any, source: str) -> dict[str, 
         out["reduction"] = (scenario.training.loss_reduction, source)
         out["lr"] = (float(scenario.training.learning_rate), source)
         return out
+    meta = {**meta, **header_settings(meta)}
     layers = meta.get("layers")
     if isinstance(layers, list) and len(layers) >= 2 and all(type(v) is int and v > 0 for v in layers):
         out["layers"] = (tuple(layers), "header")
@@ -430,7 +431,28 @@ def header_scenario(meta: Mapping[str, Any]) -> tuple[Any, str | None]:
     if isinstance(layers, list) and tuple(layers) != tuple(s.model.layers):
         return None, (f"the header names scenario {name!r}, whose layers {list(s.model.layers)} are not the "
                       f"trace's {layers}: using the header's own settings")
+    own = header_settings(meta)
+    differ = [k for k in ("layers", "activation", "learning_rate") if k in own and own[k] != s.settings()[k]]
+    if differ:
+        return None, (f"the header names scenario {name!r}, whose {differ[0]} ({s.settings()[differ[0]]!r}) is not "
+                      f"the run's ({own[differ[0]]!r}, meta.settings): using the header's own settings")
     return s, None
+
+
+def header_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings a header's `meta.settings` states (written by `memstate run` and in batches files,
+    docs/format.md): the well-formed ones among layers, activation, loss_reduction, learning_rate."""
+    given = meta.get("settings")
+    if not isinstance(given, Mapping):
+        return {}
+    out = {k: given[k] for k in ("activation", "loss_reduction") if isinstance(given.get(k), str)}
+    layers = given.get("layers")
+    if isinstance(layers, list) and len(layers) >= 2 and all(type(v) is int and v > 0 for v in layers):
+        out["layers"] = list(layers)
+    lr = given.get("learning_rate")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr):
+        out["learning_rate"] = lr
+    return out
 
 
 def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None = None,

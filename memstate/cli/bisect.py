@@ -32,13 +32,15 @@ def _variant(base: Variant, items: Sequence[str], flag: str) -> Variant:
 class ProgressLines:
     """Prints bisect progress to a stream: every phase change, then at most one line per `interval` seconds."""
 
-    def __init__(self, stream: Any = None, interval: float = 1.0):
-        self.stream, self.interval = stream, interval
+    def __init__(self, stream: Any = None, interval: float = 1.0, quiet: bool = False):
+        self.stream, self.interval, self.quiet = stream, interval, quiet
         self.phase, self.last = "", 0.0
 
     def __call__(self, p: BisectProgress) -> None:
         import sys
 
+        if self.quiet and p.phase != "check":  # --quiet still says when a side cannot be replayed
+            return
         now = time.monotonic()
         if p.phase == self.phase and now - self.last < self.interval and not (p.total and p.done == p.total):
             return
@@ -91,10 +93,11 @@ def command(args: Any) -> int:
         if len(targets) == 1 and not args.variant_a and not args.variant_b and not sa.variant.is_clean:
             va = Variant()  # the scenario's [variant] holds the bug: A is the correct network, B the scenario
         params = read_params(args.params).tensors if args.params else None
-        a, b = RunSpec(sa, impl_a, va, params, "a"), RunSpec(sb, impl_b, vb, params, "b")
+        t = args.impl_timeout
+        a, b = RunSpec(sa, impl_a, va, params, "a", t), RunSpec(sb, impl_b, vb, params, "b", t)
     result = bisect(a, b, checkpoint_every=args.checkpoint_every, steps=args.steps, lockstep=args.lockstep,
                     reference=args.reference, tolerances=tolerances, rounding_level=args.rounding_level,
-                    workdir=args.keep, progress=None if args.quiet else ProgressLines())
+                    workdir=args.keep, progress=ProgressLines(quiet=args.quiet), impl_timeout=args.impl_timeout)
     text = render_json(result) if args.format == "json" else render_text(result)
     if args.output is None:
         sys.stdout.write(text)

@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from memstate import __version__
 from memstate.errors import MemstateError
@@ -25,6 +25,8 @@ the workflow:
   memstate check port.memstate.jsonl --params start.params.json   # one port: first wrong operation
   memstate run mnist14-relu --impl numpy --params start.params.json -o numpy.memstate.jsonl
   memstate diff numpy.memstate.jsonl port.memstate.jsonl     # two runs: where do they part, and why?
+  memstate run mnist14-relu --impl 'cmd:node port.js {params} {batches} {trace}' -o port.memstate.jsonl
+                                                             # or let memstate drive the port (docs/ports-cmd.md)
   memstate bisect story-global-max --lockstep                # long runs: replay only what matters
 
 formats: docs/format.md   scenarios: memstate scenarios   implementations: memstate impls
@@ -74,10 +76,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run(
         scenario, args.impl, params=params, params_source=str(args.params or "init"), steps=args.steps,
         out=args.output, variant=variant, encoding=args.encoding, evaluate=not args.no_eval, progress=progress,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, impl_timeout=args.impl_timeout,
     )
     rate = result.steps / result.seconds if result.seconds > 0 else float("inf")
     acc = f", test accuracy {result.final_test_accuracy:.2%}" if result.final_test_accuracy is not None else ""
+    if result.meta.get("loss_recorded") is False:
+        acc += " (the port records no loss)"
     where = f" -> {result.trace}" if result.trace else ""
     print(f"{result.impl} on {result.scenario}: {result.steps} steps in {result.seconds:.2f}s "
           f"({rate:.1f} steps/s), final loss {result.losses[-1]:.6g}{acc}{where}")
@@ -96,6 +100,18 @@ def cmd_init_params(args: argparse.Namespace) -> int:
                                             "layers": list(m.layers)}, b64=args.b64)
     sizes = ", ".join(f"{k} {list(v.shape)}" for k, v in params.items())
     print(f"wrote {args.output}: {sizes} ({scenario.dtype}, {m.init} init, seed {m.init_seed})")
+    return 0
+
+
+def cmd_batches(args: argparse.Namespace) -> int:
+    from memstate.runner.batches import scenario_batches, write_batches
+    from memstate.runner.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    count = write_batches(args.output, scenario.settings(), scenario_batches(scenario, args.steps, args.first_step))
+    last = args.first_step + count - 1
+    print(f"wrote {args.output}: steps {args.first_step}..{last} of {scenario.name} (x and one-hot y, "
+          f"{scenario.dtype}; settings in the header's meta.settings)")
     return 0
 
 
@@ -132,6 +148,7 @@ def cmd_impls(args: argparse.Namespace) -> int:
             print(f"{name:<10} dtypes: {', '.join(impl.dtypes)}")
         except MemstateError as exc:
             print(f"{name:<10} unavailable: {exc}")
+    print("cmd:COMMAND  a port in any language, run as COMMAND with {params} {batches} {trace} (docs/ports-cmd.md)")
     return 0
 
 
@@ -203,7 +220,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.impls:
         return _diff_impls(args, tolerances)
     impl_only = [o for o, v in (("--steps", args.steps), ("--variant", args.variant), ("--params", args.params),
-                                ("--keep", args.keep)) if v]
+                                ("--keep", args.keep), ("--impl-timeout", args.impl_timeout)) if v]
     if impl_only:
         raise MemstateError(f"{impl_only[0]} runs implementations: use it with --impls LIST SCENARIO")
     if len(args.inputs) != 2:
@@ -240,7 +257,7 @@ def _diff_impls(args: argparse.Namespace, tolerances) -> int:
     matrix = compare_impls(
         scenario, impls, steps=args.steps, variants=variants_for(scenario, impls, args.variant),
         params=read_params(args.params).tensors if args.params else None, keep=args.keep, tolerances=tolerances,
-        progress=None if args.quiet else (lambda impl, p: printers[impl](p)),
+        progress=None if args.quiet else (lambda impl, p: printers[impl](p)), impl_timeout=args.impl_timeout,
     )
     verdict = "agree" if matrix else "diverge" if matrix.compared else "nothing to compare"
     _diff_emit(render(matrix), args.output, f"{matrix.compared} pairs compared: {verdict}")
@@ -318,6 +335,7 @@ examples:
   memstate run story-global-max --checkpoint-every 50 -o b.memstate
   memstate run story-global-max --variant softmax_max=row --checkpoint-every 50 -o a.memstate
   memstate bisect a.memstate b.memstate --lockstep --format json -o bisect.json
+  memstate bisect mnist14-relu --impls "numpy,cmd:python3 port.py {params} {batches} {trace}" --lockstep
 """
 
 
@@ -332,6 +350,14 @@ def add_tolerance_options(p: argparse.ArgumentParser) -> None:
                    metavar="PATTERN=N", help="ULP allowance for matching tensors (repeatable)")
     p.add_argument("--rtol", type=float, metavar="X", help="relative tolerance for every tensor")
     p.add_argument("--atol", type=float, metavar="Y", help="absolute tolerance for every tensor")
+
+
+def add_impl_timeout(p: Any) -> None:
+    """--impl-timeout: how long one run of a `cmd:` port's command may take."""
+    from memstate.runner.command import DEFAULT_TIMEOUT
+
+    p.add_argument("--impl-timeout", type=float, metavar="SECONDS",
+                   help=f"stop a cmd: port's command after this many seconds per run (default {DEFAULT_TIMEOUT:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "step to a trace (JSONL, or binary when OUTPUT ends in .memstate).",
                        epilog="example: memstate run mnist14-relu --impl numpy --steps 300 -o numpy.memstate.jsonl")
     p.add_argument("scenario", help="a bundled scenario's name (see `memstate scenarios`) or a .toml file")
-    p.add_argument("--impl", default="numpy", help="implementation (see `memstate impls`; default numpy)")
+    p.add_argument("--impl", default="numpy", help="implementation (see `memstate impls`; default numpy), or "
+                   "'cmd:COMMAND {params} {batches} {trace}' for a port in any language (docs/ports-cmd.md)")
+    add_impl_timeout(p)
     p.add_argument("--params", type=Path, help="start from this params file (default: the scenario's init)")
     p.add_argument("--steps", type=int, help="train this many steps instead of the scenario's count")
     p.add_argument("-o", "--output", type=Path, help="trace to write (*.memstate.jsonl or *.memstate/); none if omitted")
@@ -374,6 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="params file to write (*.params.json)")
     p.add_argument("--b64", action="store_true", help="store tensors as base64 bytes instead of decimal lists")
     p.set_defaults(func=cmd_init_params)
+
+    p = sub.add_parser("batches", help="write the batches a scenario trains on, for porting by hand",
+                       description="Write a batches file: a JSONL memstate trace whose steps record x [B, n0] and "
+                       "one-hot y [B, C] exactly as the harness feeds them, under their real step numbers, and whose "
+                       "header's meta.settings says how to train (layers, activation, loss_reduction, learning_rate, "
+                       "dtype, batch_size). See docs/format.md and docs/ports-cmd.md.",
+                       epilog="example: memstate batches mnist14-relu --steps 20 -o mnist14.batches.jsonl")
+    p.add_argument("scenario", help="a bundled scenario's name or a .toml file")
+    p.add_argument("--steps", type=int, metavar="K", help="write K steps (default: to the scenario's last step)")
+    p.add_argument("--first-step", type=int, default=0, metavar="K0", help="start at step K0 (default 0)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="batches file to write (*.batches.jsonl)")
+    p.set_defaults(func=cmd_batches)
 
     p = sub.add_parser("convert", help="convert a trace between JSONL and binary, losslessly",
                        description="Convert a trace between the JSONL encoding and the binary (safetensors) "
@@ -404,7 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
     g = p.add_argument_group("running implementations")
-    g.add_argument("--impls", metavar="LIST", help="comma-separated implementations to run and compare pairwise")
+    g.add_argument("--impls", metavar="LIST", help="comma-separated implementations to run and compare pairwise "
+                   "(a 'cmd:COMMAND' port may be one of them; its command must not contain a comma)")
+    add_impl_timeout(g)
     g.add_argument("--steps", type=int, help="train this many steps (default: the scenario's count)")
     g.add_argument("--variant", action="append", default=[], metavar="[IMPL:]KEY=VALUE",
                    help="switch on a bug in every implementation, or in IMPL only (repeatable)")
@@ -437,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=BISECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="+", metavar="TARGET",
                    help="SCENARIO (both sides), SCENARIO_A SCENARIO_B, or RUN_A RUN_B: two checkpoint runs")
-    p.add_argument("--impls", metavar="A,B", help="implementations of sides A and B (one name: both; default numpy)")
+    p.add_argument("--impls", metavar="A,B", help="implementations of sides A and B (one name: both; default numpy);"
+                   " 'cmd:COMMAND' drives a port (docs/ports-cmd.md)")
+    add_impl_timeout(p)
     p.add_argument("--variant-a", action="append", default=[], metavar="KEY=VALUE",
                    help="switch on a bug in side A (repeatable; 'clean' = the correct network)")
     p.add_argument("--variant-b", action="append", default=[], metavar="KEY=VALUE",

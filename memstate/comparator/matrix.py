@@ -6,6 +6,7 @@ reported as unavailable; one that crashes mid-run leaves an incomplete trace, wh
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from itertools import combinations
@@ -99,11 +100,17 @@ def variants_for(scenario: Scenario, impls: Sequence[str], overrides: Sequence[s
             for impl in impls}
 
 
+def trace_name(impl: str, index: int) -> str:
+    """A file name for an implementation's trace: its name when that is a plain word, else `impl<index>`
+    (a `cmd:` port's name holds spaces, slashes and braces)."""
+    return f"{impl}.memstate" if re.fullmatch(r"[A-Za-z0-9_.-]+", impl) else f"impl{index}.memstate"
+
+
 def _run_one(scenario: Scenario, impl: str, out: Path, *, steps: int | None, variant: Variant,
              params: Mapping[str, np.ndarray] | None,
-             progress: Callable[[str, Progress], None] | None) -> ImplRun:
+             progress: Callable[[str, Progress], None] | None, impl_timeout: float | None = None) -> ImplRun:
     try:
-        loaded = get_impl(impl)
+        loaded = get_impl(impl, timeout=impl_timeout)
     except (MemstateError, ImportError) as exc:
         return ImplRun(impl, "unavailable", str(exc) or type(exc).__name__)
     if scenario.dtype not in loaded.dtypes:
@@ -122,8 +129,10 @@ def _run_one(scenario: Scenario, impl: str, out: Path, *, steps: int | None, var
 def compare_impls(scenario: Scenario, impls: Sequence[str], *, steps: int | None = None,
                   variants: Mapping[str, Variant] | None = None, params: Mapping[str, np.ndarray] | None = None,
                   keep: str | Path | None = None, tolerances: Tolerances | None = None,
-                  progress: Callable[[str, Progress], None] | None = None) -> Matrix:
-    """Run each implementation on `scenario` into `keep` (or a temporary directory) and compare every pair."""
+                  progress: Callable[[str, Progress], None] | None = None,
+                  impl_timeout: float | None = None) -> Matrix:
+    """Run each implementation on `scenario` into `keep` (or a temporary directory) and compare every pair.
+    `impl_timeout`: seconds one run of a `cmd:` port's command may take."""
     impls = list(dict.fromkeys(impls))
     if len(impls) < 2:
         raise MemstateError(f"--impls {','.join(impls)}: name at least two implementations, e.g. numpy,python")
@@ -131,9 +140,10 @@ def compare_impls(scenario: Scenario, impls: Sequence[str], *, steps: int | None
     with tempfile.TemporaryDirectory(prefix="memstate-diff-") as tmp:
         folder = Path(keep) if keep is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        runs = [_run_one(scenario, impl, folder / f"{impl}.memstate", steps=steps,
-                         variant=variants.get(impl, scenario.variant), params=params, progress=progress)
-                for impl in impls]
+        runs = [_run_one(scenario, impl, folder / trace_name(impl, i), steps=steps,
+                         variant=variants.get(impl, scenario.variant), params=params, progress=progress,
+                         impl_timeout=impl_timeout)
+                for i, impl in enumerate(impls, start=1)]
         pairs = []
         for ra, rb in combinations(runs, 2):
             both = None if ra.trace is None or rb.trace is None else \

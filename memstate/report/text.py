@@ -288,17 +288,20 @@ def render(c: Comparison) -> str:
 def render_matrix(matrix: Matrix) -> str:
     """The verdict of every pair of implementations (memstate.comparator.matrix.Matrix) as a small table and a list."""
     impls = list(matrix.impls)
-    cw = max(8, *(len(i) + 2 for i in impls), *(len(p.short) + 2 for p in matrix.pairs))
+    # a long name (a cmd: port's command line) is shown as #N in the table, with a legend under it
+    label = {i: i if len(i) <= 24 else f"#{n}" for n, i in enumerate(impls, 1)}
+    cw = max(8, *(len(label[i]) + 2 for i in impls), *(len(p.short) + 2 for p in matrix.pairs))
     lines = [f"memstate diff --impls {','.join(impls)} on {matrix.scenario}"
              + (f", {matrix.steps} steps" if matrix.steps else ""), ""]
     short = {(p.a, p.b): p.short for p in matrix.pairs}
-    lines.append((" " * cw + "".join(f"{i:<{cw}}" for i in impls[1:])).rstrip())
+    lines.append((" " * cw + "".join(f"{label[i]:<{cw}}" for i in impls[1:])).rstrip())
     for r, a in enumerate(impls[:-1]):
         cells = "".join(f"{short.get((a, b), ''):<{cw}}" if c > r else " " * cw for c, b in enumerate(impls[1:], 1))
-        lines.append(f"{a:<{cw}}{cells}".rstrip())
+        lines.append(f"{label[a]:<{cw}}{cells}".rstrip())
+    lines += [f"  {label[i]} = {i}" for i in impls if label[i] != i]
     lines.append("")
     for p in matrix.pairs:
-        lines += _wrap(f"{p.a} vs {p.b}: {p.cell}", "  ")
+        lines += _wrap(f"{label[p.a]} vs {label[p.b]}: {p.cell}", "  ")
     for run in matrix.runs:
         if run.status != "ok":
             lines += _wrap(f"{run.impl}: {run.status}: {run.reason}", "  ")

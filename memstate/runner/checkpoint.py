@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -82,6 +82,28 @@ class CheckpointWriter:
                 for name, value in net.params().items():
                     rec.record(name, value)
         return loss
+
+    def record_step(self, step: int, tensors: Mapping[str, Any], loss: float, labels: np.ndarray,
+                    start: Mapping[str, Any], updated: Callable[[], Mapping[str, Any]]) -> None:
+        """Record, the checkpoint way, a step trained elsewhere (a `cmd:` port): `tensors` is what it recorded,
+        `start` the parameters the run started from (kept at step 0), `updated()` the parameters after the step
+        (asked for at checkpoints only)."""
+        rec = self.recorder
+        logits = tensors.get(self.logits_name)
+        if logits is not None and np.ndim(logits) == 2:
+            with np.errstate(invalid="ignore"):
+                acc = float(np.mean(np.argmax(np.asarray(logits, dtype=np.float64), axis=1) == labels))
+        else:
+            acc = math.nan
+        with rec.step(step):
+            if step == 0:
+                for name, value in start.items():
+                    rec.record(INIT_PREFIX + name, value)
+            rec.record("loss", np.float64(loss))
+            rec.record("batch_accuracy", np.float64(acc))
+            if (step + 1) % self.every == 0 or step + 1 == self.total:
+                for name, value in updated().items():
+                    rec.record(name, value)
 
     def close(self) -> None:
         self.recorder.close()

@@ -8,28 +8,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from memstate.runner import data as digits
 from memstate.errors import FormatError, MemstateError, ScenarioError
+from memstate.runner.batches import StepBatch
+from memstate.runner.command import CommandNet, step_loss
+from memstate.runner.dataset import Dataset, prepare_data
 from memstate.runner.initparams import scenario_params
 from memstate.names import param_names
 from memstate.formats.recorder import Recorder
 from memstate.runner.registry import Implementation, get_impl
-from memstate.runner.scenario import DataSpec, Scenario, iter_batches
+from memstate.runner.scenario import Scenario, iter_batches
 from memstate.runner.variants import Variant
-
-
-@dataclass(frozen=True)
-class Dataset:
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -57,21 +50,6 @@ class RunResult:
     @property
     def final_test_accuracy(self) -> float | None:
         return self.evaluations[-1][1] if self.evaluations else None
-
-
-@lru_cache(maxsize=4)
-def prepare_data(spec: DataSpec) -> Dataset:
-    """Load, preprocess and split the digits a scenario names (cached: specs are frozen)."""
-    if spec.source == "bundled":
-        images, labels = digits.load_bundled()
-    else:
-        assert spec.idx_dir is not None  # the scenario's validation requires it for source = "idx"
-        images, labels = digits.load_idx_dir(spec.idx_dir, split="train")
-    x = digits.preprocess(images, crop=spec.crop, size=spec.size, binarize=spec.binarize, normalize=spec.normalize)
-    train_x, train_y, test_x, test_y = digits.split(
-        x, labels, train=spec.train, test=spec.test, shuffle_seed=spec.shuffle_seed
-    )
-    return Dataset(train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64))
 
 
 def check_params(params: Mapping[str, np.ndarray], scenario: Scenario, source: str) -> dict[str, np.ndarray]:
@@ -107,6 +85,7 @@ def accuracy(logits: Any, labels: np.ndarray) -> float:
 def trace_meta(scenario: Scenario, impl: Implementation, variant: Variant, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     meta = {"impl": impl.name, **scenario.meta(), "variant": variant.changes(), **impl.meta}
     meta["loss_reduction"] = variant.loss_reduction or scenario.training.loss_reduction  # what this run computes
+    meta["settings"] = scenario.settings(variant)  # how to train, for check and for ports (docs/format.md)
     meta.update(extra or {})
     return meta
 
@@ -124,13 +103,16 @@ def run(
     evaluate: bool = True,
     progress: Callable[[Progress], None] | None = None,
     checkpoint_every: int | None = None,
+    impl_timeout: float | None = None,
 ) -> RunResult:
     """Train `impl` on `scenario`, recording every step to `out` (no trace when `out` is None).
 
     With `checkpoint_every=K` the trace at `out` is a checkpoint run instead (memstate.runner.checkpoint): loss and
     batch accuracy every step, the parameters at the start, every K steps and at the end.
+    A `cmd:` implementation (memstate.runner.command; `impl_timeout`: seconds per run of its command) runs
+    the whole trace in one run of its command, or one run per checkpoint interval, and is not evaluated.
     """
-    impl = get_impl(impl) if isinstance(impl, str) else impl
+    impl = get_impl(impl, timeout=impl_timeout) if isinstance(impl, str) else impl
     variant = scenario.variant if variant is None else variant
     if scenario.dtype not in impl.dtypes:
         raise ScenarioError(
@@ -147,6 +129,9 @@ def run(
     net = impl.make(spec, start_params)
     lr = scenario.training.learning_rate
     meta = trace_meta(scenario, impl, variant, {"steps": total})
+    if isinstance(net, CommandNet):
+        return run_port(scenario, net, variant, start_params, meta, total, out=out, encoding=encoding,
+                        progress=progress, checkpoint_every=checkpoint_every)
     checkpoints = None
     if checkpoint_every is not None:
         from memstate.runner.checkpoint import CheckpointWriter
@@ -198,6 +183,53 @@ def run(
         meta=meta,
         eval_seconds=eval_seconds,
     )
+
+
+def run_port(scenario: Scenario, net: CommandNet, variant: Variant, start: Mapping[str, np.ndarray],
+             meta: dict[str, Any], total: int, *, out: str | Path | None, encoding: str | None,
+             progress: Callable[[Progress], None] | None, checkpoint_every: int | None) -> RunResult:
+    """`run` for a `cmd:` port: one run of its command for the whole trace, or one per checkpoint interval
+    (each from the parameters the previous one ended with), re-recorded under the harness's header."""
+    from memstate.runner.checkpoint import CheckpointWriter, check_every
+
+    data = prepare_data(scenario.data)
+    batches = [StepBatch(b.step, data.train_x[b.indices], data.train_y[b.indices])
+               for b in iter_batches(scenario, len(data.train_y), total)]
+    every = check_every(checkpoint_every) if checkpoint_every is not None else None
+    if every is not None and out is None:
+        raise ScenarioError("checkpoint_every needs an output path for the checkpoint run (-o RUN.memstate)")
+    settings = scenario.settings(variant)
+    sink: Any = None
+    losses: list[float] = []
+    began = time.perf_counter()
+    try:
+        for first in range(0, total, every or total):
+            part = batches[first:first + (every or total)]
+            with net.call(part, settings) as port:
+                for step, batch in zip(port, part):
+                    if sink is None:
+                        meta = {**meta, "port": port.meta, "loss_recorded": "loss" in step.tensors}
+                        sink = (Recorder(out, meta=meta, encoding=encoding) if every is None else
+                                CheckpointWriter(out, meta, every, total, net.spec.n_layers, encoding, scenario.path)
+                                ) if out is not None else None
+                        meta = sink.recorder_meta if every is not None else meta
+                    loss = step_loss(step)
+                    if isinstance(sink, CheckpointWriter):
+                        sink.record_step(step.index, step.tensors, loss, batch.labels, start,
+                                         lambda s=step: net.updated_params(s))  # type: ignore[misc]
+                    elif sink is not None:
+                        with sink.step(step.index):
+                            for name, value in step.tensors.items():
+                                sink.record(name, value)
+                    losses.append(loss)
+                    if progress is not None:
+                        progress(Progress(step.index + 1, total, loss))
+    finally:
+        if sink is not None:
+            sink.close()
+    return RunResult(impl=net.target.name, scenario=scenario.name, steps=len(losses),
+                     trace=Path(out) if out is not None else None, losses=tuple(losses), evaluations=(),
+                     seconds=time.perf_counter() - began, meta=meta)
 
 
 def final_params(net: Any) -> dict[str, np.ndarray]:

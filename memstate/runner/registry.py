@@ -8,6 +8,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from memstate.errors import MemstateError
+from memstate.runner.command import CommandTarget, is_command
 
 BUILTIN = {
     "numpy": "memstate.impls.numpy_mlp",
@@ -40,8 +41,15 @@ def available() -> list[str]:
     return list(BUILTIN) + sorted(n for n in _plugins() if n not in BUILTIN)
 
 
-def get_impl(name: str) -> Implementation:
-    """Load an implementation by name, with a message that says how to fix a missing one."""
+def get_impl(name: str, *, timeout: float | None = None) -> Implementation:
+    """Load an implementation by name, with a message that says how to fix a missing one.
+
+    `cmd:COMMAND` is a port driven through its command line (memstate.runner.command); `timeout` is how
+    many seconds one run of its command may take (default memstate.runner.command.DEFAULT_TIMEOUT).
+    """
+    if is_command(name):
+        return Implementation(name=name, target=CommandTarget.parse(name, timeout), dtypes=("float64", "float32"),
+                              meta={})
     plugins = _plugins()
     if name in BUILTIN:
         try:
@@ -63,7 +71,8 @@ def get_impl(name: str) -> Implementation:
     else:
         raise MemstateError(
             f"no implementation named {name!r}; available: {', '.join(available())}. "
-            f"Register your own under the {ENTRY_POINT_GROUP!r} entry point group (see README)."
+            f"Register your own under the {ENTRY_POINT_GROUP!r} entry point group (see README), or drive a "
+            "port in any language with 'cmd:COMMAND {params} {batches} {trace}' (docs/ports-cmd.md)."
         )
     if not callable(getattr(target, "make", None)):
         raise MemstateError(f"implementation {name!r} has no make(spec, params) function")

@@ -121,6 +121,20 @@ class Scenario:
             "batch_size": self.training.batch_size,
         }
 
+    def settings(self, variant: Variant | None = None) -> dict[str, Any]:
+        """What a port in any language needs to train this network (a batches file's `meta.settings`,
+        docs/format.md): the variant's loss reduction, when it overrides the scenario's, is what it computes."""
+        v = self.variant if variant is None else variant
+        return {
+            "scenario": self.name,
+            "layers": list(self.model.layers),
+            "activation": self.model.activation,
+            "loss_reduction": v.loss_reduction or self.training.loss_reduction,
+            "learning_rate": self.training.learning_rate,
+            "dtype": self.dtype,
+            "batch_size": self.training.batch_size,
+        }
+
     def total_steps(self, n_train: int) -> int:
         """Steps the scenario asks for: `steps`, or every batch of `epochs` epochs."""
         if self.training.steps is not None:

@@ -11,13 +11,15 @@
     def test_mine(impl_a, impl_b, memstate_run): ...
 
 `impl_a` is the reference side (A) and `impl_b` the side under test (B). Implementations come from
-memstate.runner.registry: ours, and any registered under the `memstate.impls` entry point group. A built-in one
+memstate.runner.registry: ours, any registered under the `memstate.impls` entry point group, and ports in any
+language as `cmd:COMMAND {params} {batches} {trace}` (docs/ports-cmd.md). A built-in one
 that cannot load here (jax not installed) makes its tests skip, with the reason; an unknown name or a
 registered implementation that fails to load makes them fail, since that is a mistake to fix.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from itertools import combinations
 from pathlib import Path
@@ -99,7 +101,7 @@ class ImplRunner:
         return self._made
 
     def __call__(self, impl: str, scenario: Any, steps: int | None = None, *, variant: Any = None,
-                 encoding: str = "binary") -> Path:
+                 encoding: str = "binary", impl_timeout: float | None = None) -> Path:
         __tracebackhide__ = True
         from memstate.runner.registry import get_impl
         from memstate.runner.harness import run
@@ -119,12 +121,13 @@ class ImplRunner:
         key = (impl, sc.name, str(sc.path), steps, chosen, encoding)
         if key in self._cache and self._cache[key].exists():
             return self._cache[key]
-        loaded = get_impl(impl)
+        loaded = get_impl(impl, timeout=impl_timeout)
         if sc.dtype not in loaded.dtypes:
             pytest.skip(f"implementation {impl!r} supports {', '.join(loaded.dtypes)}, not {sc.dtype} "
                         f"(scenario {sc.name})")
         suffix = ".memstate" if encoding == "binary" else ".memstate.jsonl"
-        out = self.folder() / f"{impl}-{sc.name}-{steps if steps is not None else 'all'}-{len(self._cache)}{suffix}"
+        label = impl if re.fullmatch(r"[A-Za-z0-9_.-]+", impl) else "cmd"  # a cmd: port's name is a command line
+        out = self.folder() / f"{label}-{sc.name}-{steps if steps is not None else 'all'}-{len(self._cache)}{suffix}"
         run(sc, loaded, steps=steps, out=out, variant=chosen, encoding=encoding, evaluate=False)
         self._cache[key] = out
         return out

@@ -104,9 +104,10 @@ def memstate_regression(request: pytest.FixtureRequest) -> MemstateRegression:
 
 @pytest.fixture(scope="session")
 def memstate_run(tmp_path_factory: pytest.TempPathFactory) -> ImplRunner:
-    """`memstate_run(impl, scenario, steps=None, *, variant=None, encoding="binary") -> Path`: the trace of
-    `impl` trained on `scenario` (a bundled scenario's name or a .toml path) for `steps` steps. Cached for
-    the session; an implementation that cannot load here skips the test."""
+    """`memstate_run(impl, scenario, steps=None, *, variant=None, encoding="binary", impl_timeout=None) -> Path`:
+    the trace of `impl` (a name, or `cmd:COMMAND {params} {batches} {trace}` for a port in any language) trained
+    on `scenario` (a bundled scenario's name or a .toml path) for `steps` steps. Cached for the session; a
+    built-in implementation that cannot load here skips the test."""
     from memstate.testing.crossimpl import ImplRunner
 
     return ImplRunner(lambda: tmp_path_factory.mktemp("memstate-runs"))

@@ -298,7 +298,7 @@ def test_declared_activation_that_the_trace_contradicts_fails_at_the_activation(
 def test_summed_loss_is_inferred_when_undeclared(tmp_path, scenario):
     path, params = make_trace(tmp_path, scenario, variant=Variant(loss_reduction="sum"), steps=2)
     with open_trace(path) as t:
-        meta = {k: v for k, v in t.meta.items() if k not in ("loss_reduction", "variant", "scenario")}
+        meta = {k: v for k, v in t.meta.items() if k not in ("loss_reduction", "variant", "scenario", "settings")}
     quiet = _rewrite(path, tmp_path / "sum.memstate", lambda k, n, v: v, meta=meta)
     r = check_trace(quiet, params=params)
     assert r.ok and (r.reduction.value, r.reduction.source) == ("sum", "inferred")
