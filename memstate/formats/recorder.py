@@ -16,7 +16,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from memstate.errors import MemstateError
-from memstate.formats.tensorjson import DTYPES, dtype_name, encode_fields
+from memstate.formats.tensorjson import DTYPES, dtype_name, dumps_record
 from memstate.formats.trace import FORMAT, HEADER_FILE, STEP_FILE, step_file_name
 
 VERSION = 1
@@ -154,20 +154,20 @@ class JsonlWriter(TraceWriter):
             raise MemstateError(f"{self.path}: cannot create trace: {e.strerror}") from None
         self._fh.write(header.encode() + b"\n")
         self._fh.flush()
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []
 
     def _begin(self) -> None:
         self._lines = []
 
     def _add(self, name: str, arr: np.ndarray) -> None:
-        record = {"step": self._step, "name": name, **encode_fields(arr, b64=self.b64)}
-        self._lines.append(json.dumps(record, allow_nan=False))
+        self._lines.append(dumps_record({"step": self._step, "name": name}, arr, b64=self.b64))
 
     def _finish(self, complete: bool) -> None:
         if complete:
-            self._lines.append(json.dumps({"step": self._step, "end": True}))
+            self._lines.append(json.dumps({"step": self._step, "end": True}).encode())
         if self._lines:
-            self._fh.write(("\n".join(self._lines) + "\n").encode())
+            self._lines.append(b"")
+            self._fh.write(b"\n".join(self._lines))
             self._fh.flush()
         self._lines = []
 

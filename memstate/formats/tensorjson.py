@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import numpy as np
+import orjson
 
 from memstate.errors import FormatError
 
@@ -59,6 +60,15 @@ def loads_strict(text: str | bytes) -> Any:
         raise BadJSON(f"not valid UTF-8: {e}") from None
 
 
+def loads_fast(text: str | bytes) -> Any:
+    """orjson.loads, which is strict JSON too; on anything it refuses, `loads_strict` for the value or the
+    precise message (line and column), so the two parsers never disagree on what is accepted."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return loads_strict(text)
+
+
 def dtype_name(arr: np.ndarray) -> str:
     """The format's dtype name of a float32/float64 array."""
     if arr.dtype.kind == "f" and arr.dtype.itemsize == 8:
@@ -88,6 +98,23 @@ def encode_fields(arr: np.ndarray, *, b64: bool = False) -> dict[str, Any]:
     return fields
 
 
+def dumps_record(head: dict[str, Any], arr: np.ndarray, *, b64: bool = False) -> bytes:
+    """One JSON line (without the newline) for {**head, **encode_fields(arr)}: the same JSON values, by orjson.
+
+    Finite values go through orjson's numpy serializer as float64 (so a float32 value is written as its
+    exact double, docs/format.md); a tensor holding nan or inf spells them "nan", "inf", "-inf".
+    -0.0 is written -0.0.
+    """
+    if b64:
+        return orjson.dumps({**head, **encode_fields(arr, b64=True)})
+    name = dtype_name(arr)
+    flat = np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
+    finite = flat.size == 0 or (math.isfinite(float(flat.max())) and math.isfinite(float(flat.min())))
+    data: Any = flat if finite else encode_fields(flat)["data"]
+    return orjson.dumps({**head, "shape": list(arr.shape), "dtype": name, "data": data},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def encode_tensor(name: str, arr: np.ndarray, *, b64: bool = False) -> dict[str, Any]:
     """A whole tensor object {"name", "shape", "dtype", "data"|"b64"}."""
     return {"name": name, **encode_fields(arr, b64=b64)}
@@ -113,6 +140,8 @@ def _dtype(obj: dict, path: object, tensor: str | None, line: int | None) -> np.
 
 def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype, path: object, tensor: str | None,
                line: int | None) -> np.ndarray:
+    if isinstance(data, np.ndarray):  # parsed straight into an array (memstate.formats.bigline)
+        return _from_parsed(data, shape, dt, path, tensor, line)
     if not isinstance(data, list):
         raise FormatError(path, f'"data" must be a flat list of numbers, got {_short(data)}', tensor, line)
     count = math.prod(shape)
@@ -137,6 +166,22 @@ def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype, path: object, te
     if not has_strings and not np.isfinite(flat).all():
         raise FormatError(path, '"data" holds a number out of float64 range; write "inf"/"-inf" as strings',
                           tensor, line)
+    if dt.itemsize == 4:
+        with np.errstate(over="ignore"):
+            narrow = flat.astype(np.float32)
+        if (np.isinf(narrow) & np.isfinite(flat)).any():
+            raise FormatError(path, '"data" holds a number out of float32 range; write "inf"/"-inf" as strings',
+                              tensor, line)
+        flat = narrow
+    return flat.reshape(shape)
+
+
+def _from_parsed(flat: np.ndarray, shape: tuple[int, ...], dt: np.dtype, path: object, tensor: str | None,
+                 line: int | None) -> np.ndarray:
+    """A float64 "data" array that memstate.formats.bigline parsed and checked: its length, and float32's range."""
+    count = math.prod(shape)
+    if flat.size != count:
+        raise FormatError(path, f'"data" has {flat.size} values but shape {list(shape)} needs {count}', tensor, line)
     if dt.itemsize == 4:
         with np.errstate(over="ignore"):
             narrow = flat.astype(np.float32)

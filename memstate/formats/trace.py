@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from memstate.errors import FormatError
 from memstate.formats.params import check_envelope
-from memstate.formats.tensorjson import BadJSON, decode_fields, decode_name, loads_strict
+from memstate.formats.stepfile import BadStepFile, read_safetensors
+from memstate.formats.bigline import STREAM_BYTES, BadData, LineTooLong, max_line_bytes, parse_big_record, read_line
+from memstate.formats.tensorjson import BadJSON, decode_fields, decode_name, loads_fast, loads_strict
 
 FORMAT = "memstate.trace"
 HEADER_FILE = "header.json"
@@ -155,12 +156,21 @@ def _jsonl_steps(path: Path, offset: int) -> Iterator[Step]:
     cur: int | None = None  # step being read
     tensors: dict[str, np.ndarray] = {}
     lineno = 1
+    limit = max_line_bytes()
     with open(path, "rb") as fh:
         fh.seek(offset)
-        for raw in fh:
+        while True:
+            try:
+                raw = read_line(fh, limit)
+            except LineTooLong as e:
+                raise FormatError(path, f"line of {e.length} bytes or more, longer than {limit} "
+                                  "(MEMSTATE_MAX_LINE_BYTES); record tensors this large in the binary encoding "
+                                  "(docs/format.md)", line=lineno + 1) from None
+            if not raw:
+                break
             lineno += 1
             try:
-                obj = loads_strict(raw)
+                obj = _parse_line(raw, path, lineno)
             except BadJSON as e:
                 if not raw.endswith(b"\n"):  # cut inside the last line: the writer crashed
                     m = _STEP_PREFIX.match(raw)
@@ -194,6 +204,18 @@ def _jsonl_steps(path: Path, offset: int) -> Iterator[Step]:
             tensors[name] = decode_fields(obj, path, name, lineno)
     if cur is not None:
         yield Step(cur, tensors, complete=False)
+
+
+def _parse_line(raw: bytes, path: Path, lineno: int) -> Any:
+    """One record: orjson, or for a huge line its "data" parsed straight into an ndarray (bounded memory)."""
+    if len(raw) >= STREAM_BYTES:
+        try:
+            obj = parse_big_record(raw)
+        except BadData as e:
+            raise FormatError(path, str(e), line=lineno) from None
+        if obj is not None:
+            return obj
+    return loads_fast(raw)
 
 
 def _record_step(obj: Any, path: Path, lineno: int) -> int:
@@ -258,22 +280,24 @@ def _binary_steps(path: Path) -> Iterator[Step]:
         yield Step(tmp, tensors, complete=False)
 
 
-def read_step_file(path: Path, index: int) -> dict[str, np.ndarray]:
-    """The tensors of one safetensors step file, in the dataflow order its metadata gives."""
+def read_step_file(path: Path, index: int, mapped: bool = False) -> dict[str, np.ndarray]:
+    """The tensors of one safetensors step file, in the dataflow order its metadata gives.
+
+    The arrays are views into one buffer the file was read into (memstate.formats.stepfile); with
+    mapped=True into a read-only mapping of the file.
+    """
     try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-            order = _step_order(meta, keys, path, index)
-            out: dict[str, np.ndarray] = {}
-            for name in order:
-                dt = f.get_slice(name).get_dtype()
-                if dt not in BINARY_DTYPES:
-                    raise FormatError(path, f"dtype {dt} is not allowed; use F64 or F32", name)
-                out[name] = f.get_tensor(name)
-            return out
-    except SafetensorError as e:
+        meta, tensors = read_safetensors(path, mapped)
+    except BadStepFile as e:
         raise FormatError(path, f"not a readable safetensors file: {e}") from None
+    order = _step_order(meta, set(tensors), path, index)
+    out: dict[str, np.ndarray] = {}
+    for name in order:
+        dt, arr = tensors[name]
+        if dt not in BINARY_DTYPES or arr is None:
+            raise FormatError(path, f"dtype {dt} is not allowed; use F64 or F32", name)
+        out[name] = arr
+    return out
 
 
 def _step_order(meta: dict[str, str], keys: set[str], path: Path, index: int) -> list[str]:
