@@ -20,6 +20,7 @@ import math
 import os
 import re
 import time
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +28,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from memstate.check import recompute as rc
+from memstate.blas import blas_threads
+from memstate.formats.readahead import ReadAhead
 from memstate.comparator.compare import (Comparison, FirstDivergence, StepComparison, TensorComparison, TensorSeries,
                               ToleranceUse, TraceInfo, _Buckets, error_grid)
 from memstate.comparator.compare import Finding as CompareFinding
@@ -447,7 +450,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
     """
     began = time.perf_counter()
     tolerances = tolerances if tolerances is not None else Tolerances()
-    with open_trace(path) as reader:
+    with blas_threads(), open_trace(path) as reader, closing(ReadAhead(reader.steps())) as ahead:
         meta = dict(reader.meta)
         st = _State(tolerances, meta, diagnose)
         source = "scenario"
@@ -477,7 +480,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
         settings: rc.Settings | None = None
         rules: dict[str, list[rc.Rule]] = {}
 
-        for step in reader:
+        for step in ahead:
             t, k = step.tensors, step.index
             count += 1
             first_step = k if first_step is None else first_step

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from memstate.blas import blas_threads
 from memstate.comparator.localize import Localization, WorstElement, localize
+from memstate.comparator.parallel import RangeJudge, ReadAhead
 from memstate.comparator.metrics import (TensorMetrics, bit_identical, element_errors, identical_metrics,
                                         max_abs_error, summary_metrics, tensor_metrics, within_tolerance)
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
@@ -696,49 +698,77 @@ def _open(trace: TraceLike, stack: ExitStack) -> TraceReader:
     return stack.enter_context(open_trace(trace))
 
 
+def _range_judge(readers: dict[str, TraceReader], tolerances: Tolerances, jobs: int,
+                 max_steps: int | None, stack: ExitStack) -> RangeJudge | None:
+    """Worker processes for the steps both binary traces hold, when jobs > 1 and there are enough of them."""
+    if jobs <= 1 or "oracle" in readers or any(readers[s].encoding != "binary" for s in ("a", "b")):
+        return None
+    steps = sorted(set(readers["a"].complete_steps()) & set(readers["b"].complete_steps()))
+    if max_steps is not None:
+        steps = steps[:max_steps]
+    if len(steps) < 2:
+        return None
+    return stack.enter_context(RangeJudge(readers["a"].path, readers["b"].path, steps, tolerances, jobs))
+
+
 def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None, oracle: TraceLike | None = None,
-            max_steps: int | None = None, detail: str = "shown") -> Comparison:
+            max_steps: int | None = None, detail: str = "shown", jobs: int = 1) -> Comparison:
     """Compare trace B against reference trace A (paths or open readers), step by step, in bounded memory.
 
     detail="shown" computes ULPs, cosine and elementwise rel for tensors out of tolerance and for the steps
     the Comparison keeps; detail="full" computes them for every tensor (slower; the result is the same).
+    jobs > 1 judges the steps of two binary traces in that many worker processes (memstate.comparator.parallel);
+    the result is the same. Each trace is read one step ahead in a background thread.
     """
     if detail not in ("shown", "full"):
         raise ValueError(f"detail={detail!r}: use 'shown' or 'full'")
     tolerances = Tolerances() if tolerances is None else tolerances
     with ExitStack() as stack:
+        stack.enter_context(blas_threads())
         readers = {"a": _open(a, stack), "b": _open(b, stack)}
         if oracle is not None:
             readers["oracle"] = _open(oracle, stack)
         comparer = _Comparer(tolerances, readers, detail)
-        its = {side: r.steps(include_incomplete=True) for side, r in readers.items()}
-        cur = {side: next(it, None) for side, it in its.items()}
-
-        def advance(side: str) -> None:
-            comparer.seen(side, cur[side])
-            cur[side] = next(its[side], None)
-
-        stopped, done = False, 0
-        while cur["a"] is not None or cur["b"] is not None:
-            if max_steps is not None and done >= max_steps:
-                stopped = True
-                break
-            done += 1
-            k = min(cur[s].index for s in ("a", "b") if cur[s] is not None)
-            here = {s: cur[s] if cur[s] is not None and cur[s].index == k else None for s in ("a", "b")}
-            sc = None
-            if "oracle" in cur:
-                while cur["oracle"] is not None and cur["oracle"].index < k:
-                    advance("oracle")
-                sc = cur["oracle"] if cur["oracle"] is not None and cur["oracle"].index == k else None
-            if here["a"] is not None and here["b"] is not None:
-                comparer.both(here["a"], here["b"], sc)
-            else:
-                side = "a" if here["a"] is not None else "b"
-                comparer.one_sided(side, here[side], other_ended=cur["b" if side == "a" else "a"] is None)
-            for s in ("a", "b"):
-                if here[s] is not None:
-                    advance(s)
-            if sc is not None:
-                advance("oracle")
+        judge = _range_judge(readers, tolerances, jobs, max_steps, stack)
+        # workers read the data; this process maps the files and touches only what the report needs
+        its = {side: ReadAhead(r.steps(include_incomplete=True, mapped=True, populate=judge is None))
+               for side, r in readers.items()}
+        for it in its.values():
+            stack.callback(it.close)
+        stopped = _walk(comparer, its, judge, max_steps)
         return comparer.result(stopped)
+
+
+def _walk(comparer: _Comparer, its: dict[str, ReadAhead], judge: RangeJudge | None, max_steps: int | None) -> bool:
+    """Feed the comparer the aligned steps of both traces (and the oracle); True when max_steps stopped it."""
+    cur = {side: next(it, None) for side, it in its.items()}
+
+    def advance(side: str) -> None:
+        comparer.seen(side, cur[side])
+        cur[side] = next(its[side], None)
+
+    done = 0
+    while cur["a"] is not None or cur["b"] is not None:
+        if max_steps is not None and done >= max_steps:
+            return True
+        done += 1
+        k = min(cur[s].index for s in ("a", "b") if cur[s] is not None)
+        here = {s: cur[s] if cur[s] is not None and cur[s].index == k else None for s in ("a", "b")}
+        sc = None
+        if "oracle" in cur:
+            while cur["oracle"] is not None and cur["oracle"].index < k:
+                advance("oracle")
+            sc = cur["oracle"] if cur["oracle"] is not None and cur["oracle"].index == k else None
+        if here["a"] is not None and here["b"] is not None:
+            both_complete = here["a"].complete and here["b"].complete
+            computed = judge.get(k) if judge is not None and both_complete else None
+            comparer.both(here["a"], here["b"], sc, computed)
+        else:
+            side = "a" if here["a"] is not None else "b"
+            comparer.one_sided(side, here[side], other_ended=cur["b" if side == "a" else "a"] is None)
+        for s in ("a", "b"):
+            if here[s] is not None:
+                advance(s)
+        if sc is not None:
+            advance("oracle")
+    return False

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+import orjson
 from safetensors.numpy import save_file
 
 from memstate.errors import MemstateError
@@ -46,6 +48,11 @@ def _header(path: Path, meta: dict | None, **extra: str) -> str:
                           allow_nan=False)
     except (TypeError, ValueError) as e:
         raise MemstateError(f"{path}: meta must be plain JSON (str, numbers, lists, dicts; no NaN): {e}") from None
+
+
+def terminator(step: int) -> bytes:
+    """The JSONL line that closes a step (without its newline)."""
+    return orjson.dumps({"step": step, "end": True})
 
 
 class TraceWriter:
@@ -164,7 +171,7 @@ class JsonlWriter(TraceWriter):
 
     def _finish(self, complete: bool) -> None:
         if complete:
-            self._lines.append(json.dumps({"step": self._step, "end": True}).encode())
+            self._lines.append(terminator(self._step))
         if self._lines:
             self._lines.append(b"")
             self._fh.write(b"\n".join(self._lines))
@@ -173,6 +180,14 @@ class JsonlWriter(TraceWriter):
 
     def _close(self) -> None:
         self._fh.close()
+
+    def append_encoded(self, part: BinaryIO, last_step: int) -> None:
+        """Append complete steps already encoded as JSONL lines (a parallel conversion's part), up to `last_step`."""
+        if self._step is not None or self._stopped or (self._last is not None and last_step <= self._last):
+            raise MemstateError(f"{self.path}: encoded steps can only follow the last complete step")
+        shutil.copyfileobj(part, self._fh, 1 << 20)
+        self._fh.flush()
+        self._last = last_step
 
 
 class BinaryWriter(TraceWriter):

@@ -30,12 +30,14 @@ class BadStepFile(ValueError):
     """A step file that is not a readable safetensors file; the message says why."""
 
 
-def _buffer(path: Path, mapped: bool) -> Any:
+def _buffer(path: Path, mapped: bool, populate: bool) -> Any:
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size < 8:
             raise BadStepFile(f"{size} bytes: shorter than the 8-byte header length")
         if mapped:
+            if populate and hasattr(mmap, "MAP_POPULATE"):  # fault every page in now, in the kernel, not one by one later
+                return mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
             return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         buf = np.empty(size, dtype=np.uint8)
         view, got = memoryview(buf), 0
@@ -78,10 +80,13 @@ def _header(buf: Any, size: int) -> tuple[dict[str, str], dict[str, tuple[int, i
     return meta, entries, 8 + n
 
 
-def read_safetensors(path: str | os.PathLike, mapped: bool = False
+def read_safetensors(path: str | os.PathLike, mapped: bool = False, populate: bool = True
                      ) -> tuple[dict[str, str], dict[str, tuple[str, np.ndarray | None]]]:
-    """(metadata, {name: (safetensors dtype, array)}) of one file; the array is None for a dtype not F64/F32."""
-    buf = _buffer(Path(path), mapped)
+    """(metadata, {name: (safetensors dtype, array)}) of one file; the array is None for a dtype not F64/F32.
+
+    mapped=True maps the file; populate=False leaves its pages to be faulted in when touched (for a caller
+    that looks at few of them)."""
+    buf = _buffer(Path(path), mapped, populate)
     size = len(buf)
     meta, entries, start = _header(buf, size)
     end = 0

@@ -86,17 +86,23 @@ class TraceReader:
     def __iter__(self) -> Iterator[Step]:
         return self.steps()
 
-    def steps(self, include_incomplete: bool = False) -> Iterator[Step]:
-        """Complete steps in order, then the trailing incomplete step if asked and there is one."""
+    def steps(self, include_incomplete: bool = False, mapped: bool = False, populate: bool = True) -> Iterator[Step]:
+        """Complete steps in order, then the trailing incomplete step if asked and there is one.
+
+        mapped=True (binary traces): the arrays are read-only views of the mapped step files, for callers
+        that only read them and hold few steps at once (memstate.formats.stepfile); populate=False maps
+        them without reading their pages until they are touched.
+        """
         if self._closed:
             raise ValueError(f"{self.path}: trace reader is closed")
-        gen = self._steps(include_incomplete)
+        gen = self._steps(include_incomplete, mapped, populate)
         self._live.add(gen)
         return gen
 
-    def _steps(self, include_incomplete: bool) -> Iterator[Step]:
+    def _steps(self, include_incomplete: bool, mapped: bool = False, populate: bool = True) -> Iterator[Step]:
         self.incomplete = None
-        source = _binary_steps(self.path) if self.encoding == "binary" else _jsonl_steps(self.path, self._body_offset)
+        source = (_binary_steps(self.path, mapped, populate) if self.encoding == "binary"
+                  else _jsonl_steps(self.path, self._body_offset))
         try:
             for step in source:
                 if step.complete:
@@ -107,6 +113,12 @@ class TraceReader:
                     yield step
         finally:
             source.close()
+
+    def complete_steps(self) -> list[int]:
+        """The numbers of the complete steps of a binary trace, in order, from its file names alone."""
+        if self.encoding != "binary":
+            raise ValueError(f"{self.path}: only a binary trace lists its steps without reading them")
+        return _list_steps(self.path)[0]
 
     def close(self) -> None:
         """Stop every iteration in progress and release its file."""
@@ -268,10 +280,10 @@ def _list_steps(path: Path) -> tuple[list[int], int | None]:
     return done, (tmps[0] if tmps else None)
 
 
-def _binary_steps(path: Path) -> Iterator[Step]:
+def _binary_steps(path: Path, mapped: bool = False, populate: bool = True) -> Iterator[Step]:
     done, tmp = _list_steps(path)
     for k in done:
-        yield Step(k, read_step_file(path / step_file_name(k), k))
+        yield Step(k, read_step_file(path / step_file_name(k), k, mapped, populate))
     if tmp is not None:
         try:
             tensors = read_step_file(path / (step_file_name(tmp) + ".tmp"), tmp)
@@ -280,14 +292,14 @@ def _binary_steps(path: Path) -> Iterator[Step]:
         yield Step(tmp, tensors, complete=False)
 
 
-def read_step_file(path: Path, index: int, mapped: bool = False) -> dict[str, np.ndarray]:
+def read_step_file(path: Path, index: int, mapped: bool = False, populate: bool = True) -> dict[str, np.ndarray]:
     """The tensors of one safetensors step file, in the dataflow order its metadata gives.
 
     The arrays are views into one buffer the file was read into (memstate.formats.stepfile); with
     mapped=True into a read-only mapping of the file.
     """
     try:
-        meta, tensors = read_safetensors(path, mapped)
+        meta, tensors = read_safetensors(path, mapped, populate)
     except BadStepFile as e:
         raise FormatError(path, f"not a readable safetensors file: {e}") from None
     order = _step_order(meta, set(tensors), path, index)

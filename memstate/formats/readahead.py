@@ -1,0 +1,52 @@
+"""Reading one step ahead (issue 14): the next step is read in a background thread while this one is used.
+
+Mapping a step file with its pages, copying it, and most of numpy's work release the GIL, so reading the
+next step overlaps with comparing or writing the current one; parsing JSONL holds the GIL more, and gains
+less. One step ahead costs the memory of one more step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+
+class ReadAhead:
+    """An iterator that fetches the next item of `it` in a background thread while the caller uses this one."""
+
+    def __init__(self, it: Iterator):
+        self.it = it
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memstate-read-ahead")
+        self.pending: Future | None = self.pool.submit(self._pull)
+
+    def _pull(self) -> tuple[bool, Any]:
+        try:
+            return True, next(self.it)
+        except StopIteration:
+            return False, None
+
+    def __iter__(self) -> ReadAhead:
+        return self
+
+    def __next__(self) -> Any:
+        if self.pending is None:
+            raise StopIteration
+        ok, item = self.pending.result()
+        self.pending = self.pool.submit(self._pull) if ok else None
+        if not ok:
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Wait for the read in flight, then close the underlying iterator."""
+        if self.pending is not None:
+            try:
+                self.pending.result()
+            except Exception:  # noqa: BLE001 - closing: the error belongs to a step nobody asked for
+                pass
+            self.pending = None
+        self.pool.shutdown(wait=True)
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            close()
