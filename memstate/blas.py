@@ -35,7 +35,7 @@ def blas_threads(limit: int | None = None) -> Iterator[None]:
     if limit <= 0:
         yield
         return
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     with threadpool_limits(limits=limit, user_api="blas"):
         yield

@@ -53,7 +53,7 @@ def judge_range(unit: StepRange) -> tuple[tuple[int, Any], ...]:
     from memstate.blas import blas_threads
     from memstate.comparator.compare import judge_step
 
-    out = []
+    out: list[tuple[int, Any]] = []
     with blas_threads():
         for k in unit.steps:
             try:

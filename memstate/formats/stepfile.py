@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 HEADER_LIMIT = 100_000_000  # the safetensors library's limit on the JSON header
-NUMPY_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4")}
+NUMPY_DTYPES: dict[str, np.dtype] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4")}
 
 
 class BadStepFile(ValueError):
@@ -40,7 +40,7 @@ def _buffer(path: Path, mapped: bool, populate: bool) -> Any:
                 return mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
             return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         buf = np.empty(size, dtype=np.uint8)
-        view, got = memoryview(buf), 0
+        view, got = memoryview(buf.data), 0
         while got < size:
             n = fh.readinto(view[got:])
             if not n:

@@ -188,7 +188,7 @@ def _from_parsed(flat: np.ndarray, shape: tuple[int, ...], dt: np.dtype, path: o
         if (np.isinf(narrow) & np.isfinite(flat)).any():
             raise FormatError(path, '"data" holds a number out of float32 range; write "inf"/"-inf" as strings',
                               tensor, line)
-        flat = narrow
+        return narrow.reshape(shape)
     return flat.reshape(shape)
 
 
