@@ -86,7 +86,7 @@ def cmd_init_params(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> int:
     """--jobs N (default: the cores this process may use), checked."""
-    from memstate.comparator.parallel import default_jobs
+    from memstate.workers import default_jobs
 
     if args.jobs is None:
         return default_jobs()

@@ -28,8 +28,9 @@ import numpy as np
 
 from memstate.blas import blas_threads
 from memstate.comparator.localize import Localization, WorstElement, localize
-from memstate.comparator.parallel import RangeJudge, ReadAhead
-from memstate.comparator.metrics import (TensorMetrics, bit_identical, element_errors, identical_metrics,
+from memstate.comparator.parallel import RangeJudge, ReadAhead, worth_it
+from memstate.comparator.metrics import (TensorMetrics, bit_identical, completed_metrics, element_errors,
+                                        identical_metrics,
                                         max_abs_error, summary_metrics, tensor_metrics, within_tolerance)
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
 from memstate.formats.trace import Step, TraceReader, open_trace
@@ -440,8 +441,8 @@ class _Comparer:
         only_a = tuple(n for n in names_a if n not in set_b)
         only_b = tuple(n for n in names_b if n not in set_a)
         if computed is None:
-            detail = "full" if self._shown_now() else "summary"
-            computed = judge_step(sa, sb, self.tol, detail)
+            # summaries: the steps the report shows are completed in _keep (detail "full": every step, the long way)
+            computed = judge_step(sa, sb, self.tol, "full" if self.detail == "full" else "summary")
         tensors = [self._tensor(tc, sa.tensors[tc.name], sb.tensors[tc.name], sc) for tc in computed]
         common_b = [n for n in names_b if n in set_a]
         if common_b != [n for n in names_a if n in set_b]:
@@ -459,20 +460,13 @@ class _Comparer:
         for j in [j for j in self.pending if j not in tail]:
             del self.pending[j]
 
-    def _shown_now(self) -> bool:
-        """Whether the step about to be judged is one the report shows (a head step, or just after the divergence)."""
-        return (self.detail == "full" or len(self.head) < HEAD_STEPS
-                or (self.first is not None and self.kept_after <= AROUND))
-
     def _upgrade(self, s: StepComparison) -> StepComparison:
         """`s` with full metrics for its tensors that had only the summary (from the arrays kept in `pending`)."""
         if not _has_summary(s):
             return s
         sa, sb = self.pending[s.step]
-        logits = _logits_name(list(sa.tensors))
         tensors = tuple(
-            compare_tensors(t.name, t.step, sa.tensors[t.name], sb.tensors[t.name], t.tolerance,
-                            argmax=t.name in ("probs", logits))
+            replace(t, metrics=completed_metrics(t.metrics, sa.tensors[t.name], sb.tensors[t.name]))
             if t.metrics is not None and t.metrics.detail != "full" else t for t in s.tensors)
         return replace(s, tensors=tensors)
 
@@ -706,7 +700,7 @@ def _range_judge(readers: dict[str, TraceReader], tolerances: Tolerances, jobs: 
     steps = sorted(set(readers["a"].complete_steps()) & set(readers["b"].complete_steps()))
     if max_steps is not None:
         steps = steps[:max_steps]
-    if len(steps) < 2:
+    if len(steps) < 2 or not worth_it(readers["a"].path, steps):
         return None
     return stack.enter_context(RangeJudge(readers["a"].path, readers["b"].path, steps, tolerances, jobs))
 
@@ -717,8 +711,8 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
 
     detail="shown" computes ULPs, cosine and elementwise rel for tensors out of tolerance and for the steps
     the Comparison keeps; detail="full" computes them for every tensor (slower; the result is the same).
-    jobs > 1 judges the steps of two binary traces in that many worker processes (memstate.comparator.parallel);
-    the result is the same. Each trace is read one step ahead in a background thread.
+    jobs > 1 judges the steps of two binary traces in that many worker processes (memstate.comparator.parallel)
+    when they hold at least parallel.MIN_BYTES (64 MiB) a side; the result is the same. Each trace is read one step ahead in a background thread.
     """
     if detail not in ("shown", "full"):
         raise ValueError(f"detail={detail!r}: use 'shown' or 'full'")

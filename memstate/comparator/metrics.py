@@ -26,7 +26,7 @@ and elementwise rel, which only tensors out of tolerance, or shown in a report, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -276,6 +276,39 @@ def summary_metrics(a: np.ndarray, b: np.ndarray, max_abs: float, scale: float, 
                          cosine=math.nan, n_out=0, frac_out=0.0, nan_a=0, nan_b=0, inf_a=0, inf_b=0,
                          nonfinite_mismatch=0, argmax_mismatch=argmax_mismatch(a, b) if argmax else None,
                          detail="summary")
+
+
+def completed_metrics(m: TensorMetrics, a: np.ndarray, b: np.ndarray) -> TensorMetrics:
+    """Summary metrics (from `summary_metrics`: every element finite) made full, in one block-wise pass:
+    the max elementwise rel error, the max ULP distance and the cosine, as `tensor_metrics` defines them
+    (the cosine's sums are added block by block, so it may differ from tensor_metrics' in the last bit)."""
+    if m.detail == "full":
+        return m
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    n, scale = fa.size, m.scale
+    max_rel = max_ulp = 0.0
+    dots = np.zeros(3)  # a.a, b.b, a.b of the scaled tensors
+    dt = lower_dtype(a, b)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for start in range(0, n, BLOCK):
+            xa, xb = fa[start:start + BLOCK], fb[start:start + BLOCK]
+            a64, b64 = np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64)
+            d = np.abs(a64 - b64)
+            mag = np.maximum(np.abs(a64), np.abs(b64))
+            rel = np.divide(d, mag, out=np.zeros_like(d), where=d > 0)
+            max_rel = max(max_rel, float(rel.max(initial=0.0)))
+            max_ulp = max(max_ulp, float(ulp_distance(xa.astype(dt, copy=False), xb.astype(dt, copy=False))
+                                         .max(initial=0.0)))
+            if scale > 0:
+                sa, sb = a64 / scale, b64 / scale
+                dots += (float(np.dot(sa, sa)), float(np.dot(sb, sb)), float(np.dot(sa, sb)))
+    if scale == 0:
+        cos = 1.0
+    elif dots[0] == 0 or dots[1] == 0:
+        cos = 0.0
+    else:
+        cos = float(np.clip(dots[2] / np.sqrt(dots[0] * dots[1]), -1.0, 1.0))
+    return replace(m, max_elem_rel_error=max_rel, max_ulp=max_ulp, cosine=cos, detail="full")
 
 
 def tensor_metrics(a: np.ndarray, b: np.ndarray, errors: ElementErrors | None = None,

@@ -14,7 +14,6 @@ the current one is compared.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -23,18 +22,12 @@ from typing import Any
 
 from memstate.comparator.tolerance import Tolerances
 from memstate.formats.readahead import ReadAhead
+from memstate.workers import default_jobs, files_hold, process_context
 from memstate.formats.trace import Step, read_step_file, step_file_name
 
 RANGES_PER_JOB = 4  # ranges per worker: small enough to balance, large enough to amortise a task
 MAX_RANGE = 64  # steps in one range at most
-
-
-def default_jobs() -> int:
-    """The cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+MIN_BYTES = 64 << 20  # less data than this per side is compared in-process: starting workers costs more
 
 
 @dataclass(frozen=True)
@@ -74,9 +67,9 @@ def plan_ranges(steps: list[int], jobs: int) -> list[tuple[int, ...]]:
     return [tuple(steps[i:i + size]) for i in range(0, len(steps), size)]
 
 
-def _context() -> Any:
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+def worth_it(path: str | os.PathLike, steps: list[int]) -> bool:
+    """Whether the step files of `steps` in trace `path` hold at least MIN_BYTES."""
+    return files_hold((Path(path) / step_file_name(k) for k in steps), MIN_BYTES)
 
 
 class RangeJudge:
@@ -84,7 +77,7 @@ class RangeJudge:
 
     def __init__(self, path_a: str | os.PathLike, path_b: str | os.PathLike, steps: list[int],
                  tolerances: Tolerances, jobs: int):
-        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_context())
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=process_context())
         self.futures: dict[int, Future] = {}
         self.results: dict[int, Any] = {}
         for rng in plan_ranges(steps, jobs):

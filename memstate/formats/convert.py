@@ -7,7 +7,6 @@ order; otherwise steps are read one ahead in a background thread while the previ
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -18,9 +17,11 @@ from memstate.errors import FormatError, MemstateError
 from memstate.formats.readahead import ReadAhead
 from memstate.formats.recorder import JsonlWriter, encoding_for, open_writer, terminator
 from memstate.formats.tensorjson import dumps_record
+from memstate.workers import files_hold, process_context
 from memstate.formats.trace import TraceReader, _list_steps, open_trace, read_step_file, step_file_name
 
 RANGE_STEPS = 8  # steps per unit of work when encoding in parallel
+MIN_BYTES = 16 << 20  # a smaller binary source is encoded in-process: starting workers costs more
 
 
 def convert_trace(src: str | os.PathLike, dst: str | os.PathLike, *, b64: bool = False,
@@ -29,12 +30,13 @@ def convert_trace(src: str | os.PathLike, dst: str | os.PathLike, *, b64: bool =
 
     Bits are kept exactly, except that JSONL "data" spells every NaN as "nan": pass b64=True to keep NaN payloads.
     A trailing incomplete step is carried over, still without its terminator. jobs > 1 encodes a binary
-    source into JSONL in that many processes; the file is the same.
+    source of at least MIN_BYTES (16 MiB) into JSONL in that many processes; the file is the same.
     """
     if Path(src).resolve() == Path(dst).resolve():
         raise MemstateError(f"{src}: source and destination are the same trace")
     with open_trace(src) as reader, open_writer(dst, reader.meta, encoding, b64=b64) as writer:
-        if jobs > 1 and reader.encoding == "binary" and isinstance(writer, JsonlWriter):
+        if (jobs > 1 and reader.encoding == "binary" and isinstance(writer, JsonlWriter)
+                and files_hold(reader.path.iterdir(), MIN_BYTES)):
             return _parallel_to_jsonl(reader, writer, b64, jobs)
         count = 0
         steps = ReadAhead(reader.steps(include_incomplete=True, mapped=reader.encoding == "binary"))
@@ -70,8 +72,7 @@ def _parallel_to_jsonl(reader: TraceReader, writer: JsonlWriter, b64: bool, jobs
         read_step_file(reader.path / step_file_name(k), k, mapped=True, populate=False)
     ranges = [tuple(done[i:i + RANGE_STEPS]) for i in range(0, len(done), RANGE_STEPS)]
     parts = Path(tempfile.mkdtemp(prefix=".convert-", dir=writer.path.parent))
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
+    ctx = process_context()
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = [pool.submit(encode_range, str(reader.path), r, b64, str(parts / f"{i:08d}"))

@@ -16,6 +16,13 @@ from memstate.report.json import to_dict
 STEPS = 12
 
 
+@pytest.fixture(autouse=True)
+def workers_even_for_small_traces(monkeypatch):
+    """These traces are far below the sizes where workers pay off; use them anyway."""
+    monkeypatch.setattr("memstate.comparator.parallel.MIN_BYTES", 0)
+    monkeypatch.setattr("memstate.formats.convert.MIN_BYTES", 0)
+
+
 def _trace(path, bumps=(), noise=1e-13, crash_at=None):
     rng = np.random.default_rng(1)
     with Recorder(path, {"steps": STEPS}) as rec:
@@ -79,6 +86,42 @@ def test_parallel_convert_writes_the_same_file(tmp_path, b64):
     convert_trace(src, tmp_path / "two.jsonl", b64=b64, jobs=2)
     assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".convert-")]  # parts cleaned up
+
+
+def test_parallel_convert_carries_the_incomplete_step(tmp_path):
+    src = tmp_path / "a.memstate"
+    _trace(src)
+    from memstate.formats.recorder import open_writer
+    from memstate.formats.trace import read_trace
+
+    steps = read_trace(src)
+    crashed = tmp_path / "crashed.memstate"
+    with open_writer(crashed, {"steps": STEPS}) as w:
+        for s in steps[:5]:
+            w.begin_step(s.index)
+            for name, arr in s.tensors.items():
+                w.write_tensor(name, arr)
+            if s.index < 4:
+                w.end_step()
+            else:
+                w.abort_step()
+    assert convert_trace(crashed, tmp_path / "one.jsonl", jobs=1) == 4
+    assert convert_trace(crashed, tmp_path / "two.jsonl", jobs=2) == 4
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+    assert read_trace(tmp_path / "two.jsonl", include_incomplete=True)[-1].complete is False
+
+
+def test_small_traces_stay_in_process(tmp_path, monkeypatch):
+    monkeypatch.setattr("memstate.comparator.parallel.MIN_BYTES", 1 << 30)
+    a, b = tmp_path / "a.memstate", tmp_path / "b.memstate"
+    _trace(a)
+    _trace(b)
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("workers started for a small trace")
+
+    monkeypatch.setattr("memstate.comparator.compare.RangeJudge", no_workers)
+    assert compare(a, b, jobs=4)
 
 
 def test_read_ahead_yields_everything_and_passes_errors_on():
