@@ -30,7 +30,7 @@ from memstate.blas import blas_threads
 from memstate.comparator.localize import Localization, WorstElement, localize
 from memstate.comparator.parallel import RangeJudge, ReadAhead, worth_it
 from memstate.comparator.metrics import (TensorMetrics, bit_identical, completed_metrics, element_errors,
-                                        identical_metrics,
+                                        dtype_name, identical_metrics, identical_summary,
                                         max_abs_error, summary_metrics, tensor_metrics, within_tolerance)
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
 from memstate.formats.trace import Step, TraceReader, open_trace
@@ -264,16 +264,18 @@ def compare_tensors(name: str, step: int, a: np.ndarray, b: np.ndarray, toleranc
                     argmax: bool = False, detail: str = "full") -> TensorComparison:
     """Judge b against a under `tolerance`; shapes that differ fail without metrics.
 
-    Bit-identical tensors take the exact fast path (the metrics of identical tensors, from two passes).
-    With detail="summary", a tensor within tolerance is judged in one block-wise pass and gets summary
-    metrics (no ULPs, cosine or elementwise rel: nan, detail "summary"); anything else gets them in full.
+    Bit-identical tensors take the exact fast path (the metrics of identical tensors, from two passes; with
+    detail="summary", none: detail "identical"). With detail="summary", a tensor within tolerance is
+    judged in one block-wise pass and gets summary metrics (no ULPs, cosine or elementwise rel: nan,
+    detail "summary"); anything else gets them in full. `completed_metrics` makes either full.
     """
-    common = dict(step=step, name=name, shape_a=tuple(a.shape), shape_b=tuple(b.shape), dtype_a=a.dtype.name,
-                  dtype_b=b.dtype.name, tolerance=tolerance)
+    common = dict(step=step, name=name, shape_a=tuple(a.shape), shape_b=tuple(b.shape), dtype_a=dtype_name(a.dtype),
+                  dtype_b=dtype_name(b.dtype), tolerance=tolerance)
     if a.shape != b.shape:
         return TensorComparison(**common, within_tolerance=False, metrics=None)
     if bit_identical(a, b):
-        return TensorComparison(**common, within_tolerance=True, metrics=identical_metrics(a, argmax))
+        metrics = identical_summary(a, argmax) if detail == "summary" else identical_metrics(a, argmax)
+        return TensorComparison(**common, within_tolerance=True, metrics=metrics)
     if detail == "summary":
         ok, max_abs, scale = within_tolerance(a, b, tolerance.rtol, tolerance.atol)
         if ok:

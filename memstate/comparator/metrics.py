@@ -68,7 +68,8 @@ class TensorMetrics:
     inf_b: int
     nonfinite_mismatch: int
     argmax_mismatch: float | None = None  # fraction of rows whose argmax differs (probs and logits only)
-    detail: str = "full"  # "full", or "summary": max_elem_rel_error, max_ulp and cosine were not computed (nan)
+    detail: str = "full"  # "full"; "summary": max_elem_rel_error, max_ulp and cosine not computed (nan);
+    #                       "identical": bit-identical, scale and non-finite counts not computed
 
 
 def lower_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
@@ -217,6 +218,32 @@ def _finite_extremes(x: np.ndarray) -> tuple[float, bool]:
     return (float(np.abs(finite).max()) if finite.size else 0.0), False
 
 
+_NAMES: dict[np.dtype, str] = {}
+
+
+def dtype_name(dt: np.dtype) -> str:
+    """dt.name, remembered (numpy 2 computes it in Python, at about a microsecond a call, per call)."""
+    name = _NAMES.get(dt)
+    if name is None:
+        name = _NAMES[dt] = dt.name
+    return name
+
+
+def _argmax_same(a: np.ndarray) -> float | None:
+    """argmax_mismatch(a, a) without computing an argmax: 0 where it applies, else None."""
+    return 0.0 if a.ndim == 2 and a.shape[0] > 0 and a.shape[1] > 0 else None
+
+
+def identical_summary(a: np.ndarray, argmax: bool = False) -> TensorMetrics:
+    """The metrics of a bit-identical pair before anything is computed from it (detail "identical"): errors
+    0; scale, non-finite counts and the rest are filled in by `completed_metrics` if a report shows it."""
+    size = int(a.size)
+    return TensorMetrics(size=size, scale=math.nan, max_abs_error=0.0, max_rel_error=0.0, max_elem_rel_error=0.0,
+                         max_ulp=0.0, ulp_dtype="float32" if a.dtype.itemsize <= 4 else "float64", cosine=1.0,
+                         n_out=0, frac_out=0.0, nan_a=0, nan_b=0, inf_a=0, inf_b=0, nonfinite_mismatch=0,
+                         argmax_mismatch=_argmax_same(a) if argmax else None, detail="identical")
+
+
 def identical_metrics(a: np.ndarray, argmax: bool = False) -> TensorMetrics:
     """What `tensor_metrics(a, a)` gives, in two passes over a: zero errors, cosine 1, a's non-finite counts.
 
@@ -232,7 +259,7 @@ def identical_metrics(a: np.ndarray, argmax: bool = False) -> TensorMetrics:
     return TensorMetrics(size=size, scale=scale, max_abs_error=0.0, max_rel_error=0.0, max_elem_rel_error=0.0,
                          max_ulp=0.0, ulp_dtype=lower_dtype(a, a).name, cosine=1.0, n_out=0, frac_out=0.0,
                          nan_a=nan, nan_b=nan, inf_a=inf, inf_b=inf, nonfinite_mismatch=0,
-                         argmax_mismatch=argmax_mismatch(a, a) if argmax else None)
+                         argmax_mismatch=_argmax_same(a) if argmax else None)
 
 
 def within_tolerance(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> tuple[bool, float, float]:
@@ -272,18 +299,21 @@ def summary_metrics(a: np.ndarray, b: np.ndarray, max_abs: float, scale: float, 
     and nan in place of the max elementwise rel, ULPs and cosine, which were not computed (detail "summary")."""
     size = int(a.size)
     return TensorMetrics(size=size, scale=scale, max_abs_error=max_abs, max_rel_error=relative_to_scale(max_abs, scale),
-                         max_elem_rel_error=math.nan, max_ulp=math.nan, ulp_dtype=lower_dtype(a, b).name,
+                         max_elem_rel_error=math.nan, max_ulp=math.nan, ulp_dtype=dtype_name(lower_dtype(a, b)),
                          cosine=math.nan, n_out=0, frac_out=0.0, nan_a=0, nan_b=0, inf_a=0, inf_b=0,
                          nonfinite_mismatch=0, argmax_mismatch=argmax_mismatch(a, b) if argmax else None,
                          detail="summary")
 
 
 def completed_metrics(m: TensorMetrics, a: np.ndarray, b: np.ndarray) -> TensorMetrics:
-    """Summary metrics (from `summary_metrics`: every element finite) made full, in one block-wise pass:
+    """Metrics from `identical_summary` or `summary_metrics` (every element finite) made full; for the
+    latter in one block-wise pass:
     the max elementwise rel error, the max ULP distance and the cosine, as `tensor_metrics` defines them
     (the cosine's sums are added block by block, so it may differ from tensor_metrics' in the last bit)."""
     if m.detail == "full":
         return m
+    if m.detail == "identical":
+        return identical_metrics(a, argmax=m.argmax_mismatch is not None)
     fa, fb = a.reshape(-1), b.reshape(-1)
     n, scale = fa.size, m.scale
     max_rel = max_ulp = 0.0
