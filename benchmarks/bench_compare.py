@@ -13,8 +13,9 @@ on a shared machine are noise; ratios much less so). The floors are what the job
 The net is smaller than the issue's 784-800-10 (784-128-10, batch 64, 36 steps, float64: 2.4 MB a step,
 86 MB a trace; the JSONL rows use its first 8 steps) so that the whole run takes one to two minutes on
 the 2-core machine. The steps a report shows in full (the first 3, the last 3, and around a divergence)
-get every metric whatever the trace's length, a fixed cost that a short trace feels most. Also printed: --jobs 2 against 1, BLAS
-capped against uncapped (CPU time of check), and peak heap memory at half and all of the steps.
+get every metric whatever the trace's length, a fixed cost that a short trace feels most. Also printed:
+--jobs 2 against 1, BLAS capped against uncapped (CPU time of check), and peak heap memory at half and
+all of the steps.
 
 Usage: python benchmarks/bench_compare.py [--steps N] [--hidden H] [--repeat R]
 """

@@ -714,7 +714,8 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
     detail="shown" computes ULPs, cosine and elementwise rel for tensors out of tolerance and for the steps
     the Comparison keeps; detail="full" computes them for every tensor (slower; the result is the same).
     jobs > 1 judges the steps of two binary traces in that many worker processes (memstate.comparator.parallel)
-    when they hold at least parallel.MIN_BYTES (64 MiB) a side; the result is the same. Each trace is read one step ahead in a background thread.
+    when they hold at least parallel.MIN_BYTES (64 MiB) a side; the result is the same. Each trace is read
+    one step ahead in a background thread.
     """
     if detail not in ("shown", "full"):
         raise ValueError(f"detail={detail!r}: use 'shown' or 'full'")

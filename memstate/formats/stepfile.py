@@ -36,7 +36,7 @@ def _buffer(path: Path, mapped: bool, populate: bool) -> Any:
         if size < 8:
             raise BadStepFile(f"{size} bytes: shorter than the 8-byte header length")
         if mapped:
-            if populate and hasattr(mmap, "MAP_POPULATE"):  # fault every page in now, in the kernel, not one by one later
+            if populate and hasattr(mmap, "MAP_POPULATE"):  # every page faulted in now, by the kernel
                 return mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
             return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         buf = np.empty(size, dtype=np.uint8)

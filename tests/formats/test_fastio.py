@@ -183,5 +183,6 @@ def test_lines_above_the_configured_limit_are_refused(tmp_path, monkeypatch):
         with rec.step(0):
             rec.record("w", np.arange(1000.0))
     monkeypatch.setenv("MEMSTATE_MAX_LINE_BYTES", "1000")
-    with pytest.raises(FormatError, match=r"line 2: line of 5954 bytes or more, longer than 1000 \(MEMSTATE_MAX_LINE_BYTES\)"):
+    with pytest.raises(FormatError,
+                       match=r"line 2: line of 5954 bytes or more, longer than 1000 \(MEMSTATE_MAX_LINE_BYTES\)"):
         read_trace(path)
