@@ -232,12 +232,12 @@ def compare_op(recorded: np.ndarray, ref: np.ndarray, scale: np.ndarray, tol: To
             idx = tuple(0 for _ in ref.shape)
             return _Cmp(True, None, 0.0, 0.0, 0.0, idx, float(recorded.flat[0]), float(ref.flat[0]), tol)
         with np.errstate(all="ignore"):
-            rec = rc.f64(recorded)
-            s = np.broadcast_to(np.abs(rc.f64(scale)), ref.shape)
-            d = rec - ref
+            rec = rc.f64(recorded).reshape(-1)  # 1-d inside: ufuncs on 0-d arrays return scalars
+            s = np.broadcast_to(np.abs(rc.f64(scale)), ref.shape).reshape(-1)
+            d = rec - ref.reshape(-1)
             np.abs(d, out=d)
             allowed = np.abs(rec)
-            np.maximum(allowed, np.abs(ref), out=allowed)
+            np.maximum(allowed, np.abs(ref.reshape(-1)), out=allowed)
             np.maximum(allowed, s, out=allowed)
             allowed *= tol.rtol
             allowed += tol.atol

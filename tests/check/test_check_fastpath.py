@@ -15,7 +15,7 @@ TOL = DEFAULTS["float64"]
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=2, max_side=6),
+@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=0, max_dims=2, max_side=6),
                   elements=st.floats(-1e6, 1e6, width=64)))
 def test_identical_operation_matches_the_general_path(x):
     scale = np.abs(x)
