@@ -29,7 +29,7 @@ import numpy as np
 
 from memstate.check import recompute as rc
 from memstate.blas import blas_threads
-from memstate.formats.readahead import ReadAhead
+from memstate.formats.readahead import read_ahead
 from memstate.comparator.compare import (Comparison, FirstDivergence, StepComparison, TensorComparison, TensorSeries,
                               ToleranceUse, TraceInfo, _Buckets, error_grid)
 from memstate.comparator.compare import Finding as CompareFinding
@@ -462,7 +462,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
     """
     began = time.perf_counter()
     tolerances = tolerances if tolerances is not None else Tolerances()
-    with blas_threads(), open_trace(path) as reader, closing(ReadAhead(reader.steps())) as ahead:
+    with blas_threads(), open_trace(path) as reader, closing(read_ahead(reader.steps(), reader.encoding)) as ahead:
         meta = dict(reader.meta)
         st = _State(tolerances, meta, diagnose)
         source = "scenario"

@@ -28,7 +28,8 @@ import numpy as np
 
 from memstate.blas import blas_threads
 from memstate.comparator.localize import Localization, WorstElement, localize
-from memstate.comparator.parallel import RangeJudge, ReadAhead, worth_it
+from memstate.comparator.parallel import RangeJudge, worth_it
+from memstate.formats.readahead import InLine, ReadAhead, read_ahead
 from memstate.comparator.metrics import (TensorMetrics, bit_identical, completed_metrics, element_errors,
                                         dtype_name, identical_metrics, identical_summary,
                                         max_abs_error, summary_metrics, tensor_metrics, within_tolerance)
@@ -714,8 +715,8 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
     detail="shown" computes ULPs, cosine and elementwise rel for tensors out of tolerance and for the steps
     the Comparison keeps; detail="full" computes them for every tensor (slower; the result is the same).
     jobs > 1 judges the steps of two binary traces in that many worker processes (memstate.comparator.parallel)
-    when they hold at least parallel.MIN_BYTES (64 MiB) a side; the result is the same. Each trace is read
-    one step ahead in a background thread.
+    when they hold at least parallel.MIN_BYTES (64 MiB) a side; the result is the same. A JSONL trace is
+    read one step ahead in a background thread.
     """
     if detail not in ("shown", "full"):
         raise ValueError(f"detail={detail!r}: use 'shown' or 'full'")
@@ -728,7 +729,7 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
         comparer = _Comparer(tolerances, readers, detail)
         judge = _range_judge(readers, tolerances, jobs, max_steps, stack)
         # workers read the data; this process maps the files and touches only what the report needs
-        its = {side: ReadAhead(r.steps(include_incomplete=True, mapped=True, populate=judge is None))
+        its = {side: read_ahead(r.steps(include_incomplete=True, mapped=True, populate=judge is None), r.encoding)
                for side, r in readers.items()}
         for it in its.values():
             stack.callback(it.close)
@@ -736,7 +737,8 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
         return comparer.result(stopped)
 
 
-def _walk(comparer: _Comparer, its: dict[str, ReadAhead], judge: RangeJudge | None, max_steps: int | None) -> bool:
+def _walk(comparer: _Comparer, its: dict[str, ReadAhead | InLine], judge: RangeJudge | None,
+          max_steps: int | None) -> bool:
     """Feed the comparer the aligned steps of both traces (and the oracle); True when max_steps stopped it."""
     cur = {side: next(it, None) for side, it in its.items()}
 

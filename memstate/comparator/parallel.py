@@ -8,8 +8,8 @@ machine (docs/scale.md). `compare` (memstate.comparator.compare) keeps every ste
 judged tensors from `RangeJudge.get` as its walk reaches each step, so the first divergence is the
 smallest failing step whatever order the workers finish in.
 
-`ReadAhead` (memstate.formats.readahead) reads the next step of each trace in a background thread while
-the current one is compared.
+`ReadAhead` (memstate.formats.readahead) reads the next step of a JSONL trace in a background thread
+while the current one is compared.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 With jobs > 1, a binary source converted to JSONL is encoded by worker processes, a range of steps each
 (the JSON text is the costly part), into part files next to the destination that are then joined in step
-order; otherwise steps are read one ahead in a background thread while the previous one is written.
+order; otherwise a JSONL source is read one step ahead in a background thread while the previous one is written.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from memstate.errors import FormatError, MemstateError
-from memstate.formats.readahead import ReadAhead
+from memstate.formats.readahead import read_ahead
 from memstate.formats.recorder import JsonlWriter, encoding_for, open_writer, terminator
 from memstate.formats.tensorjson import dumps_record
 from memstate.workers import files_hold, process_context
@@ -39,7 +39,7 @@ def convert_trace(src: str | os.PathLike, dst: str | os.PathLike, *, b64: bool =
                 and files_hold(reader.path.iterdir(), MIN_BYTES)):
             return _parallel_to_jsonl(reader, writer, b64, jobs)
         count = 0
-        steps = ReadAhead(reader.steps(include_incomplete=True, mapped=reader.encoding == "binary"))
+        steps = read_ahead(reader.steps(include_incomplete=True, mapped=reader.encoding == "binary"), reader.encoding)
         try:
             for step in steps:
                 writer.begin_step(step.index)

@@ -1,8 +1,9 @@
 """Reading one step ahead (issue 14): the next step is read in a background thread while this one is used.
 
-Mapping a step file with its pages, copying it, and most of numpy's work release the GIL, so reading the
-next step overlaps with comparing or writing the current one; parsing JSONL holds the GIL more, and gains
-less. One step ahead costs the memory of one more step.
+For JSONL traces: parsing a step is the slow part, and numpy's work on the current step releases the GIL
+for the parser. A binary step file is mapped in well under a millisecond a megabyte, less than handing
+work to a thread costs on a busy machine (measured: 0.19 s of GIL hand-overs in a 0.5 s diff), so
+`read_ahead` reads binary traces in line. One step ahead costs the memory of one more step.
 """
 
 from __future__ import annotations
@@ -50,3 +51,26 @@ class ReadAhead:
         close = getattr(self.it, "close", None)
         if close is not None:
             close()
+
+
+class InLine:
+    """The same interface as ReadAhead, reading in the caller's thread."""
+
+    def __init__(self, it: Iterator):
+        self.it = it
+
+    def __iter__(self) -> InLine:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self.it)
+
+    def close(self) -> None:
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            close()
+
+
+def read_ahead(it: Iterator, encoding: str) -> ReadAhead | InLine:
+    """`it` (the steps of a trace in `encoding`) read one step ahead for JSONL, in line for binary."""
+    return ReadAhead(it) if encoding == "jsonl" else InLine(it)
