@@ -274,8 +274,8 @@ def tensor_comparison(k: int, name: str, ref: np.ndarray, value: np.ndarray, sca
                       tol: Tolerance) -> tuple[TensorComparison, Any, np.ndarray | None]:
     """The comparator's TensorComparison of one operation, with its elementwise errors and failing mask."""
     ref = np.asarray(ref, dtype=np.float64)
-    common = dict(step=k, name=name, shape_a=tuple(ref.shape), shape_b=tuple(value.shape), dtype_a="float64",
-                  dtype_b=value.dtype.name, tolerance=tol)
+    common: dict[str, Any] = dict(step=k, name=name, shape_a=tuple(ref.shape), shape_b=tuple(value.shape),
+                                  dtype_a="float64", dtype_b=value.dtype.name, tolerance=tol)
     if ref.shape != value.shape:
         return TensorComparison(**common, within_tolerance=False, metrics=None), None, None
     if bit_identical(ref, value):  # the exact fast path (issue 14): every error 0, nothing to localise

@@ -270,8 +270,8 @@ def compare_tensors(name: str, step: int, a: np.ndarray, b: np.ndarray, toleranc
     judged in one block-wise pass and gets summary metrics (no ULPs, cosine or elementwise rel: nan,
     detail "summary"); anything else gets them in full. `completed_metrics` makes either full.
     """
-    common = dict(step=step, name=name, shape_a=tuple(a.shape), shape_b=tuple(b.shape), dtype_a=dtype_name(a.dtype),
-                  dtype_b=dtype_name(b.dtype), tolerance=tolerance)
+    common: dict[str, Any] = dict(step=step, name=name, shape_a=tuple(a.shape), shape_b=tuple(b.shape),
+                                  dtype_a=dtype_name(a.dtype), dtype_b=dtype_name(b.dtype), tolerance=tolerance)
     if a.shape != b.shape:
         return TensorComparison(**common, within_tolerance=False, metrics=None)
     if bit_identical(a, b):
@@ -740,7 +740,7 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
 def _walk(comparer: _Comparer, its: dict[str, ReadAhead | InLine], judge: RangeJudge | None,
           max_steps: int | None) -> bool:
     """Feed the comparer the aligned steps of both traces (and the oracle); True when max_steps stopped it."""
-    cur = {side: next(it, None) for side, it in its.items()}
+    cur: dict[str, Any] = {side: next(it, None) for side, it in its.items()}
 
     def advance(side: str) -> None:
         comparer.seen(side, cur[side])
@@ -752,7 +752,7 @@ def _walk(comparer: _Comparer, its: dict[str, ReadAhead | InLine], judge: RangeJ
             return True
         done += 1
         k = min(cur[s].index for s in ("a", "b") if cur[s] is not None)
-        here = {s: cur[s] if cur[s] is not None and cur[s].index == k else None for s in ("a", "b")}
+        here: dict[str, Any] = {s: cur[s] if cur[s] is not None and cur[s].index == k else None for s in ("a", "b")}
         sc = None
         if "oracle" in cur:
             while cur["oracle"] is not None and cur["oracle"].index < k:

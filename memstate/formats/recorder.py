@@ -170,7 +170,7 @@ class JsonlWriter(TraceWriter):
         self._lines.append(dumps_record({"step": self._step, "name": name}, arr, b64=self.b64))
 
     def _finish(self, complete: bool) -> None:
-        if complete:
+        if complete and self._step is not None:
             self._lines.append(terminator(self._step))
         if self._lines:
             self._lines.append(b"")
