@@ -113,12 +113,25 @@ def cmd_batches(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: steps {args.first_step}..{last} of {scenario.name} (x and one-hot y, "
           f"{scenario.dtype}; settings in the header's meta.settings)")
     return 0
+def _jobs(args: argparse.Namespace) -> int:
+    """--jobs N (default: the cores this process may use), checked."""
+    from memstate.workers import default_jobs
+
+    if args.jobs is None:
+        return default_jobs()
+    if args.jobs < 1:
+        raise MemstateError(f"--jobs {args.jobs}: give a number of processes >= 1")
+    return args.jobs
+
+
+def add_jobs_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-j", "--jobs", type=int, metavar="N", help=f"{what} (default: the number of cores)")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from memstate.formats.convert import convert_trace
 
-    steps = convert_trace(args.source, args.dest, b64=args.b64)
+    steps = convert_trace(args.source, args.dest, b64=args.b64, jobs=_jobs(args))
     print(f"converted {steps} steps: {args.source} -> {args.dest}")
     return 0
 
@@ -232,7 +245,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     render = _diff_renderer(args.format)
     comparison = compare(args.inputs[0], args.inputs[1], tolerances=tolerances, oracle=args.oracle,
-                         max_steps=args.max_steps)
+                         max_steps=args.max_steps, jobs=_jobs(args))
     first = comparison.first_divergence
     summary = comparison.verdict + (f" at step {first.step}, {first.name or 'the whole step'}" if first else "")
     _diff_emit(render(comparison), args.output, summary)
@@ -292,6 +305,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     tolerances = tolerances_from_specs(args.tol_rules, rtol=args.rtol, atol=args.atol)
     scenario = load_scenario(args.scenario) if args.scenario else None
     params = read_params(args.params).tensors if args.params else None
+    _jobs(args)  # check reads one step ahead; its steps depend on each other (docs/scale.md)
     result = check_trace(args.trace, params=params, tolerances=tolerances, scenario=scenario,
                          params_source=str(args.params) if args.params else None)
     if result.steps == 0:
@@ -421,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path)
     p.add_argument("dest", type=Path, help="*.memstate.jsonl or *.memstate (a directory)")
     p.add_argument("--b64", action="store_true", help="JSONL output: base64 tensors instead of decimal lists")
+    add_jobs_option(p, "processes that encode a binary source's steps into JSONL")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("show", help="summarise a trace: header, tensors, loss curve",
@@ -443,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, metavar="N", help="compare only the first N steps")
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
+    add_jobs_option(p, "processes that compare ranges of steps of two binary traces")
     g = p.add_argument_group("running implementations")
     g.add_argument("--impls", metavar="LIST", help="comma-separated implementations to run and compare pairwise "
                    "(a 'cmd:COMMAND' port may be one of them; its command must not contain a comma)")
@@ -469,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_tolerance_options(p)
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
+    add_jobs_option(p, "accepted for symmetry with diff; check reads one step ahead but checks its steps in "
+                    "order, because each needs the one before")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("bisect", help="find where two long runs part ways, replaying only what matters",

@@ -3,8 +3,15 @@
 `compare(a, b)` streams both traces (and an optional float64 oracle) one step at a time, aligns tensors
 by (step, name), judges each against its tolerance (memstate.comparator.tolerance), and returns a `Comparison`. It
 never prints and never raises on a divergence; it raises MemstateError only for unreadable input.
-Memory is bounded: one step of each trace, plus summaries whose size does not grow with the number of
-steps (a few selected steps, bucketed series, findings compressed per name).
+Memory is bounded: one step of each trace (two with read-ahead), the arrays of at most TAIL_STEPS recent
+steps whose tensors differ within tolerance (kept until it is known whether the report shows them), plus
+summaries whose size does not grow with the number of steps (a few selected steps, bucketed series,
+findings compressed per name).
+
+Speed (issue 14): bit-identical tensors take the exact fast path; tensors within tolerance in steps the
+report does not show get summary metrics from one pass; the shown steps (HEAD_STEPS, AROUND the first
+divergence, TAIL_STEPS) are brought to full metrics. With `jobs` > 1 and two binary traces, step ranges
+are judged in worker processes (memstate.comparator.parallel) and this module only does the bookkeeping.
 """
 
 from __future__ import annotations
@@ -19,9 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from memstate.blas import blas_threads
 from memstate.comparator.localize import Localization, WorstElement, localize
 from memstate.comparator.metadiff import MetaChange, meta_diff
-from memstate.comparator.metrics import TensorMetrics, element_errors, max_abs_error, tensor_metrics
+from memstate.comparator.parallel import RangeJudge, worth_it
+from memstate.formats.readahead import InLine, ReadAhead, read_ahead
+from memstate.comparator.metrics import (TensorMetrics, bit_identical, completed_metrics, element_errors,
+                                        dtype_name, identical_metrics, identical_summary,
+                                        max_abs_error, summary_metrics, tensor_metrics, within_tolerance)
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
 from memstate.formats.trace import EndedEarly, Step, TraceReader, ended_early, open_trace
 
@@ -242,12 +254,26 @@ class Comparison:
 # ---------------------------------------------------------------- tensors
 
 def compare_tensors(name: str, step: int, a: np.ndarray, b: np.ndarray, tolerance: Tolerance, *,
-                    argmax: bool = False) -> TensorComparison:
-    """Judge b against a under `tolerance`; shapes that differ fail without metrics."""
-    common = dict(step=step, name=name, shape_a=tuple(a.shape), shape_b=tuple(b.shape), dtype_a=a.dtype.name,
-                  dtype_b=b.dtype.name, tolerance=tolerance)
+                    argmax: bool = False, detail: str = "full") -> TensorComparison:
+    """Judge b against a under `tolerance`; shapes that differ fail without metrics.
+
+    Bit-identical tensors take the exact fast path (the metrics of identical tensors, from two passes; with
+    detail="summary", none: detail "identical"). With detail="summary", a tensor within tolerance is
+    judged in one block-wise pass and gets summary metrics (no ULPs, cosine or elementwise rel: nan,
+    detail "summary"); anything else gets them in full. `completed_metrics` makes either full.
+    """
+    common: dict[str, Any] = dict(step=step, name=name, shape_a=tuple(a.shape), shape_b=tuple(b.shape),
+                                  dtype_a=dtype_name(a.dtype), dtype_b=dtype_name(b.dtype), tolerance=tolerance)
     if a.shape != b.shape:
         return TensorComparison(**common, within_tolerance=False, metrics=None)
+    if bit_identical(a, b):
+        metrics = identical_summary(a, argmax) if detail == "summary" else identical_metrics(a, argmax)
+        return TensorComparison(**common, within_tolerance=True, metrics=metrics)
+    if detail == "summary":
+        ok, max_abs, scale = within_tolerance(a, b, tolerance.rtol, tolerance.atol)
+        if ok:
+            return TensorComparison(**common, within_tolerance=True,
+                                    metrics=summary_metrics(a, b, max_abs, scale, argmax))
     errors = element_errors(a, b)
     out = tolerance.out_of_tolerance(errors)
     metrics = tensor_metrics(a, b, errors, out, argmax=argmax)
@@ -339,11 +365,29 @@ def _logits_name(names: list[str]) -> str | None:
     return max(layers)[1] if layers else None
 
 
+def judge_step(sa: Step, sb: Step, tolerances: Tolerances, detail: str = "summary") -> tuple[TensorComparison, ...]:
+    """Every tensor both steps record, judged in A's order (the work a worker process does for a step)."""
+    names_b = set(sb.tensors)
+    logits = _logits_name(list(sa.tensors))
+    out = []
+    for name, a in sa.tensors.items():
+        if name in names_b:
+            b = sb.tensors[name]
+            tol = tolerances.resolve(name, a.dtype, b.dtype)
+            out.append(compare_tensors(name, sa.index, a, b, tol, argmax=name in ("probs", logits), detail=detail))
+    return tuple(out)
+
+
+def _has_summary(s: StepComparison) -> bool:
+    return any(t.metrics is not None and t.metrics.detail != "full" for t in s.tensors)
+
+
 class _Comparer:
     """The mutable state of one comparison; `compare` feeds it aligned steps and asks for the result."""
 
-    def __init__(self, tolerances: Tolerances, readers: dict[str, TraceReader]):
+    def __init__(self, tolerances: Tolerances, readers: dict[str, TraceReader], detail: str = "shown"):
         self.tol = tolerances
+        self.detail = detail  # "shown": full metrics for the steps the report shows; "full": for every step
         self.readers = readers
         self.findings = _Findings()
         self.overview = _Buckets()
@@ -364,39 +408,54 @@ class _Comparer:
         self.count = {"a": 0, "b": 0, "oracle": 0}
         self.last: dict[str, Step | None] = {"a": None, "b": None, "oracle": None}
         self.complete_span: dict[str, tuple[int, int] | None] = {"a": None, "b": None, "oracle": None}
+        self.pending: dict[int, tuple[Step, Step]] = {}  # recent steps with summary metrics, until known shown or not
 
     # -- one step present on both sides
-    def both(self, sa: Step, sb: Step, sc: Step | None) -> None:
+    def both(self, sa: Step, sb: Step, sc: Step | None,
+             computed: tuple[TensorComparison, ...] | None = None) -> None:
+        """Judge one step both sides have; `computed` is its tensors already judged (by a worker process)."""
         k = sa.index
         names_a, names_b = list(sa.tensors), list(sb.tensors)
         set_a, set_b = set(names_a), set(names_b)
         only_a = tuple(n for n in names_a if n not in set_b)
         only_b = tuple(n for n in names_b if n not in set_a)
-        logits = _logits_name(names_a)
-        tensors = []
-        for name in names_a:
-            if name in set_b:
-                tensors.append(self._tensor(k, name, sa.tensors[name], sb.tensors[name], sc,
-                                            argmax=name in ("probs", logits)))
+        if computed is None:
+            # summaries: the steps the report shows are completed in _keep (detail "full": every step, the long way)
+            computed = judge_step(sa, sb, self.tol, "full" if self.detail == "full" else "summary")
+        tensors = [self._tensor(tc, sa.tensors[tc.name], sb.tensors[tc.name], sc) for tc in computed]
         common_b = [n for n in names_b if n in set_a]
         if common_b != [n for n in names_a if n in set_b]:
             self.findings.add("order", "info", "B records the tensors in a different order than A "
                               "(compared by name; the first divergence follows A's order)", "b", None, k)
         self._structure(k, sa, sb, only_a, only_b)
         result = StepComparison(k, tuple(tensors), only_a, only_b, sa.complete, sb.complete)
+        if _has_summary(result):
+            self.pending[k] = (sa, sb)
         self._summarise(result)
         if self.first is None:
             self._divergence(result, sa, sb, names_a, names_b)
         self._keep(result)
+        tail = {s.step for s in self.tail}
+        for j in [j for j in self.pending if j not in tail]:
+            del self.pending[j]
 
-    def _tensor(self, k: int, name: str, a: np.ndarray, b: np.ndarray, sc: Step | None, *,
-                argmax: bool) -> TensorComparison:
-        tol = self.tol.resolve(name, a.dtype, b.dtype)
+    def _upgrade(self, s: StepComparison) -> StepComparison:
+        """`s` with full metrics for its tensors that had only the summary (from the arrays kept in `pending`)."""
+        if not _has_summary(s):
+            return s
+        sa, sb = self.pending[s.step]
+        tensors = tuple(
+            replace(t, metrics=completed_metrics(t.metrics, sa.tensors[t.name], sb.tensors[t.name]))
+            if t.metrics is not None and t.metrics.detail != "full" else t for t in s.tensors)
+        return replace(s, tensors=tensors)
+
+    def _tensor(self, tc: TensorComparison, a: np.ndarray, b: np.ndarray, sc: Step | None) -> TensorComparison:
+        """Record what a judged tensor says about the traces (findings, tolerances used, oracle mode)."""
+        k, name, tol = tc.step, tc.name, tc.tolerance
         self.names.add(name)
         uses = self.used.setdefault(tol, [])
         if name not in uses:
             uses.append(name)
-        tc = compare_tensors(name, k, a, b, tol, argmax=argmax)
         if a.shape != b.shape:
             self.findings.add("shape-mismatch", "error", f"{name} has shape {list(a.shape)} in A but "
                               f"{list(b.shape)} in B", None, name, k)
@@ -458,11 +517,11 @@ class _Comparer:
 
     def _keep(self, result: StepComparison) -> None:
         if len(self.head) < HEAD_STEPS:
-            self.head.append(result)
+            self.head.append(self._upgrade(result))
         if self.first is None:
             self.before.append(result)
         elif self.kept_after <= AROUND:
-            self.around.append(result)
+            self.around.append(self._upgrade(result))
             self.kept_after += 1
         self.tail.append(result)
 
@@ -496,7 +555,7 @@ class _Comparer:
             first, inputs=tuple(inputs),
             inputs_agree=all(t.within_tolerance for t in earlier) and len(earlier) == len(inputs) if inputs else None,
             inputs_worst=(worst.name, worst.max_rel_error) if worst is not None else None)
-        self.around = list(self.before)
+        self.around = [self._upgrade(s) for s in self.before]
 
     def _found_tensor(self, t: TensorComparison, sa: Step, sb: Step, inputs: list[str], names_b: list[str],
                       earlier: list[TensorComparison]) -> None:
@@ -562,7 +621,10 @@ class _Comparer:
         if first is not None:
             first = replace(first, consequences=tuple(dict.fromkeys(self.consequences)),
                             divergent_steps=self.divergent_steps, last_divergent_step=self.last_divergent)
-        chosen = {s.step: s for s in [*self.head, *self.around, *self.tail]}
+        chosen: dict[int, StepComparison] = {}
+        for s in [*self.tail, *self.head, *self.around]:  # head and around are in full already
+            chosen[s.step] = s
+        chosen = {k: self._upgrade(s) for k, s in chosen.items()}
         return Comparison(
             verdict="diverge" if diverge else "agree",
             first_divergence=first,
@@ -626,43 +688,80 @@ def _open(trace: TraceLike, stack: ExitStack) -> TraceReader:
     return stack.enter_context(open_trace(trace))
 
 
+def _range_judge(readers: dict[str, TraceReader], tolerances: Tolerances, jobs: int,
+                 max_steps: int | None, stack: ExitStack) -> RangeJudge | None:
+    """Worker processes for the steps both binary traces hold, when jobs > 1 and there are enough of them."""
+    if jobs <= 1 or "oracle" in readers or any(readers[s].encoding != "binary" for s in ("a", "b")):
+        return None
+    steps = sorted(set(readers["a"].complete_steps()) & set(readers["b"].complete_steps()))
+    if max_steps is not None:
+        steps = steps[:max_steps]
+    if len(steps) < 2 or not worth_it(readers["a"].path, steps):
+        return None
+    return stack.enter_context(RangeJudge(readers["a"].path, readers["b"].path, steps, tolerances, jobs,
+                                          (readers["a"].run_id, readers["b"].run_id)))
+
+
 def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None, oracle: TraceLike | None = None,
-            max_steps: int | None = None) -> Comparison:
-    """Compare trace B against reference trace A (paths or open readers), step by step, in bounded memory."""
+            max_steps: int | None = None, detail: str = "shown", jobs: int = 1) -> Comparison:
+    """Compare trace B against reference trace A (paths or open readers), step by step, in bounded memory.
+
+    detail="shown" computes ULPs, cosine and elementwise rel for tensors out of tolerance and for the steps
+    the Comparison keeps; detail="full" computes them for every tensor (slower; the result is the same).
+    jobs > 1 judges the steps of two binary traces in that many worker processes (memstate.comparator.parallel)
+    when they hold at least parallel.MIN_BYTES (64 MiB) a side; the result is the same. A JSONL trace is
+    read one step ahead in a background thread.
+    """
+    if detail not in ("shown", "full"):
+        raise ValueError(f"detail={detail!r}: use 'shown' or 'full'")
     tolerances = Tolerances() if tolerances is None else tolerances
     with ExitStack() as stack:
+        stack.enter_context(blas_threads())
         readers = {"a": _open(a, stack), "b": _open(b, stack)}
         if oracle is not None:
             readers["oracle"] = _open(oracle, stack)
-        comparer = _Comparer(tolerances, readers)
-        its = {side: r.steps(include_incomplete=True) for side, r in readers.items()}
-        cur = {side: next(it, None) for side, it in its.items()}
-
-        def advance(side: str) -> None:
-            comparer.seen(side, cur[side])
-            cur[side] = next(its[side], None)
-
-        stopped, done = False, 0
-        while cur["a"] is not None or cur["b"] is not None:
-            if max_steps is not None and done >= max_steps:
-                stopped = True
-                break
-            done += 1
-            k = min(cur[s].index for s in ("a", "b") if cur[s] is not None)
-            here = {s: cur[s] if cur[s] is not None and cur[s].index == k else None for s in ("a", "b")}
-            sc = None
-            if "oracle" in cur:
-                while cur["oracle"] is not None and cur["oracle"].index < k:
-                    advance("oracle")
-                sc = cur["oracle"] if cur["oracle"] is not None and cur["oracle"].index == k else None
-            if here["a"] is not None and here["b"] is not None:
-                comparer.both(here["a"], here["b"], sc)
-            else:
-                side = "a" if here["a"] is not None else "b"
-                comparer.one_sided(side, here[side], other_ended=cur["b" if side == "a" else "a"] is None)
-            for s in ("a", "b"):
-                if here[s] is not None:
-                    advance(s)
-            if sc is not None:
-                advance("oracle")
+        comparer = _Comparer(tolerances, readers, detail)
+        judge = _range_judge(readers, tolerances, jobs, max_steps, stack)
+        # workers read the data; this process maps the files and touches only what the report needs
+        its = {side: read_ahead(r.steps(include_incomplete=True, mapped=True, populate=judge is None), r.encoding)
+               for side, r in readers.items()}
+        for it in its.values():
+            stack.callback(it.close)
+        stopped = _walk(comparer, its, judge, max_steps)
         return comparer.result(stopped)
+
+
+def _walk(comparer: _Comparer, its: dict[str, ReadAhead | InLine], judge: RangeJudge | None,
+          max_steps: int | None) -> bool:
+    """Feed the comparer the aligned steps of both traces (and the oracle); True when max_steps stopped it."""
+    cur: dict[str, Any] = {side: next(it, None) for side, it in its.items()}
+
+    def advance(side: str) -> None:
+        comparer.seen(side, cur[side])
+        cur[side] = next(its[side], None)
+
+    done = 0
+    while cur["a"] is not None or cur["b"] is not None:
+        if max_steps is not None and done >= max_steps:
+            return True
+        done += 1
+        k = min(cur[s].index for s in ("a", "b") if cur[s] is not None)
+        here: dict[str, Any] = {s: cur[s] if cur[s] is not None and cur[s].index == k else None for s in ("a", "b")}
+        sc = None
+        if "oracle" in cur:
+            while cur["oracle"] is not None and cur["oracle"].index < k:
+                advance("oracle")
+            sc = cur["oracle"] if cur["oracle"] is not None and cur["oracle"].index == k else None
+        if here["a"] is not None and here["b"] is not None:
+            both_complete = here["a"].complete and here["b"].complete
+            computed = judge.get(k) if judge is not None and both_complete else None
+            comparer.both(here["a"], here["b"], sc, computed)
+        else:
+            side = "a" if here["a"] is not None else "b"
+            comparer.one_sided(side, here[side], other_ended=cur["b" if side == "a" else "a"] is None)
+        for s in ("a", "b"):
+            if here[s] is not None:
+                advance(s)
+        if sc is not None:
+            advance("oracle")
+    return False

@@ -14,15 +14,25 @@ Definitions (docs/report-schema.md repeats them), all computed in float64:
 - non-finite values: a nan on both sides at one place, or the same infinity on both, agrees (error 0);
   a non-finite value on one side only, or two different non-finite values, is a mismatch: its abs, rel
   and ULP errors are inf, and so are the tensor's max errors.
+
+Speed (issue 14): most tensors of two runs that agree are bit-identical, and most of the rest are within
+tolerance. `bit_identical` settles the first kind by comparing integer views, block by block, and
+`identical_metrics` then gives the same TensorMetrics `tensor_metrics` would (zeros, cosine 1) from two
+passes over one side. `within_tolerance` is the one-pass test for the second kind; `summary_metrics`
+gives the summary the buckets need (max abs, scale, max rel, non-finite counts) without the ULPs, cosine
+and elementwise rel, which only tensors out of tolerance, or shown in a report, pay for.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 _ORDERED = {4: (np.int32, np.int64), 8: (np.int64, np.uint64)}
+_INTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+BLOCK = 1 << 16  # elements per block in the block-wise passes: a block of both sides stays in the L2 cache
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,8 @@ class TensorMetrics:
     inf_b: int
     nonfinite_mismatch: int
     argmax_mismatch: float | None = None  # fraction of rows whose argmax differs (probs and logits only)
+    detail: str = "full"  # "full"; "summary": max_elem_rel_error, max_ulp and cosine not computed (nan);
+    #                       "identical": bit-identical, scale and non-finite counts not computed
 
 
 def lower_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
@@ -165,6 +177,168 @@ def argmax_mismatch(a: np.ndarray, b: np.ndarray) -> float | None:
     if a.ndim != 2 or a.shape != b.shape or a.shape[0] == 0 or a.shape[1] == 0:
         return None
     return float(np.mean(np.argmax(a, axis=1) != np.argmax(b, axis=1)))
+
+
+def _flat_view(x: np.ndarray) -> np.ndarray:
+    """x as a 1-d array of unsigned integers of its item size (a copy only when x is not contiguous)."""
+    x = np.ascontiguousarray(x).reshape(-1)
+    return x.view(_INTS[x.dtype.itemsize])
+
+
+def bit_identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same shape, same dtype and the same bits everywhere (a nan agrees with a nan of the same payload).
+
+    Compares integer views block by block, so a difference early on stops the pass and no full-size
+    temporary is made. -0.0 against 0.0 is not identical here (the full path finds them equal).
+    """
+    if a.shape != b.shape or a.dtype != b.dtype or a.dtype.itemsize not in _INTS:
+        return False
+    ia, ib = _flat_view(a), _flat_view(b)
+    n = ia.size
+    if n <= BLOCK:
+        return bool(np.array_equal(ia, ib))
+    eq = np.empty(BLOCK, dtype=bool)
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        chunk = eq[: stop - start]
+        np.equal(ia[start:stop], ib[start:stop], out=chunk)
+        if not chunk.all():
+            return False
+    return True
+
+
+def _finite_extremes(x: np.ndarray) -> tuple[float, bool]:
+    """(max |x| over the finite elements, whether every element is finite), in float64."""
+    if x.size == 0:
+        return 0.0, True
+    lo, hi = float(x.min()), float(x.max())
+    if math.isfinite(lo) and math.isfinite(hi):
+        return max(abs(lo), abs(hi)), True
+    finite = x[np.isfinite(x)]
+    return (float(np.abs(finite).max()) if finite.size else 0.0), False
+
+
+_NAMES: dict[np.dtype, str] = {}
+
+
+def dtype_name(dt: np.dtype) -> str:
+    """dt.name, remembered (numpy 2 computes it in Python, at about a microsecond a call, per call)."""
+    name = _NAMES.get(dt)
+    if name is None:
+        name = _NAMES[dt] = dt.name
+    return name
+
+
+def _argmax_same(a: np.ndarray) -> float | None:
+    """argmax_mismatch(a, a) without computing an argmax: 0 where it applies, else None."""
+    return 0.0 if a.ndim == 2 and a.shape[0] > 0 and a.shape[1] > 0 else None
+
+
+def identical_summary(a: np.ndarray, argmax: bool = False) -> TensorMetrics:
+    """The metrics of a bit-identical pair before anything is computed from it (detail "identical"): errors
+    0; scale, non-finite counts and the rest are filled in by `completed_metrics` if a report shows it."""
+    size = int(a.size)
+    return TensorMetrics(size=size, scale=math.nan, max_abs_error=0.0, max_rel_error=0.0, max_elem_rel_error=0.0,
+                         max_ulp=0.0, ulp_dtype="float32" if a.dtype.itemsize <= 4 else "float64", cosine=1.0,
+                         n_out=0, frac_out=0.0, nan_a=0, nan_b=0, inf_a=0, inf_b=0, nonfinite_mismatch=0,
+                         argmax_mismatch=_argmax_same(a) if argmax else None, detail="identical")
+
+
+def identical_metrics(a: np.ndarray, argmax: bool = False) -> TensorMetrics:
+    """What `tensor_metrics(a, a)` gives, in two passes over a: zero errors, cosine 1, a's non-finite counts.
+
+    For a pair `bit_identical` has accepted; the cosine is exactly 1 (sqrt of a rounded square is exact)
+    except for a tensor with no finite nonzero element, where `tensor_metrics` gives 1 (all zero) too.
+    """
+    size = int(a.size)
+    scale, all_finite = _finite_extremes(a)
+    nan = inf = 0
+    if not all_finite:
+        nan = int(np.count_nonzero(np.isnan(a)))
+        inf = int(np.count_nonzero(np.isinf(a)))
+    return TensorMetrics(size=size, scale=scale, max_abs_error=0.0, max_rel_error=0.0, max_elem_rel_error=0.0,
+                         max_ulp=0.0, ulp_dtype=lower_dtype(a, a).name, cosine=1.0, n_out=0, frac_out=0.0,
+                         nan_a=nan, nan_b=nan, inf_a=inf, inf_b=inf, nonfinite_mismatch=0,
+                         argmax_mismatch=_argmax_same(a) if argmax else None)
+
+
+def within_tolerance(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> tuple[bool, float, float]:
+    """One block-wise pass: (every element finite on both sides and |a-b| <= atol + rtol*max(|a|,|b|),
+    max |a-b|, max(|a|,|b|)), all in float64, for same-shaped a and b.
+
+    Any non-finite element answers False at once (the full path judges those), as does the first failing
+    block; the maxima are then those of the blocks seen so far and must not be used.
+    """
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    n = fa.size
+    step = min(n, BLOCK) or 1
+    d, m, t = np.empty(step), np.empty(step), np.empty(step)
+    max_d = max_m = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            k = stop - start
+            dd, mm, tt = d[:k], m[:k], t[:k]
+            xa, xb = fa[start:stop], fb[start:stop]
+            np.subtract(xa, xb, out=dd, dtype=np.float64)
+            np.abs(dd, out=dd)
+            np.abs(xa, out=mm, dtype=np.float64)
+            np.abs(xb, out=tt, dtype=np.float64)
+            np.maximum(mm, tt, out=mm)
+            np.multiply(mm, rtol, out=tt)
+            tt += atol
+            bd, bm = float(dd.max()), float(mm.max())
+            if not (math.isfinite(bm) and math.isfinite(bd)) or not bool(np.less_equal(dd, tt).all()):
+                return False, bd, bm
+            max_d, max_m = max(max_d, bd), max(max_m, bm)
+    return True, max_d, max_m
+
+
+def summary_metrics(a: np.ndarray, b: np.ndarray, max_abs: float, scale: float, argmax: bool = False) -> TensorMetrics:
+    """The metrics of a pair `within_tolerance` passed (so every element is finite): the maxima it found,
+    and nan in place of the max elementwise rel, ULPs and cosine, which were not computed (detail "summary")."""
+    size = int(a.size)
+    return TensorMetrics(size=size, scale=scale, max_abs_error=max_abs, max_rel_error=relative_to_scale(max_abs, scale),
+                         max_elem_rel_error=math.nan, max_ulp=math.nan, ulp_dtype=dtype_name(lower_dtype(a, b)),
+                         cosine=math.nan, n_out=0, frac_out=0.0, nan_a=0, nan_b=0, inf_a=0, inf_b=0,
+                         nonfinite_mismatch=0, argmax_mismatch=argmax_mismatch(a, b) if argmax else None,
+                         detail="summary")
+
+
+def completed_metrics(m: TensorMetrics, a: np.ndarray, b: np.ndarray) -> TensorMetrics:
+    """Metrics from `identical_summary` or `summary_metrics` (every element finite) made full; for the
+    latter in one block-wise pass:
+    the max elementwise rel error, the max ULP distance and the cosine, as `tensor_metrics` defines them
+    (the cosine's sums are added block by block, so it may differ from tensor_metrics' in the last bit)."""
+    if m.detail == "full":
+        return m
+    if m.detail == "identical":
+        return identical_metrics(a, argmax=m.argmax_mismatch is not None)
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    n, scale = fa.size, m.scale
+    max_rel = max_ulp = 0.0
+    dots = np.zeros(3)  # a.a, b.b, a.b of the scaled tensors
+    dt = lower_dtype(a, b)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for start in range(0, n, BLOCK):
+            xa, xb = fa[start:start + BLOCK], fb[start:start + BLOCK]
+            a64, b64 = np.asarray(xa, dtype=np.float64), np.asarray(xb, dtype=np.float64)
+            d = np.abs(a64 - b64)
+            mag = np.maximum(np.abs(a64), np.abs(b64))
+            rel = np.divide(d, mag, out=np.zeros_like(d), where=d > 0)
+            max_rel = max(max_rel, float(rel.max(initial=0.0)))
+            max_ulp = max(max_ulp, float(ulp_distance(xa.astype(dt, copy=False), xb.astype(dt, copy=False))
+                                         .max(initial=0.0)))
+            if scale > 0:
+                sa, sb = a64 / scale, b64 / scale
+                dots += (float(np.dot(sa, sa)), float(np.dot(sb, sb)), float(np.dot(sa, sb)))
+    if scale == 0:
+        cos = 1.0
+    elif dots[0] == 0 or dots[1] == 0:
+        cos = 0.0
+    else:
+        cos = float(np.clip(dots[2] / np.sqrt(dots[0] * dots[1]), -1.0, 1.0))
+    return replace(m, max_elem_rel_error=max_rel, max_ulp=max_ulp, cosine=cos, detail="full")
 
 
 def tensor_metrics(a: np.ndarray, b: np.ndarray, errors: ElementErrors | None = None,

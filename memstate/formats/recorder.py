@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+import orjson
 from safetensors.numpy import save_file
 
 from memstate.errors import MemstateError
 from memstate.formats.lock import TraceLock, lock_trace
-from memstate.formats.tensorjson import DTYPES, BadJSON, dtype_name, encode_fields, loads_strict
+from memstate.formats.tensorjson import DTYPES, BadJSON, dtype_name, dumps_record, loads_strict
 from memstate.formats.trace import FORMAT, HEADER_FILE, STEP_FILE, step_file_name
 
 VERSION = 1
@@ -72,6 +74,11 @@ def _header(path: Path, meta: dict | None, run_id: str | None, **extra: str) -> 
     except BadJSON as e:
         raise MemstateError(f"{path}: meta cannot be written: {e.msg}") from None
     return text
+
+
+def terminator(step: int) -> bytes:
+    """The JSONL line that closes a step (without its newline)."""
+    return orjson.dumps({"step": step, "end": True})
 
 
 class TraceWriter:
@@ -193,25 +200,33 @@ class JsonlWriter(TraceWriter):
             raise MemstateError(f"{self.path}: cannot create trace: {e.strerror}") from None
         self._fh.write(header.encode() + b"\n")
         self._fh.flush()
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []
 
     def _begin(self) -> None:
         self._lines = []
 
     def _add(self, name: str, arr: np.ndarray) -> None:
-        record = {"step": self._step, "name": name, **encode_fields(arr, b64=self.b64)}
-        self._lines.append(json.dumps(record, allow_nan=False))
+        self._lines.append(dumps_record({"step": self._step, "name": name}, arr, b64=self.b64))
 
     def _finish(self, complete: bool) -> None:
-        if complete:
-            self._lines.append(json.dumps({"step": self._step, "end": True}))
+        if complete and self._step is not None:
+            self._lines.append(terminator(self._step))
         if self._lines:
-            self._fh.write(("\n".join(self._lines) + "\n").encode())
+            self._lines.append(b"")
+            self._fh.write(b"\n".join(self._lines))
             self._fh.flush()
         self._lines = []
 
     def _close(self) -> None:
         self._fh.close()
+
+    def append_encoded(self, part: BinaryIO, last_step: int) -> None:
+        """Append complete steps already encoded as JSONL lines (a parallel conversion's part), up to `last_step`."""
+        if self._step is not None or self._stopped or (self._last is not None and last_step <= self._last):
+            raise MemstateError(f"{self.path}: encoded steps can only follow the last complete step")
+        shutil.copyfileobj(part, self._fh, 1 << 20)
+        self._fh.flush()
+        self._last = last_step
 
 
 class BinaryWriter(TraceWriter):

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import numpy as np
+import orjson
 
 from memstate.errors import FormatError
 
@@ -116,6 +117,10 @@ def fast_parse_trusted(raw: bytes, doc: Any) -> bool:
     """
     if _NEGATIVE_ZERO.search(raw) or _SURROGATE_ESCAPE.search(raw):
         return False
+    if b"{" not in raw:  # no object anywhere, so no key (a `":` could only sit inside a string)
+        return _KEY_END.search(raw) is None
+    if isinstance(doc, dict) and raw.count(b"{") == 1:  # one object, no other: its keys are all the keys
+        return len(_KEY_END.findall(raw)) == len(doc)  # (skips walking a long flat "data" list)
     return len(_KEY_END.findall(raw)) == _count_keys(doc)
 
 
@@ -142,6 +147,18 @@ def _reject_lone_surrogates(doc: Any) -> None:
             except UnicodeEncodeError:
                 raise BadJSON(f"the string {item!r} holds a lone surrogate (an unpaired \\ud800-\\udfff "
                               "escape), which is not text; write the character itself") from None
+
+
+def loads_fast(text: str | bytes) -> Any:
+    """orjson.loads, which is strict JSON too; on anything it refuses, and on what it reads differently from
+    `loads_strict` (a duplicate key, the integer -0, a surrogate escape: `fast_parse_trusted`), `loads_strict`
+    for the value or the precise message, so the two parsers never disagree on what is accepted."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return loads_strict(raw)
+    return doc if fast_parse_trusted(raw, doc) else loads_strict(raw)
 
 
 def dtype_name(arr: np.ndarray) -> str:
@@ -171,6 +188,23 @@ def encode_fields(arr: np.ndarray, *, b64: bool = False) -> dict[str, Any]:
             data[i] = "nan" if v != v else ("inf" if v > 0 else "-inf")
     fields["data"] = data
     return fields
+
+
+def dumps_record(head: dict[str, Any], arr: np.ndarray, *, b64: bool = False) -> bytes:
+    """One JSON line (without the newline) for {**head, **encode_fields(arr)}: the same JSON values, by orjson.
+
+    Finite values go through orjson's numpy serializer as float64 (so a float32 value is written as its
+    exact double, docs/format.md); a tensor holding nan or inf spells them "nan", "inf", "-inf".
+    -0.0 is written -0.0.
+    """
+    if b64:
+        return orjson.dumps({**head, **encode_fields(arr, b64=True)})
+    name = dtype_name(arr)
+    flat = np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
+    finite = flat.size == 0 or (math.isfinite(float(flat.max())) and math.isfinite(float(flat.min())))
+    data: Any = flat if finite else encode_fields(flat)["data"]
+    return orjson.dumps({**head, "shape": list(arr.shape), "dtype": name, "data": data},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def encode_tensor(name: str, arr: np.ndarray, *, b64: bool = False) -> dict[str, Any]:
@@ -208,6 +242,8 @@ def _dtype(obj: dict, path: object, tensor: str | None, line: int | None) -> np.
 
 def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype, path: object, tensor: str | None,
                line: int | None) -> np.ndarray:
+    if isinstance(data, np.ndarray):  # parsed straight into an array (memstate.formats.bigline)
+        return _from_parsed(data, shape, dt, path, tensor, line)
     if not isinstance(data, list):
         raise FormatError(path, f'"data" must be a flat list of numbers, got {_short(data)}', tensor, line)
     count = math.prod(shape)
@@ -239,6 +275,22 @@ def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype, path: object, te
             raise FormatError(path, '"data" holds a number out of float32 range; write "inf"/"-inf" as strings',
                               tensor, line)
         flat = narrow
+    return flat.reshape(shape)
+
+
+def _from_parsed(flat: np.ndarray, shape: tuple[int, ...], dt: np.dtype, path: object, tensor: str | None,
+                 line: int | None) -> np.ndarray:
+    """A float64 "data" array that memstate.formats.bigline parsed and checked: its length, and float32's range."""
+    count = math.prod(shape)
+    if flat.size != count:
+        raise FormatError(path, f'"data" has {flat.size} values but shape {list(shape)} needs {count}', tensor, line)
+    if dt.itemsize == 4:
+        with np.errstate(over="ignore"):
+            narrow = flat.astype(np.float32)
+        if (np.isinf(narrow) & np.isfinite(flat)).any():
+            raise FormatError(path, '"data" holds a number out of float32 range; write "inf"/"-inf" as strings',
+                              tensor, line)
+        return narrow.reshape(shape)
     return flat.reshape(shape)
 
 

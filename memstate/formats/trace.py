@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from memstate.errors import FormatError
 from memstate.formats.params import check_envelope
-from memstate.formats.tensorjson import BadJSON, check_shape, decode_fields, decode_name, loads_strict, short_json
+from memstate.formats.stepfile import BadStepFile, read_safetensors
+from memstate.formats.bigline import STREAM_BYTES, BadData, LineTooLong, max_line_bytes, parse_big_record, read_line
+from memstate.formats.tensorjson import BadJSON, check_shape, decode_fields, decode_name, loads_fast, loads_strict, short_json
 
 FORMAT = "memstate.trace"
 HEADER_FILE = "header.json"
@@ -139,19 +140,24 @@ class TraceReader:
     def __iter__(self) -> Iterator[Step]:
         return self.steps()
 
-    def steps(self, include_incomplete: bool = False) -> Iterator[Step]:
-        """Complete steps in order, then the trailing incomplete step if asked and there is one."""
+    def steps(self, include_incomplete: bool = False, mapped: bool = False, populate: bool = True) -> Iterator[Step]:
+        """Complete steps in order, then the trailing incomplete step if asked and there is one.
+
+        mapped=True (binary traces): the arrays are read-only views of the mapped step files, for callers
+        that only read them and hold few steps at once (memstate.formats.stepfile); populate=False maps
+        them without reading their pages until they are touched.
+        """
         if self._closed:
             raise ValueError(f"{self.path}: trace reader is closed")
-        gen = self._steps(include_incomplete)
+        gen = self._steps(include_incomplete, mapped, populate)
         self._live.add(gen)
         return gen
 
-    def _steps(self, include_incomplete: bool) -> Iterator[Step]:
+    def _steps(self, include_incomplete: bool, mapped: bool = False, populate: bool = True) -> Iterator[Step]:
         self.incomplete = None
         self.ended_early = None
-        source = _binary_steps(self.path, self.run_id) if self.encoding == "binary" else \
-            _jsonl_steps(self.path, self._body_offset)
+        source = (_binary_steps(self.path, self.run_id, mapped, populate) if self.encoding == "binary"
+                  else _jsonl_steps(self.path, self._body_offset))
         count, first, last = 0, None, None
         try:
             for step in source:
@@ -166,6 +172,12 @@ class TraceReader:
             self.ended_early = ended_early(self.meta, count, first, last, unfinished)
         finally:
             source.close()
+
+    def complete_steps(self) -> list[int]:
+        """The numbers of the complete steps of a binary trace, in order, from its file names alone."""
+        if self.encoding != "binary":
+            raise ValueError(f"{self.path}: only a binary trace lists its steps without reading them")
+        return _list_steps(self.path)[0]
 
     def close(self) -> None:
         """Stop every iteration in progress and release its file."""
@@ -225,12 +237,21 @@ def _jsonl_steps(path: Path, offset: int) -> Iterator[Step]:
     cur: int | None = None  # step being read
     tensors: dict[str, np.ndarray] = {}
     lineno = 1
+    limit = max_line_bytes()
     with open(path, "rb") as fh:
         fh.seek(offset)
-        for raw in fh:
+        while True:
+            try:
+                raw = read_line(fh, limit)
+            except LineTooLong as e:
+                raise FormatError(path, f"line of {e.length} bytes or more, longer than {limit} "
+                                  "(MEMSTATE_MAX_LINE_BYTES); record tensors this large in the binary encoding "
+                                  "(docs/format.md)", line=lineno + 1) from None
+            if not raw:
+                break
             lineno += 1
             try:
-                obj = loads_strict(raw)
+                obj = _parse_line(raw, path, lineno)
             except BadJSON as e:
                 if not raw.endswith(b"\n"):  # cut inside the last line: the writer crashed
                     m = _STEP_PREFIX.match(raw)
@@ -264,6 +285,18 @@ def _jsonl_steps(path: Path, offset: int) -> Iterator[Step]:
             tensors[name] = decode_fields(obj, path, name, lineno)
     if cur is not None:
         yield Step(cur, tensors, complete=False)
+
+
+def _parse_line(raw: bytes, path: Path, lineno: int) -> Any:
+    """One record: orjson, or for a huge line its "data" parsed straight into an ndarray (bounded memory)."""
+    if len(raw) >= STREAM_BYTES:
+        try:
+            obj = parse_big_record(raw)
+        except BadData as e:
+            raise FormatError(path, str(e), line=lineno) from None
+        if obj is not None:
+            return obj
+    return loads_fast(raw)
 
 
 def _record_step(obj: Any, path: Path, lineno: int) -> int:
@@ -330,10 +363,11 @@ def _list_steps(path: Path) -> tuple[list[int], int | None]:
     return done, (tmps[0] if tmps else None)
 
 
-def _binary_steps(path: Path, run_id: str | None = None) -> Iterator[Step]:
+def _binary_steps(path: Path, run_id: str | None = None, mapped: bool = False,
+                  populate: bool = True) -> Iterator[Step]:
     done, tmp = _list_steps(path)
     for k in done:
-        yield Step(k, read_step_file(path / step_file_name(k), k, run_id))
+        yield Step(k, read_step_file(path / step_file_name(k), k, run_id, mapped, populate))
     if tmp is not None:
         try:
             tensors = read_step_file(path / (step_file_name(tmp) + ".tmp"), tmp, run_id)
@@ -342,33 +376,35 @@ def _binary_steps(path: Path, run_id: str | None = None) -> Iterator[Step]:
         yield Step(tmp, tensors, complete=False)
 
 
-def read_step_file(path: Path, index: int, run_id: str | None = None) -> dict[str, np.ndarray]:
+def read_step_file(path: Path, index: int, run_id: str | None = None, mapped: bool = False,
+                   populate: bool = True) -> dict[str, np.ndarray]:
     """The tensors of one safetensors step file, in the dataflow order its metadata gives; the file must carry
-    the header's `run_id` (None: none), so that a directory mixed from two runs is an error, not a trace."""
+    the header's `run_id` (None: none), so that a directory mixed from two runs is an error, not a trace.
+
+    The arrays are views into one buffer the file was read into (memstate.formats.stepfile); with
+    mapped=True into a read-only mapping of the file.
+    """
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "is a symbolic link to a missing file" if path.is_symlink() \
             else "vanished while being read (is a run rewriting this trace?)" if not path.exists() \
             else "is not a regular file"
         raise FormatError(path, f"{what}; a step file is a safetensors file")
     try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-            order = _step_order(meta, keys, path, index)
-            _check_run_id(meta, run_id, path)
-            out: dict[str, np.ndarray] = {}
-            for name in order:
-                view = f.get_slice(name)
-                dt = view.get_dtype()
-                if dt not in BINARY_DTYPES:
-                    raise FormatError(path, f"dtype {dt} is not allowed; use F64 or F32", name)
-                check_shape(list(view.get_shape()), path, name)
-                out[name] = f.get_tensor(name)
-            return out
-    except SafetensorError as e:
+        meta, tensors = read_safetensors(path, mapped, populate)
+    except BadStepFile as e:
         raise FormatError(path, f"not a readable safetensors file: {e}") from None
     except OSError as e:
         raise FormatError(path, f"cannot read: {e.strerror or e}") from None
+    order = _step_order(meta, set(tensors), path, index)
+    _check_run_id(meta, run_id, path)
+    out: dict[str, np.ndarray] = {}
+    for name in order:
+        dt, arr = tensors[name]
+        if dt not in BINARY_DTYPES or arr is None:
+            raise FormatError(path, f"dtype {dt} is not allowed; use F64 or F32", name)
+        check_shape(list(arr.shape), path, name)
+        out[name] = arr
+    return out
 
 
 def _check_run_id(meta: dict[str, str], run_id: str | None, path: Path) -> None:

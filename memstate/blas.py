@@ -1,0 +1,41 @@
+"""One BLAS thread for memstate's own numerical work (issue 14).
+
+memstate's matrices are small (a batch of 64 against a 784-by-800 layer at most) and its vectors are
+dotted once: a multithreaded BLAS spends more on waking and syncing its threads than on the arithmetic,
+and on a shared machine its threads fight every other process for the cores. Measured on the 2-core CI
+machine (README, "Performance"), letting OpenBLAS use its threads cost `check` and `diff` several times
+their CPU time. `compare` and `check_trace` therefore run inside `blas_threads()`, which caps the BLAS
+thread pools (threadpoolctl) for their duration and restores them after, so code that calls memstate
+keeps its own setting. MEMSTATE_BLAS_THREADS=N picks another cap; 0 leaves BLAS alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+DEFAULT_THREADS = 1
+
+
+def blas_thread_cap() -> int:
+    """The cap from MEMSTATE_BLAS_THREADS (default 1; 0 means no cap)."""
+    raw = os.environ.get("MEMSTATE_BLAS_THREADS", "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_THREADS
+    except ValueError:
+        value = DEFAULT_THREADS
+    return max(value, 0)
+
+
+@contextmanager
+def blas_threads(limit: int | None = None) -> Iterator[None]:
+    """Run the body with at most `limit` BLAS threads (default: `blas_thread_cap()`; 0: unchanged)."""
+    limit = blas_thread_cap() if limit is None else limit
+    if limit <= 0:
+        yield
+        return
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    with threadpool_limits(limits=limit, user_api="blas"):
+        yield

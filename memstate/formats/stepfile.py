@@ -1,0 +1,115 @@
+"""Reading a safetensors step file without copying its tensors (issue 14).
+
+The file (docs/format.md, "Binary encoding") is an 8-byte little-endian header length, a JSON header
+{name: {"dtype", "shape", "data_offsets": [start, end]}, "__metadata__": {...}} and the tensors' bytes.
+`read_safetensors` reads the whole file with one `readinto` into one buffer and returns numpy views into
+it (np.frombuffer): one copy from the page cache, none per tensor. With mapped=True the file is mapped
+instead (no copy at all; the arrays are read-only and keep the mapping, and a file descriptor, open while
+they live): for the comparator's workers, which only read and hold a few steps at a time.
+
+It checks what the safetensors library checks (header length, JSON, offsets that tile the data exactly,
+sizes that match the shapes) and raises BadStepFile with what is wrong; the caller names the file.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+HEADER_LIMIT = 100_000_000  # the safetensors library's limit on the JSON header
+NUMPY_DTYPES: dict[str, np.dtype] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4")}
+
+
+class BadStepFile(ValueError):
+    """A step file that is not a readable safetensors file; the message says why."""
+
+
+def _buffer(path: Path, mapped: bool, populate: bool) -> Any:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < 8:
+            raise BadStepFile(f"{size} bytes: shorter than the 8-byte header length")
+        if mapped:
+            if populate and hasattr(mmap, "MAP_POPULATE"):  # every page faulted in now, by the kernel
+                return mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        buf = np.empty(size, dtype=np.uint8)
+        view, got = memoryview(buf.data), 0
+        while got < size:
+            n = fh.readinto(view[got:])
+            if not n:
+                raise BadStepFile(f"the file shrank while it was read ({got} of {size} bytes)")
+            got += n
+        return buf
+
+
+def _entry(name: str, info: Any) -> tuple[int, int, str, tuple[int, ...]]:
+    if not isinstance(info, dict):
+        raise BadStepFile(f"header entry {name!r} is not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise BadStepFile(f"tensor {name!r} has no dtype")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise BadStepFile(f"tensor {name!r}: shape must be a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise BadStepFile(f"tensor {name!r}: data_offsets must be [start, end] with 0 <= start <= end")
+    return offsets[0], offsets[1], dtype, tuple(shape)
+
+
+def _header(buf: Any, size: int) -> tuple[dict[str, str], dict[str, tuple[int, int, str, tuple[int, ...]]], int]:
+    n = int.from_bytes(bytes(buf[:8]), "little")
+    if n > HEADER_LIMIT or 8 + n > size:
+        raise BadStepFile(f"header length {n} does not fit the file of {size} bytes")
+    try:
+        doc = orjson.loads(bytes(buf[8:8 + n]))
+    except orjson.JSONDecodeError as e:
+        raise BadStepFile(f"header is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadStepFile("header is not a JSON object")
+    meta = doc.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise BadStepFile("__metadata__ must map names to strings")
+    entries = {name: _entry(name, info) for name, info in doc.items()}
+    return meta, entries, 8 + n
+
+
+def read_safetensors(path: str | os.PathLike, mapped: bool = False, populate: bool = True
+                     ) -> tuple[dict[str, str], dict[str, tuple[str, np.ndarray | None]]]:
+    """(metadata, {name: (safetensors dtype, array)}) of one file; the array is None for a dtype not F64/F32.
+
+    mapped=True maps the file; populate=False leaves its pages to be faulted in when touched (for a caller
+    that looks at few of them)."""
+    buf = _buffer(Path(path), mapped, populate)
+    size = len(buf)
+    meta, entries, start = _header(buf, size)
+    end = 0
+    for s, e, _, _ in sorted(entries.values()):
+        if s != end:
+            raise BadStepFile("tensor data overlaps or leaves a gap")
+        end = e
+    if start + end != size:
+        raise BadStepFile(f"the tensors take {end} bytes but the file holds {size - start} after the header")
+    out: dict[str, tuple[str, np.ndarray | None]] = {}
+    for name, (s, e, dtype, shape) in entries.items():
+        dt = NUMPY_DTYPES.get(dtype)
+        if dt is None:
+            out[name] = (dtype, None)
+            continue
+        count = math.prod(shape)
+        if e - s != count * dt.itemsize:
+            raise BadStepFile(f"tensor {name!r} has {e - s} bytes but shape {list(shape)} of {dtype} needs "
+                              f"{count * dt.itemsize}")
+        if count:
+            arr = np.frombuffer(buf, dtype=dt, count=count, offset=start + s)
+        else:
+            arr = np.empty(0, dtype=dt)
+            arr.flags.writeable = not mapped
+        out[name] = (dtype, arr.reshape(shape))
+    return meta, out

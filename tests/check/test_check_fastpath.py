@@ -1,0 +1,42 @@
+"""check's exact fast path (issue 14): an operation recomputed bit for bit gives what the general path gives."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from memstate.check.checker import compare_op, tensor_comparison
+from memstate.comparator.tolerance import DEFAULTS
+
+TOL = DEFAULTS["float64"]
+
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=0, max_dims=2, max_side=6),
+                  elements=st.floats(-1e6, 1e6, width=64)))
+def test_identical_operation_matches_the_general_path(x):
+    scale = np.abs(x)
+    fast = compare_op(x.copy(), x, scale, TOL, full=False)
+    assert fast.ok and fast.max_abs == 0.0 and fast.max_rel == 0.0 and fast.ratio == 0.0
+    assert fast.index == tuple(0 for _ in x.shape) and fast.rec == fast.ref == float(x.flat[0])
+    x2 = x.copy()
+    x2.flat[0] = 0.0
+    slow = compare_op(np.where(x2 == 0, -0.0, x2), x2, np.abs(x2), TOL, full=False)  # not the same bits
+    assert slow.ok and slow.max_abs == 0.0 and slow.ratio == 0.0 and slow.index == fast.index
+
+
+def test_identical_with_infinities_takes_the_full_path():
+    x = np.array([-np.inf, 1.0, 2.0])
+    got = compare_op(x.copy(), x, np.abs(x), TOL, full=False)
+    assert got.metrics is not None and got.ok  # the same infinity agrees, judged by the full path
+
+
+def test_identical_tensor_comparison_has_the_full_metrics():
+    x = np.array([[0.5, -2.0], [np.nan, 3.0]])
+    tc, errors, fail = tensor_comparison(4, "probs", x, x.copy(), np.abs(x), TOL)
+    m = tc.metrics
+    assert tc.within_tolerance and m.detail == "full" and errors is None and fail is None
+    assert (m.max_abs_error, m.max_ulp, m.cosine, m.scale, m.nan_a, m.argmax_mismatch) == (0.0, 0.0, 1.0, 3.0, 1, 0.0)
