@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from memstate.comparator.compare import compare
+from memstate.formats.trace import open_trace
 from memstate.comparator.parallel import StepRange, judge_range, plan_ranges
 from memstate.comparator.tolerance import Tolerances
 from memstate.formats.convert import convert_trace
@@ -64,7 +65,10 @@ def test_a_range_is_judged_on_its_own(tmp_path):
     a, b = tmp_path / "a.memstate", tmp_path / "b.memstate"
     _trace(a)
     _trace(b, bumps=((5, "L1.z"),))
-    got = dict(judge_range(StepRange(str(a), str(b), (4, 5, 6), Tolerances())))
+    with open_trace(a) as ra, open_trace(b) as rb:
+        run_ids = (ra.run_id, rb.run_id)
+    assert all(run_ids)  # step files carry their run's id; a range is read with them
+    got = dict(judge_range(StepRange(str(a), str(b), (4, 5, 6), Tolerances(), *run_ids)))
     assert sorted(got) == [4, 5, 6]
     assert [t.name for t in got[5] if not t.within_tolerance] == ["L1.z"]
     assert all(t.within_tolerance for t in got[4] + got[6])
