@@ -6,6 +6,7 @@ import math
 import textwrap
 from typing import TYPE_CHECKING
 
+from memstate.report import training
 from memstate.comparator.compare import Comparison, FirstDivergence, TensorComparison, TraceInfo
 from memstate.comparator.tolerance import ceil_3g
 
@@ -285,6 +286,7 @@ def render(c: Comparison) -> str:
     if c.first_divergence is not None:
         lines += _first(c, c.first_divergence)
     lines += _diagnoses(c)
+    lines += training.text_lines(c)
     lines += _findings(c)
     lines += _meta(c)
     lines += _tolerances(c)
