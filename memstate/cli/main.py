@@ -442,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bisect)
 
+    from memstate.cli.sweep import add_parser as add_sweep
+
+    add_sweep(sub)
+
     p = sub.add_parser("scenarios", help="list the bundled scenarios and what each shows")
     p.set_defaults(func=cmd_scenarios)
     p = sub.add_parser("impls", help="list the implementations that can be run")
