@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", help="a bundled scenario's name or a .toml file")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="a scenario key and the values to try, e.g. training.batch_size=8,32,64 (repeatable)")
+                   help="a scenario key and the values to try, e.g. training.batch_size=8,32,64 (repeatable; "
+                   "default: the scenario's [sweep] set)")
     p.add_argument("--impls", default="numpy", metavar="LIST", help="comma-separated implementations (default numpy)")
     p.add_argument("--jobs", type=int, metavar="N", help="processes to run at once (default: the CPUs)")
     p.add_argument("--steps", type=int, help="train at most this many steps instead of the scenario's count")
@@ -56,7 +57,10 @@ def command(args: argparse.Namespace) -> int:
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     if not impls:
         raise MemstateError("--impls: name at least one implementation, e.g. --impls numpy")
-    axes = [parse_set(text) for text in args.sets]
+    from memstate.runner.scenario import load_scenario
+
+    sets = args.sets or list(load_scenario(args.scenario).sweep)
+    axes = [parse_set(text) for text in sets]
     jobs = plan(args.scenario, axes, impls, args.steps)
     try:
         args.output.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def _num(x: float | None) -> str:
 
 
 def _stop(r: SweepRun) -> str:
-    return f"{r.stop[1]} @ {r.stop[0]}" if r.stop is not None else "-"
+    return f"{r.stop[1]} @ {r.stop[0]} (epoch {r.stop[3]})" if r.stop is not None else "-"
 
 
 def rows(sweep: Sweep) -> tuple[list[str], list[list[str]]]:
@@ -57,7 +57,7 @@ def render_text(sweep: Sweep) -> str:
     out = [f"memstate sweep {sweep.scenario} ({len(sweep.runs)} runs, {impls})",
            *(f"  {a.key} = {', '.join(a.texts)}" for a in sweep.axes), "",
            line(header).rstrip(), *(line(b).rstrip() for b in body), "",
-           "steps: trained/planned; stopped by: the [training.stop] rule that fired and the last step trained;",
+           "steps: trained/planned; stopped by: the [training.stop] rule that fired, the last step trained and its epoch;",
            "losses and accuracies: the last evaluation (docs/training.md); without one, train loss is the last",
            "batch loss and test acc the harness's test accuracy."]
     return "\n".join(out) + "\n"
@@ -66,7 +66,8 @@ def render_text(sweep: Sweep) -> str:
 def _run_dict(r: SweepRun) -> dict[str, Any]:
     return {"index": r.index, "impl": r.impl, "settings": dict(r.settings), "label": r.label, "steps": r.steps,
             "planned_steps": r.planned,
-            "stop": None if r.stop is None else {"step": r.stop[0], "rule": r.stop[1], "value": r.stop[2]},
+            "stop": None if r.stop is None else {"step": r.stop[0], "rule": r.stop[1], "value": r.stop[2],
+                                                 "epoch": r.stop[3]},
             "final_loss": r.final_loss, "final": jsonable(r.final), "test_accuracy": r.test_accuracy,
             "evaluations": [jsonable(e) for e in r.evaluations],
             "loss_curve": [list(p) for p in r.loss_curve]}

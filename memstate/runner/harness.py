@@ -7,7 +7,7 @@ the implementation owns one training step and records its own tensors.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -259,7 +259,8 @@ class _TrainingView:
         ev = evaluate_params(final_params(net), self.dataset, self.scenario.model.activation, batch.step,
                              train_loss)
         self.evaluations.append(ev)
-        self.stop = decide(self.evaluations, self.scenario.training.stop)
+        stop = decide(self.evaluations, self.scenario.training.stop)
+        self.stop = replace(stop, epoch=batch.epoch + 1) if stop is not None else None
         record_evaluation(record, ev, self.stop)
         self.seconds += time.perf_counter() - began
         return self.stop is not None

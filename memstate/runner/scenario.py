@@ -128,6 +128,7 @@ class Scenario:
     training: TrainingSpec
     variant: Variant
     path: Path | None = None
+    sweep: tuple[str, ...] = ()  # [sweep] set = ["KEY=V1,V2", ...]: `memstate sweep`'s grid when no --set is given
 
     def net_spec(self, variant: Variant | None = None) -> NetSpec:
         """The network description, with `variant` (default: the scenario's) applied."""
@@ -223,7 +224,7 @@ def is_evaluation(scenario: Scenario, batch: Batch, n_train: int, total: int) ->
 _SECTIONS: dict[str, type] = {"data": DataSpec, "model": ModelSpec, "training": TrainingSpec}
 _OPTIONAL_KINDS: dict[str, Any] = {"idx_dir": "", "steps": 0, "epochs": 0, "batch_size_cap": 0}
 _STOP_RULES: dict[str, type] = {"early": EarlyRule, "plateau": PlateauRule}
-_TOP_KEYS = ("description", "dtype", "data", "model", "training", "variant")
+_TOP_KEYS = ("description", "dtype", "data", "model", "training", "variant", "sweep")
 
 
 def resolve_scenario_path(name_or_path: str | Path) -> Path:
@@ -274,7 +275,7 @@ def scenario_from_table(table: Mapping[str, Any], name: str, path: Path | None =
         raise ScenarioError(f"{src}: [variant] must be a table")
     variant = Variant.from_mapping(variant_table, f"{src} [variant]")
     scenario = Scenario(name, description.strip(), dtype, sections["data"], sections["model"],
-                        sections["training"], variant, path)
+                        sections["training"], variant, path, _sweep(table.get("sweep", {}), src))
     _validate(scenario, src)
     return scenario
 
@@ -285,6 +286,17 @@ def _reject_unknown(keys: Any, known: tuple[str, ...] | list[str], src: str, pre
             hint = difflib.get_close_matches(key, known, n=1)
             tip = f"; did you mean {prefix + hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
             raise ScenarioError(f"{src}: unknown key {prefix + key!r}{tip}")
+
+
+def _sweep(section: Any, src: str) -> tuple[str, ...]:
+    """[sweep] set = ["training.batch_size=8,32,64", ...]: the grid `memstate sweep` runs by default."""
+    if not isinstance(section, dict):
+        raise ScenarioError(f"{src}: [sweep] must be a table, e.g. set = [\"training.batch_size=8,32,64\"]")
+    _reject_unknown(section.keys(), ["set"], src, "sweep.")
+    sets = section.get("set", [])
+    if not isinstance(sets, list) or not all(isinstance(x, str) and "=" in x for x in sets):
+        raise ScenarioError(f"{src}: sweep.set must be a list of \"KEY=V1,V2,...\" strings, got {sets!r}")
+    return tuple(sets)
 
 
 def _training(section: Any, src: str) -> TrainingSpec:

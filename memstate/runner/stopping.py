@@ -45,6 +45,7 @@ class Stop:
     step: int  # the last step trained: the run stops after step + 1 steps
     evaluation: int  # how many evaluations had been made, this one included
     value: float
+    epoch: int | None = None  # the epoch of the last step, counted from 1 (the harness fills it in)
 
     def describe(self, spec: StopSpec | None = None) -> str:
         """One phrase: why the run stopped, e.g. 'early: training loss below validation loss at 5 ...'."""
@@ -71,10 +72,11 @@ def plateau_ratio(train_losses: Sequence[float], window: int) -> float | None:
     if len(train_losses) < window:
         return None
     last = np.asarray(train_losses[-window:], dtype=np.float64)
-    mean = float(np.mean(last))
+    with np.errstate(all="ignore"):
+        mean, std = float(np.mean(last)), float(np.std(last))
     if not np.isfinite(mean) or mean == 0:
         return None
-    return float(np.std(last)) / mean
+    return std / mean
 
 
 def plateau_fires(train_losses: Sequence[float], window: int, threshold: float) -> bool:
@@ -82,7 +84,8 @@ def plateau_fires(train_losses: Sequence[float], window: int, threshold: float) 
     if len(train_losses) < window:
         return False
     last = np.asarray(train_losses[-window:], dtype=np.float64)
-    std, mean = float(np.std(last)), float(np.mean(last))
+    with np.errstate(all="ignore"):
+        std, mean = float(np.std(last)), float(np.mean(last))
     return bool(np.isfinite(std) and np.isfinite(mean) and std < threshold * mean)
 
 

@@ -57,7 +57,7 @@ class SweepRun:
     settings: tuple[tuple[str, str], ...]
     steps: int  # steps trained
     planned: int  # steps the scenario asked for
-    stop: tuple[int, str, float] | None  # (last step, rule, value) when a rule stopped the run
+    stop: tuple[int, str, float, int] | None  # (last step, rule, value, epoch from 1) when a rule stopped the run
     final_loss: float  # the last batch loss
     final: Evaluation | None  # the last evaluation (scenarios with a training view)
     test_accuracy: float | None  # the final evaluation's, else the harness's test accuracy
@@ -183,7 +183,7 @@ def run_job(job: Job) -> SweepRun:
     final = r.training[-1] if r.training else None
     test = final.test_accuracy if final is not None else r.final_test_accuracy
     planned = job.steps if job.steps is not None else r.meta.get("steps", r.steps)
-    stop = (r.stop.step, r.stop.rule, r.stop.value) if r.stop is not None else None
+    stop = (r.stop.step, r.stop.rule, r.stop.value, r.stop.epoch or 0) if r.stop is not None else None
     return SweepRun(job.index, job.impl, job.settings, r.steps, int(planned), stop, r.losses[-1], final, test,
                     r.training, loss_curve(r.losses), time.perf_counter() - began)
 
