@@ -511,8 +511,8 @@ class _Comparer:
         order = names_a + list(result.only_b)
         for pos, name in enumerate(order):
             t = by_name.get(name)
-            if t is not None and t.passed:
-                continue
+            if t is not None and t.passed or t is None and name not in result.only_a + result.only_b:
+                continue  # (a name neither compared nor missing is a one-sided eval.* note)
             earlier = [by_name[n] for n in names_a[:pos] if n in by_name]
             if t is None:
                 side, step = ("b", sb) if name in result.only_a else ("a", sa)
