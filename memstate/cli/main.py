@@ -66,6 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     where = f" -> {result.trace}" if result.trace else ""
     print(f"{result.impl} on {result.scenario}: {result.steps} steps in {result.seconds:.2f}s "
           f"({rate:.1f} steps/s), final loss {result.losses[-1]:.6g}{acc}{where}")
+    if result.stop is not None:
+        print(f"stopped after step {result.stop.step} (epoch {result.stop.epoch}), rule "
+              f"{result.stop.describe(scenario.training.stop)}")
     return 0
 
 

@@ -8,7 +8,7 @@ trace records evaluations or a stop (docs/training.md).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 from memstate.comparator.compare import Comparison
 from memstate.comparator.curves import VISIBLE, Curves, SideCurves

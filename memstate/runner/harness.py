@@ -86,8 +86,8 @@ def evaluate_params(params: Mapping[str, Any], dataset: Dataset, activation: str
     """The training view's figures after `step`: `train_loss` as given (the mean of the batch losses since the
     last evaluation), the accuracies and the validation loss by memstate's float64 forward pass on `params`."""
     train = (train_loss, loss_and_accuracy(params, dataset.train_x, dataset.train_y, activation)[1])
-    val = (None, None)
-    if dataset.validation_y is not None and len(dataset.validation_y):
+    val: tuple[float | None, float | None] = (None, None)
+    if dataset.validation_x is not None and dataset.validation_y is not None and len(dataset.validation_y):
         val = loss_and_accuracy(params, dataset.validation_x, dataset.validation_y, activation)
     test = loss_and_accuracy(params, dataset.test_x, dataset.test_y, activation)[1] if len(dataset.test_y) else None
     return Evaluation(step, train[0], train[1], val[0], val[1], test)
@@ -192,8 +192,7 @@ def run(
         for batch in iter_batches(scenario, n_train, total):
             x, labels = dataset.train_x[batch.indices], dataset.train_y[batch.indices]
             if checkpoints is not None:
-                loss = checkpoints.train_step(net, batch.step, x, labels, lr,
-                                              after=lambda rec, lo, b=batch: view.after(net, b, lo, rec))
+                loss = checkpoints.train_step(net, batch.step, x, labels, lr, after=view.hook(net, batch))
             elif recorder is not None:
                 with recorder.step(batch.step):
                     loss = net.train_step(x, labels, lr, record)
@@ -244,6 +243,12 @@ class _TrainingView:
         self.stop: Stop | None = None
         self.seconds = 0.0
         self.losses: list[float] = []  # per-sample batch losses since the last evaluation
+
+    def hook(self, net: Any, batch: Any) -> Callable[[Callable[[str, Any], None], float], bool]:
+        """`after` for CheckpointWriter.train_step, which passes the recorder and the loss."""
+        def after(record: Callable[[str, Any], None], loss: float) -> bool:
+            return self.after(net, batch, loss, record)
+        return after
 
     def after(self, net: Any, batch: Any, loss: float, record: Callable[[str, Any], None]) -> bool:
         """After a step: evaluate when due, record eval.* (and stop.RULE), and say whether the run stops."""

@@ -266,7 +266,7 @@ def scenario_from_table(table: Mapping[str, Any], name: str, path: Path | None =
     dtype = table.get("dtype", "float64")
     if dtype not in DTYPES:
         raise ScenarioError(f"{src}: dtype = {dtype!r} is not one of {', '.join(DTYPES)}")
-    sections = {}
+    sections: dict[str, Any] = {}
     for key, cls in _SECTIONS.items():
         section = table.get(key, {})
         sections[key] = _training(section, src) if key == "training" else _build(cls, section, src, key)
