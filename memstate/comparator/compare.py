@@ -401,6 +401,7 @@ class _Comparer:
         only_a = tuple(n for n in names_a if n not in set_b)
         only_b = tuple(n for n in names_b if n not in set_a)
         only_a, only_b = self._eval_notes(k, only_a, "a"), self._eval_notes(k, only_b, "b")
+        only_a, only_b = self._blind_stops(only_a, "b", sb), self._blind_stops(only_b, "a", sa)
         logits = _logits_name(names_a)
         tensors = []
         for name in names_a:
@@ -457,6 +458,12 @@ class _Comparer:
             self.findings.add("eval-one-sided", "info", f"{side.upper()} records evaluations ({', '.join(notes)}) "
                               f"that {other} does not at this step; they are shown, not compared", side, None, k)
         return tuple(n for n in only if not n.startswith(EVAL_PREFIX))
+
+    def _blind_stops(self, only: tuple[str, ...], side: str, other: Step) -> tuple[str, ...]:
+        """Drop stop.* when the other side (`side`, step `other`) records no evaluations at all: it cannot stop
+        by a rule (the stop finding, a warning then, says so)."""
+        blind = not self.curves.evaluates(side) and not any(n.startswith(EVAL_PREFIX) for n in other.tensors)
+        return tuple(n for n in only if not (blind and n.startswith(STOP_PREFIX)))
 
     def _structure(self, k: int, sa: Step, sb: Step, only_a: tuple[str, ...], only_b: tuple[str, ...]) -> None:
         for side, step, missing in (("b", sb, only_a), ("a", sa, only_b)):
@@ -597,7 +604,11 @@ class _Comparer:
         curves = self.curves.result()
         if curves.stops_differ:
             extra = "; ".join(f"{s.upper()} goes on for {n} more steps" for s, n in self.after_stop.items() if n)
-            self.findings.add("stop", "error", curves.stop_summary() + (f" ({extra})" if extra else ""))
+            blind = [s for s, side in (("a", curves.a), ("b", curves.b)) if side.stop is None and not side.evaluated]
+            why = (f"; {blind[0].upper()} records no evaluations (eval.*), so it cannot stop by a rule: only the "
+                   "steps both traces have are compared") if blind else ""
+            self.findings.add("stop", "warning" if blind else "error",
+                              curves.stop_summary() + (f" ({extra})" if extra else "") + why)
         for rule in self.tol.unused_rules(self.names):
             self.findings.add("unused-rule", "warning", f"{rule.text} matches no tensor name; names are e.g. "
                               f"{', '.join(sorted(self.names)[:4])}")

@@ -160,6 +160,10 @@ class CurveTracker:
     def stopped(self, side: str) -> bool:
         return self.sides[side].stop is not None
 
+    def evaluates(self, side: str) -> bool:
+        """Whether `side` has recorded any evaluation (eval.*) so far."""
+        return bool(self.sides[side].evaluations)
+
     def result(self) -> Curves:
         def side(s: _Side) -> SideCurves:
             return SideCurves(tuple(s.loss.points), {k: tuple(v) for k, v in s.evaluations.items()}, s.stop,
