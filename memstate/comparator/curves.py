@@ -112,7 +112,7 @@ class _Series:
 @dataclass
 class _Side:
     loss: _Series = field(default_factory=_Series)
-    evaluations: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    evaluations: dict[str, _Series] = field(default_factory=dict)
     stop: StopInfo | None = None
     last_step: int | None = None
 
@@ -137,7 +137,7 @@ class CurveTracker:
                 continue
             v = float(np.asarray(value).reshape(()))
             if name.startswith(EVAL_PREFIX):
-                s.evaluations.setdefault(name[len(EVAL_PREFIX):], []).append((step, v))
+                s.evaluations.setdefault(name[len(EVAL_PREFIX):], _Series()).add(step, v)
             elif name.startswith(STOP_PREFIX) and s.stop is None:
                 s.stop = StopInfo(step, name[len(STOP_PREFIX):], v)
 
@@ -166,7 +166,7 @@ class CurveTracker:
 
     def result(self) -> Curves:
         def side(s: _Side) -> SideCurves:
-            return SideCurves(tuple(s.loss.points), {k: tuple(v) for k, v in s.evaluations.items()}, s.stop,
+            return SideCurves(tuple(s.loss.points), {k: tuple(v.points) for k, v in s.evaluations.items()}, s.stop,
                               s.last_step)
 
         return Curves(side(self.sides["a"]), side(self.sides["b"]), self.loss_parts, self.eval_parts,
