@@ -24,8 +24,8 @@ from memstate.runner.scenario import scenario_from_table
 def tiny(patience: int, name: str):
     return scenario_from_table({
         "description": "tiny", "data": {"size": 14, "train": 240, "validation": 40, "test": 40},
-        "model": {"layers": [196, 8, 10]},
-        "training": {"steps": 120, "batch_size": 8, "eval_every": 10, "stop": {"early": {"patience": patience}}},
+        "model": {"layers": [196, 6, 10]},
+        "training": {"steps": 120, "batch_size": 8, "eval_every": 5, "stop": {"early": {"patience": patience}}},
     }, name=name)
 
 
@@ -69,7 +69,7 @@ def test_the_cli_says_so_in_text_and_json(stopped_runs, capsys):
     assert t["stops_differ"] is True
     assert t["a"]["stop"] == {"step": ra.stop.step, "rule": "early", "value": 2.0}
     assert t["b"]["stop"] == (None if rb.stop is None else {"step": rb.stop.step, "rule": "early", "value": 4.0})
-    assert [p[0] for p in t["a"]["evaluations"]["validation_loss"]] == list(range(9, ra.stop.step + 1, 10))
+    assert [p[0] for p in t["a"]["evaluations"]["validation_loss"]] == list(range(4, ra.stop.step + 1, 5))
     assert t["a"]["evaluations"]["validation_loss"][-1][1] == ra.training[-1].validation_loss
     assert any(f["kind"] == "stop" and f["severity"] == "error" for f in doc["findings"])
 
