@@ -85,6 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     where = f" -> {result.trace}" if result.trace else ""
     print(f"{result.impl} on {result.scenario}: {result.steps} steps in {result.seconds:.2f}s "
           f"({rate:.1f} steps/s), final loss {result.losses[-1]:.6g}{acc}{where}")
+    if result.stop is not None:
+        print(f"stopped after step {result.stop.step} (epoch {result.stop.epoch}), rule "
+              f"{result.stop.describe(scenario.training.stop)}")
     return 0
 
 
@@ -521,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bisect)
+
+    from memstate.cli.sweep import add_parser as add_sweep
+
+    add_sweep(sub)
 
     p = sub.add_parser("scenarios", help="list the bundled scenarios and what each shows")
     p.set_defaults(func=cmd_scenarios)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from memstate.blas import blas_threads
+from memstate.comparator.curves import EVAL_PREFIX, STOP_PREFIX, Curves, CurveTracker
 from memstate.comparator.localize import Localization, WorstElement, localize
 from memstate.comparator.metadiff import MetaChange, meta_diff
 from memstate.comparator.parallel import RangeJudge, worth_it
@@ -151,7 +152,7 @@ class Finding:
     """Something structural: a missing step or name, a crash, a shape or dtype difference; compressed per name."""
 
     kind: str  # missing-step, extra-steps, truncated, incomplete, missing-name, shape-mismatch, dtype-mismatch,
-    #            order, oracle-missing, excused, unused-rule
+    #            order, oracle-missing, excused, unused-rule, stop, eval-one-sided
     severity: str  # error (makes the traces diverge), warning, info
     message: str
     side: str | None = None  # "a", "b", or None for both/neither
@@ -242,6 +243,7 @@ class Comparison:
     series: tuple[TensorSeries, ...]  # per tensor, bucketed
     findings: tuple[Finding, ...]
     meta_diff: tuple[MetaChange, ...]
+    curves: Curves | None = None  # the training view: loss and eval.* curves, stops (memstate.comparator.curves)
 
     @property
     def diagnoses(self) -> tuple:
@@ -409,6 +411,8 @@ class _Comparer:
         self.last: dict[str, Step | None] = {"a": None, "b": None, "oracle": None}
         self.complete_span: dict[str, tuple[int, int] | None] = {"a": None, "b": None, "oracle": None}
         self.pending: dict[int, tuple[Step, Step]] = {}  # recent steps with summary metrics, until known shown or not
+        self.curves = CurveTracker()
+        self.after_stop = {"a": 0, "b": 0}  # steps one side has after the other stopped by a rule
 
     # -- one step present on both sides
     def both(self, sa: Step, sb: Step, sc: Step | None,
@@ -419,6 +423,8 @@ class _Comparer:
         set_a, set_b = set(names_a), set(names_b)
         only_a = tuple(n for n in names_a if n not in set_b)
         only_b = tuple(n for n in names_b if n not in set_a)
+        only_a, only_b = self._eval_notes(k, only_a, "a"), self._eval_notes(k, only_b, "b")
+        only_a, only_b = self._blind_stops(only_a, "b", sb), self._blind_stops(only_b, "a", sa)
         if computed is None:
             # summaries: the steps the report shows are completed in _keep (detail "full": every step, the long way)
             computed = judge_step(sa, sb, self.tol, "full" if self.detail == "full" else "summary")
@@ -431,6 +437,8 @@ class _Comparer:
         result = StepComparison(k, tuple(tensors), only_a, only_b, sa.complete, sb.complete)
         if _has_summary(result):
             self.pending[k] = (sa, sb)
+        if sa.complete and sb.complete:
+            self.curves.judge(k, {t.name: not t.passed for t in tensors}, sa.tensors, sb.tensors)
         self._summarise(result)
         if self.first is None:
             self._divergence(result, sa, sb, names_a, names_b)
@@ -477,11 +485,28 @@ class _Comparer:
                                       "per tensor and step", None, None, k)
         return tc
 
+    def _eval_notes(self, k: int, only: tuple[str, ...], side: str) -> tuple[str, ...]:
+        """eval.* recorded by one side only are notes, not divergences: drop them, with an info finding."""
+        notes = [n for n in only if n.startswith(EVAL_PREFIX)]
+        if notes:
+            other = "B" if side == "a" else "A"
+            self.findings.add("eval-one-sided", "info", f"{side.upper()} records evaluations ({', '.join(notes)}) "
+                              f"that {other} does not at this step; they are shown, not compared", side, None, k)
+        return tuple(n for n in only if not n.startswith(EVAL_PREFIX))
+
+    def _blind_stops(self, only: tuple[str, ...], side: str, other: Step) -> tuple[str, ...]:
+        """Drop stop.* when the other side (`side`, step `other`) records no evaluations at all: it cannot stop
+        by a rule (the stop finding, a warning then, says so)."""
+        blind = not self.curves.evaluates(side) and not any(n.startswith(EVAL_PREFIX) for n in other.tensors)
+        return tuple(n for n in only if not (blind and n.startswith(STOP_PREFIX)))
+
     def _structure(self, k: int, sa: Step, sb: Step, only_a: tuple[str, ...], only_b: tuple[str, ...]) -> None:
         for side, step, missing in (("b", sb, only_a), ("a", sa, only_b)):
             if not step.complete:
                 continue  # the incomplete finding says why
             for name in missing:
+                if name.startswith(STOP_PREFIX):
+                    continue  # the stop finding says how the runs stop
                 other = "A" if side == "b" else "B"
                 self.findings.add("missing-name", "error", f"{side.upper()} has no {name}, which {other} "
                                   "records", side, name, k)
@@ -532,14 +557,15 @@ class _Comparer:
         order = names_a + list(result.only_b)
         for pos, name in enumerate(order):
             t = by_name.get(name)
-            if t is not None and t.passed:
-                continue
+            if t is not None and t.passed or t is None and name not in result.only_a + result.only_b:
+                continue  # (a name neither compared nor missing is a one-sided eval.* note)
             earlier = [by_name[n] for n in names_a[:pos] if n in by_name]
             if t is None:
                 side, step = ("b", sb) if name in result.only_a else ("a", sa)
                 crash = "" if step.complete else f" (its step {step.index} is incomplete: the run crashed)"
-                self._found(FirstDivergence("missing", result.step, name, f"{side.upper()} has no {name} in step "
-                                            f"{result.step}{crash}"), earlier, names_a[:pos])
+                detail = _stop_detail(result.step, names_a, names_b) if name.startswith(STOP_PREFIX) else \
+                    f"{side.upper()} has no {name} in step {result.step}{crash}"
+                self._found(FirstDivergence("missing", result.step, name, detail), earlier, names_a[:pos])
             else:
                 self._found_tensor(t, sa, sb, names_a[:pos], names_b, earlier)
             self.consequences = [n for n in order[pos + 1:] if n in by_name and not by_name[n].passed]
@@ -583,7 +609,9 @@ class _Comparer:
         if not step.complete:
             self._incomplete(side, step)
             self._missing_step(k, f"{side.upper()}'s step {k} is incomplete: its run crashed")
-        if not other_ended:  # traces may record every n-th step: a gap is not a divergence
+        if other_ended and self.curves.stopped(other):  # the stop finding says it
+            self.after_stop[side] += 1
+        elif not other_ended:  # traces may record every n-th step: a gap is not a divergence
             self.findings.add("missing-step", "warning", f"{other.upper()} has no step {k}, which {side.upper()} "
                               "has; only the steps both have are compared", other, None, k)
         elif self._stopped_early(other):
@@ -599,7 +627,7 @@ class _Comparer:
     def _stopped_early(self, side: str) -> bool:
         """Whether a trace of every step from 0 ended complete, short of the steps its header declares."""
         declared, last = self.readers[side].meta.get("steps"), self.last[side]
-        return (isinstance(declared, int) and last is not None and last.complete
+        return (not self.curves.stopped(side) and isinstance(declared, int) and last is not None and last.complete
                 and self.count[side] == last.index + 1 < declared)
 
     def _missing_step(self, k: int, detail: str) -> None:
@@ -612,6 +640,14 @@ class _Comparer:
     def result(self, stopped_early: bool) -> Comparison:
         if not stopped_early:
             self._check_lengths()
+        curves = self.curves.result()
+        if curves.stops_differ:
+            extra = "; ".join(f"{s.upper()} goes on for {n} more steps" for s, n in self.after_stop.items() if n)
+            blind = [s for s, side in (("a", curves.a), ("b", curves.b)) if side.stop is None and not side.evaluated]
+            why = (f"; {blind[0].upper()} records no evaluations (eval.*), so it cannot stop by a rule: only the "
+                   "steps both traces have are compared") if blind else ""
+            self.findings.add("stop", "warning" if blind else "error",
+                              curves.stop_summary() + (f" ({extra})" if extra else "") + why)
         for rule in self.tol.unused_rules(self.names):
             self.findings.add("unused-rule", "warning", f"{rule.text} matches no tensor name; names are e.g. "
                               f"{', '.join(sorted(self.names)[:4])}")
@@ -639,6 +675,7 @@ class _Comparer:
             series=tuple(TensorSeries(n, tuple(s.items)) for n, s in self.series.items()),
             findings=findings,
             meta_diff=meta_diff(self.readers["a"].meta, self.readers["b"].meta),
+            curves=curves if curves.present else None,
         )
 
     def _check_lengths(self) -> None:
@@ -652,7 +689,8 @@ class _Comparer:
         unfinished = last.index if last is not None and not last.complete else None
         span = self.complete_span[side]
         first, last_done = span if span is not None else (None, None)
-        early = ended_early(r.meta, self.count[side], first, last_done, unfinished) if read_to_end else None
+        stopped = side in ("a", "b") and self.curves.stopped(side)
+        early = ended_early(r.meta, self.count[side], first, last_done, unfinished, stopped) if read_to_end else None
         return TraceInfo(str(r.path), r.encoding, dict(r.meta), self.count[side],
                          last.index if last is not None else None, unfinished, early)
 
@@ -662,12 +700,23 @@ class _Comparer:
         if step.complete:
             span = self.complete_span[side]
             self.complete_span[side] = (step.index if span is None else span[0], step.index)
+        if side in ("a", "b") and step.complete:
+            self.curves.observe(side, step.index, step.tensors)
 
 
 def _same_crash(sa: Step, sb: Step) -> bool:
     """Both steps crashed, after recording the same tensors: a crashed run compared with itself, or two runs
     killed at the same point."""
     return not sa.complete and not sb.complete and list(sa.tensors) == list(sb.tensors)
+
+
+def _stop_detail(k: int, names_a: list[str], names_b: list[str]) -> str:
+    """Why a stop.RULE is on one side only: which run stops at step k, by which rule."""
+    rules = {side: [n[len(STOP_PREFIX):] for n in names if n.startswith(STOP_PREFIX)]
+             for side, names in (("A", names_a), ("B", names_b))}
+    said = [f"{side} stops after step {k} by the {r[0]} rule" if r else f"{side} does not stop there"
+            for side, r in rules.items()]
+    return "; ".join(said)
 
 
 def _diagnose(**context: Any) -> tuple:

@@ -70,16 +70,20 @@ def declared_steps(meta: dict[str, Any]) -> int | None:
     return n if type(n) is int and n >= 0 else None
 
 
+STOP_PREFIX = "stop."  # a step recording stop.RULE is the last of a run that a stopping rule ended (docs/training.md)
+
+
 def ended_early(meta: dict[str, Any], complete: int, first: int | None, last: int | None,
-                unfinished: int | None) -> EndedEarly | None:
+                unfinished: int | None, stopped: bool = False) -> EndedEarly | None:
     """Whether a trace read in full ended early, from what was read: `complete` steps numbered `first`..`last`
     and the unfinished step at its end, if any. A trace that records every n-th step (a gap between its
-    first and last step) is short of its declared steps by design and ends early only with an unfinished step.
+    first and last step) is short of its declared steps by design and ends early only with an unfinished step;
+    so is a run whose last step records a stop.RULE tensor (`stopped`): a stopping rule ended it.
     """
     declared = declared_steps(meta)
     if unfinished is not None:
         return EndedEarly(complete, declared, unfinished)
-    if declared is None or complete >= declared:
+    if declared is None or complete >= declared or stopped:
         return None
     contiguous = complete == 0 or (first is not None and last is not None and last - first + 1 == complete)
     return EndedEarly(complete, declared, None) if contiguous else None
@@ -158,18 +162,19 @@ class TraceReader:
         self.ended_early = None
         source = (_binary_steps(self.path, self.run_id, mapped, populate) if self.encoding == "binary"
                   else _jsonl_steps(self.path, self._body_offset))
-        count, first, last = 0, None, None
+        count, first, last, stopped = 0, None, None, False
         try:
             for step in source:
                 if step.complete:
                     count, first, last = count + 1, step.index if first is None else first, step.index
+                    stopped = any(name.startswith(STOP_PREFIX) for name in step.tensors)
                     yield step
                     continue
                 self.incomplete = step
                 if include_incomplete:
                     yield step
             unfinished = self.incomplete.index if self.incomplete is not None else None
-            self.ended_early = ended_early(self.meta, count, first, last, unfinished)
+            self.ended_early = ended_early(self.meta, count, first, last, unfinished, stopped)
         finally:
             source.close()
 

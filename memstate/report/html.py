@@ -22,6 +22,8 @@ import json
 import math
 from collections.abc import Iterable
 
+from memstate.report import training
+from memstate.report.curves_svg import CSS as CURVES_CSS
 from memstate.report import text as report_text
 from memstate.comparator.compare import (
     Comparison,
@@ -384,6 +386,7 @@ def render(c: Comparison) -> str:
     if f is not None:
         body += _first(c, f)
     body += _diagnoses(c)
+    body += training.html_section(c)
     body += _charts(c)
     body += _error_table(c)
     body += _findings(c)
@@ -391,4 +394,4 @@ def render(c: Comparison) -> str:
     body += _tolerances(c)
     body.append(f"<details><summary>the text report</summary><pre>{esc(report_text.render(c))}</pre></details>")
     title = f"memstate diff: {c.verdict}" + (f" at step {f.step}, {f.name}" if f is not None and f.name else "")
-    return page(title, body, DIFF_CSS + HEAT_CSS)
+    return page(title, body, DIFF_CSS + HEAT_CSS + (CURVES_CSS if c.curves is not None else ""))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from memstate.report import training
 from memstate.comparator.compare import Bucket, Comparison, FirstDivergence, StepComparison, TensorComparison, TraceInfo
 from memstate.comparator.tolerance import DEFAULTS, Tolerances
 
@@ -118,6 +119,7 @@ def to_dict(c: Comparison) -> dict:
         "series": {s.name: _buckets(s.buckets) for s in c.series},
         "meta_diff": [jsonable(m) for m in c.meta_diff],
         "findings": [jsonable(f) for f in c.findings],
+        "training": training.to_dict(c),
     })
 
 

@@ -7,6 +7,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from memstate.numfmt import short as _e
+from memstate.report import training
 from memstate.comparator.compare import Comparison, FirstDivergence, TensorComparison, TraceInfo
 from memstate.comparator.tolerance import ceil_3g
 
@@ -278,6 +279,7 @@ def render(c: Comparison) -> str:
     if c.first_divergence is not None:
         lines += _first(c, c.first_divergence)
     lines += _diagnoses(c)
+    lines += training.text_lines(c)
     lines += _findings(c)
     lines += _meta(c)
     lines += _tolerances(c)

@@ -61,7 +61,12 @@ class CheckpointWriter:
             self.recorder_meta["scenario_file"] = str(Path(scenario_file).resolve())
         self.recorder = Recorder(path, meta=self.recorder_meta, encoding=encoding)
 
-    def train_step(self, net: Any, step: int, x: np.ndarray, labels: np.ndarray, lr: float) -> float:
+    def train_step(self, net: Any, step: int, x: np.ndarray, labels: np.ndarray, lr: float,
+                   after: Callable[[Callable[[str, Any], None], float], bool] | None = None) -> float:
+        """One step, recorded the checkpoint way; `after(record, loss)` may record eval.* and stop the run here.
+
+        A run stopped by a rule (docs/training.md) keeps its parameters at its last step, as at the end.
+        """
         hits: list[float] = []
 
         def capture(name: str, value: Any) -> None:  # the logits of the batch, before the update
@@ -78,9 +83,13 @@ class CheckpointWriter:
             loss = net.train_step(x, labels, lr, capture)
             rec.record("loss", np.float64(loss))
             rec.record("batch_accuracy", np.float64(hits[-1] if hits else math.nan))
-            if (step + 1) % self.every == 0 or step + 1 == self.total:
+            notes: list[tuple[str, Any]] = []  # eval.* come after the parameters they are computed from
+            stops = after(lambda name, value: notes.append((name, value)), loss) if after is not None else False
+            if (step + 1) % self.every == 0 or step + 1 == self.total or stops:
                 for name, value in net.params().items():
                     rec.record(name, value)
+            for name, value in notes:
+                rec.record(name, value)
         return loss
 
     def record_step(self, step: int, tensors: Mapping[str, Any], loss: float, labels: np.ndarray,

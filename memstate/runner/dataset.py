@@ -1,4 +1,4 @@
-"""The training and test digits a scenario names, loaded and prepared once per data spec (cached)."""
+"""The training, validation and test digits a scenario names, loaded and prepared once per data spec (cached)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ class Dataset:
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    validation_x: np.ndarray | None = None  # the last data.validation samples of the training split
+    validation_y: np.ndarray | None = None
 
 
 @lru_cache(maxsize=4)
@@ -33,7 +35,9 @@ def prepare_data(spec: DataSpec) -> Dataset:
     train_x, train_y, test_x, test_y = digits.split(
         x, labels, train=spec.train, test=spec.test, shuffle_seed=spec.shuffle_seed
     )
-    return Dataset(train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64))
+    keep = spec.train - spec.validation
+    return Dataset(train_x[:keep], train_y[:keep].astype(np.int64), test_x, test_y.astype(np.int64),
+                   train_x[keep:], train_y[keep:].astype(np.int64))
 
 
 __all__ = ["Dataset", "prepare_data"]

@@ -7,7 +7,7 @@ the implementation owns one training step and records its own tensors.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -21,7 +21,9 @@ from memstate.runner.initparams import scenario_params
 from memstate.names import param_names
 from memstate.formats.recorder import Recorder
 from memstate.runner.registry import Implementation, get_impl
-from memstate.runner.scenario import Scenario, iter_batches
+from memstate.runner.evaluation import loss_and_accuracy
+from memstate.runner.scenario import Scenario, is_evaluation, iter_batches
+from memstate.runner.stopping import Evaluation, Stop, decide
 from memstate.runner.variants import Variant
 
 
@@ -46,10 +48,37 @@ class RunResult:
     seconds: float  # training and recording only: evaluation is timed apart
     meta: dict[str, Any] = field(default_factory=dict)
     eval_seconds: float = 0.0
+    training: tuple[Evaluation, ...] = ()  # the training view's evaluations (scenarios with one: docs/training.md)
+    stop: Stop | None = None  # the rule that stopped the run, if one did
 
     @property
     def final_test_accuracy(self) -> float | None:
         return self.evaluations[-1][1] if self.evaluations else None
+
+
+def evaluate_params(params: Mapping[str, Any], dataset: Dataset, activation: str, step: int,
+                    train_loss: float) -> Evaluation:
+    """The training view's figures after `step`: `train_loss` as given (the mean of the batch losses since the
+    last evaluation), the accuracies and the validation loss by memstate's float64 forward pass on `params`."""
+    train = (train_loss, loss_and_accuracy(params, dataset.train_x, dataset.train_y, activation)[1])
+    val: tuple[float | None, float | None] = (None, None)
+    if dataset.validation_x is not None and dataset.validation_y is not None and len(dataset.validation_y):
+        val = loss_and_accuracy(params, dataset.validation_x, dataset.validation_y, activation)
+    test = loss_and_accuracy(params, dataset.test_x, dataset.test_y, activation)[1] if len(dataset.test_y) else None
+    return Evaluation(step, train[0], train[1], val[0], val[1], test)
+
+
+EVAL_NAMES = ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy", "test_accuracy")
+
+
+def record_evaluation(record: Callable[[str, Any], None], ev: Evaluation, stop: Stop | None) -> None:
+    """eval.* (0-d float64, the figures present) then, when a rule fired, stop.RULE (docs/training.md)."""
+    for name in EVAL_NAMES:
+        value = getattr(ev, name)
+        if value is not None:
+            record(f"eval.{name}", np.float64(value))
+    if stop is not None:
+        record(f"stop.{stop.rule}", np.float64(stop.value))
 
 
 def check_params(params: Mapping[str, np.ndarray], scenario: Scenario, source: str) -> dict[str, np.ndarray]:
@@ -144,29 +173,33 @@ def run(
     record = recorder.record if recorder is not None else (lambda name, value: None)
     losses: list[float] = []
     evaluations: list[tuple[int, float]] = []
-    eval_every = scenario.training.eval_every
+    view = _TrainingView(scenario, dataset, total, batch_divisor=1 if spec.loss_reduction == "mean" else None)
     eval_seconds = 0.0
     began = time.perf_counter()
     try:
         for batch in iter_batches(scenario, n_train, total):
             x, labels = dataset.train_x[batch.indices], dataset.train_y[batch.indices]
             if checkpoints is not None:
-                loss = checkpoints.train_step(net, batch.step, x, labels, lr)
+                loss = checkpoints.train_step(net, batch.step, x, labels, lr, after=view.hook(net, batch))
             elif recorder is not None:
                 with recorder.step(batch.step):
                     loss = net.train_step(x, labels, lr, record)
+                    view.after(net, batch, loss, record)
             else:
                 loss = net.train_step(x, labels, lr, record)
+                view.after(net, batch, loss, record)
             losses.append(loss)
             done = batch.step + 1
             acc = None
-            if evaluate and len(dataset.test_y) and (done % eval_every == 0 or done == total):
+            if evaluate and len(dataset.test_y) and is_evaluation(scenario, batch, n_train, total):
                 eval_began = time.perf_counter()
                 acc = accuracy(net.logits(dataset.test_x), dataset.test_y)
                 evaluations.append((done, acc))
                 eval_seconds += time.perf_counter() - eval_began
             if progress is not None:
                 progress(Progress(done, total, loss, acc))
+            if view.stop is not None:
+                break
     finally:
         if recorder is not None:
             recorder.close()
@@ -179,9 +212,11 @@ def run(
         trace=Path(out) if out is not None else None,
         losses=tuple(losses),
         evaluations=tuple(evaluations),
-        seconds=time.perf_counter() - began - eval_seconds,
+        seconds=time.perf_counter() - began - eval_seconds - view.seconds,
         meta=meta,
-        eval_seconds=eval_seconds,
+        eval_seconds=eval_seconds + view.seconds,
+        training=tuple(view.evaluations),
+        stop=view.stop,
     )
 
 
@@ -230,6 +265,45 @@ def run_port(scenario: Scenario, net: CommandNet, variant: Variant, start: Mappi
     return RunResult(impl=net.target.name, scenario=scenario.name, steps=len(losses),
                      trace=Path(out) if out is not None else None, losses=tuple(losses), evaluations=(),
                      seconds=time.perf_counter() - began, meta=meta)
+
+
+class _TrainingView:
+    """The harness's evaluations and stopping rules (docs/training.md), the same for every implementation."""
+
+    def __init__(self, scenario: Scenario, dataset: Dataset, total: int, batch_divisor: int | None):
+        self.scenario, self.dataset, self.total = scenario, dataset, total
+        self.on = scenario.evaluates
+        self.batch_divisor = batch_divisor  # None: a sum-reduced loss, divided by the batch size
+        self.evaluations: list[Evaluation] = []
+        self.stop: Stop | None = None
+        self.seconds = 0.0
+        self.losses: list[float] = []  # per-sample batch losses since the last evaluation
+
+    def hook(self, net: Any, batch: Any) -> Callable[[Callable[[str, Any], None], float], bool]:
+        """`after` for CheckpointWriter.train_step, which passes the recorder and the loss."""
+        def after(record: Callable[[str, Any], None], loss: float) -> bool:
+            return self.after(net, batch, loss, record)
+        return after
+
+    def after(self, net: Any, batch: Any, loss: float, record: Callable[[str, Any], None]) -> bool:
+        """After a step: evaluate when due, record eval.* (and stop.RULE), and say whether the run stops."""
+        if not self.on:
+            return False
+        self.losses.append(float(loss) / (self.batch_divisor or len(batch.indices)))
+        if not is_evaluation(self.scenario, batch, len(self.dataset.train_y), self.total):
+            return False
+        began = time.perf_counter()
+        with np.errstate(all="ignore"):
+            train_loss = float(np.mean(self.losses))
+        self.losses = []
+        ev = evaluate_params(final_params(net), self.dataset, self.scenario.model.activation, batch.step,
+                             train_loss)
+        self.evaluations.append(ev)
+        stop = decide(self.evaluations, self.scenario.training.stop)
+        self.stop = replace(stop, epoch=batch.epoch + 1) if stop is not None else None
+        record_evaluation(record, ev, self.stop)
+        self.seconds += time.perf_counter() - began
+        return self.stop is not None
 
 
 def final_params(net: Any) -> dict[str, np.ndarray]:

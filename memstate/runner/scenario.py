@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -42,6 +42,7 @@ class DataSpec:
     train: int = 2000
     test: int = 500
     shuffle_seed: int = 0
+    validation: int = 0  # the last `validation` samples of the training split, held out (docs/training.md)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,42 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class EarlyRule:
+    """Stop when the training loss is below the validation loss at `patience` consecutive evaluations."""
+
+    patience: int = 5
+
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """Stop when the std of the last `window` evaluations' training losses is below `threshold` x their mean."""
+
+    window: int = 10
+    threshold: float = 0.001
+
+
+@dataclass(frozen=True)
+class StopSpec:
+    """The `[training.stop]` rules; a rule is on when its table is present (docs/training.md)."""
+
+    early: EarlyRule | None = None
+    plateau: PlateauRule | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.early is not None or self.plateau is not None
+
+    def meta(self) -> dict[str, Any]:
+        """The rules for a trace header: {"early": {"patience": 5}, ...}, only those that are on."""
+        out: dict[str, Any] = {}
+        if self.early is not None:
+            out["early"] = {"patience": self.early.patience}
+        if self.plateau is not None:
+            out["plateau"] = {"window": self.plateau.window, "threshold": self.plateau.threshold}
+        return out
+
+
+@dataclass(frozen=True)
 class TrainingSpec:
     steps: int | None = None
     epochs: int | None = None
@@ -60,7 +97,8 @@ class TrainingSpec:
     batch_size_cap: int | None = None  # when set, the batch size doubles each epoch up to this cap
     learning_rate: float = 0.1
     loss_reduction: str = "mean"
-    eval_every: int = 100
+    eval_every: int | str = 100  # steps between evaluations, or "epoch": at the end of every epoch
+    stop: StopSpec = field(default_factory=StopSpec)
 
 
 @dataclass(frozen=True)
@@ -96,6 +134,7 @@ class Scenario:
     training: TrainingSpec
     variant: Variant
     path: Path | None = None
+    sweep: tuple[str, ...] = ()  # [sweep] set = ["KEY=V1,V2", ...]: `memstate sweep`'s grid when no --set is given
 
     def net_spec(self, variant: Variant | None = None) -> NetSpec:
         """The network description, with `variant` (default: the scenario's) applied."""
@@ -119,6 +158,7 @@ class Scenario:
             "learning_rate": self.training.learning_rate,
             "loss_reduction": self.training.loss_reduction,
             "batch_size": self.training.batch_size,
+            **self.training_meta(),
         }
 
     def settings(self, variant: Variant | None = None) -> dict[str, Any]:
@@ -134,6 +174,18 @@ class Scenario:
             "dtype": self.dtype,
             "batch_size": self.training.batch_size,
         }
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether runs record evaluations (eval.* tensors): a validation split or a stop rule asks for them."""
+        return self.data.validation > 0 or self.training.stop.active
+
+    def training_meta(self) -> dict[str, Any]:
+        """Header keys of the training view, only when it is on (older traces' headers stay as they were)."""
+        if not self.evaluates:
+            return {}
+        return {"validation": self.data.validation, "eval_every": self.training.eval_every,
+                "stop": self.training.stop.meta()}
 
     def total_steps(self, n_train: int) -> int:
         """Steps the scenario asks for: `steps`, or every batch of `epochs` epochs."""
@@ -174,11 +226,25 @@ def iter_batches(scenario: Scenario, n_train: int, steps: int | None = None) -> 
         epoch += 1
 
 
+def is_evaluation(scenario: Scenario, batch: Batch, n_train: int, total: int) -> bool:
+    """Whether the harness evaluates after `batch`: every eval_every steps (or at each epoch's end), and last."""
+    done = batch.step + 1
+    every = scenario.training.eval_every
+    if done == total:
+        return True
+    if every != "epoch":
+        return done % int(every) == 0
+    if scenario.training.batch_size_cap is None:
+        return done % (n_train // scenario.training.batch_size) == 0
+    return done == sum(n_train // scenario.batch_size_for_epoch(e) for e in range(batch.epoch + 1))
+
+
 # ---------------------------------------------------------------- reading and validation
 
 _SECTIONS: dict[str, type] = {"data": DataSpec, "model": ModelSpec, "training": TrainingSpec}
 _OPTIONAL_KINDS: dict[str, Any] = {"idx_dir": "", "steps": 0, "epochs": 0, "batch_size_cap": 0}
-_TOP_KEYS = ("description", "dtype", "data", "model", "training", "variant")
+_STOP_RULES: dict[str, type] = {"early": EarlyRule, "plateau": PlateauRule}
+_TOP_KEYS = ("description", "dtype", "data", "model", "training", "variant", "sweep")
 
 
 def resolve_scenario_path(name_or_path: str | Path) -> Path:
@@ -236,15 +302,16 @@ def scenario_from_table(table: Mapping[str, Any], name: str, path: Path | None =
     dtype = table.get("dtype", "float64")
     if dtype not in DTYPES:
         raise ScenarioError(f"{src}: dtype = {dtype!r} is not one of {', '.join(DTYPES)}")
-    sections = {}
+    sections: dict[str, Any] = {}
     for key, cls in _SECTIONS.items():
-        sections[key] = _build(cls, table.get(key, {}), src, key)
+        section = table.get(key, {})
+        sections[key] = _training(section, src) if key == "training" else _build(cls, section, src, key)
     variant_table = table.get("variant", {})
     if not isinstance(variant_table, dict):
         raise ScenarioError(f"{src}: [variant] must be a table")
     variant = Variant.from_mapping(variant_table, f"{src} [variant]")
     scenario = Scenario(name, description.strip(), dtype, sections["data"], sections["model"],
-                        sections["training"], variant, path)
+                        sections["training"], variant, path, _sweep(table.get("sweep", {}), src))
     _validate(scenario, src)
     return scenario
 
@@ -255,6 +322,38 @@ def _reject_unknown(keys: Any, known: tuple[str, ...] | list[str], src: str, pre
             hint = difflib.get_close_matches(key, known, n=1)
             tip = f"; did you mean {prefix + hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
             raise ScenarioError(f"{src}: unknown key {prefix + key!r}{tip}")
+
+
+def _sweep(section: Any, src: str) -> tuple[str, ...]:
+    """[sweep] set = ["training.batch_size=8,32,64", ...]: the grid `memstate sweep` runs by default."""
+    if not isinstance(section, dict):
+        raise ScenarioError(f"{src}: [sweep] must be a table, e.g. set = [\"training.batch_size=8,32,64\"]")
+    _reject_unknown(section.keys(), ["set"], src, "sweep.")
+    sets = section.get("set", [])
+    if not isinstance(sets, list) or not all(isinstance(x, str) and "=" in x for x in sets):
+        raise ScenarioError(f"{src}: sweep.set must be a list of \"KEY=V1,V2,...\" strings, got {sets!r}")
+    return tuple(sets)
+
+
+def _training(section: Any, src: str) -> TrainingSpec:
+    """[training], with its `stop` sub-table built into a StopSpec and `eval_every = "epoch"` let through."""
+    if not isinstance(section, dict):
+        raise ScenarioError(f"{src}: [training] must be a table")
+    plain = dict(section)
+    stop = plain.pop("stop", StopSpec())
+    every = plain.pop("eval_every") if plain.get("eval_every") == "epoch" else None
+    if isinstance(plain.get("eval_every"), str):
+        raise ScenarioError(f"{src}: training.eval_every = {plain['eval_every']!r} must be a number of steps "
+                            "or \"epoch\"")
+    if not isinstance(stop, StopSpec):
+        if not isinstance(stop, dict):
+            raise ScenarioError(f"{src}: [training.stop] must be a table holding [training.stop.early] and/or "
+                                "[training.stop.plateau]")
+        _reject_unknown(stop.keys(), list(_STOP_RULES), src, "training.stop.")
+        stop = StopSpec(**{name: _build(_STOP_RULES[name], value, src, f"training.stop.{name}")
+                           for name, value in stop.items()})
+    spec = _build(TrainingSpec, plain, src, "training")
+    return replace(spec, stop=stop, **({"eval_every": every} if every else {}))
 
 
 def _build(cls: type, table: Any, src: str, section: str) -> Any:
@@ -293,6 +392,19 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             raise ScenarioError(f"{where} must be a string, got {value!r}")
         return value
     raise AssertionError(where)
+
+
+def _validate_stop(stop: StopSpec, validation: int, need: Any) -> None:
+    if stop.early is not None:
+        need(stop.early.patience >= 1, "training.stop.early.patience", f"= {stop.early.patience} must be at least 1")
+        need(validation > 0, "training.stop.early",
+             "compares the training loss with the validation loss: set data.validation to the number of "
+             "training samples to hold out (e.g. 200)")
+    if stop.plateau is not None:
+        p = stop.plateau
+        need(p.window >= 2, "training.stop.plateau.window", f"= {p.window} must be at least 2")
+        need(p.threshold > 0 and np.isfinite(p.threshold), "training.stop.plateau.threshold",
+             f"= {p.threshold} must be a positive number")
 
 
 def _validate(s: Scenario, src: str) -> None:
@@ -336,7 +448,14 @@ def _validate(s: Scenario, src: str) -> None:
     need(t.learning_rate > 0 and np.isfinite(t.learning_rate), "training.learning_rate",
          f"= {t.learning_rate} must be a positive number")
     need(t.loss_reduction in ("mean", "sum"), "training.loss_reduction", f"= {t.loss_reduction!r} must be \"mean\" or \"sum\"")
-    need(t.eval_every >= 1, "training.eval_every", f"= {t.eval_every} must be at least 1")
+    need(t.eval_every == "epoch" or int(t.eval_every) >= 1, "training.eval_every",
+         f"= {t.eval_every} must be at least 1 (or \"epoch\")")
+    need(0 <= d.validation < d.train, "data.validation",
+         f"= {d.validation} must be from 0 to data.train - 1 ({d.train - 1}): it is held out of the training split")
+    need(t.batch_size <= d.train - d.validation, "training.batch_size",
+         f"= {t.batch_size} is larger than the {d.train - d.validation} training samples left after "
+         f"data.validation = {d.validation}")
+    _validate_stop(t.stop, d.validation, need)
     _validate_variant(s, src)
 
 
