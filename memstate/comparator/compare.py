@@ -238,6 +238,7 @@ class Comparison:
     series: tuple[TensorSeries, ...]  # per tensor, bucketed
     findings: tuple[Finding, ...]
     meta_diff: tuple[MetaChange, ...]
+    root_causes: tuple = ()  # memstate.diagnose.roots.RootCause: every independent cause, the first divergence first
 
     @property
     def diagnoses(self) -> tuple:
@@ -388,6 +389,7 @@ class _Comparer:
         self.compared = 0
         self.count = {"a": 0, "b": 0, "oracle": 0}
         self.last: dict[str, Step | None] = {"a": None, "b": None, "oracle": None}
+        self.roots = _root_collector()  # every independent cause (memstate.diagnose.roots), when installed
 
     # -- one step present on both sides
     def both(self, sa: Step, sb: Step, sc: Step | None) -> None:
@@ -411,7 +413,14 @@ class _Comparer:
         self._summarise(result)
         if self.first is None:
             self._divergence(result, sa, sb, names_a, names_b)
+            if self.roots is not None:
+                self.roots.step(result, sa, sb, self.first, self._later_context)
+        elif self.roots is not None:
+            self.roots.step(result, sa, sb, None, self._later_context)
         self._keep(result)
+
+    def _later_context(self, **fields: Any) -> Any:
+        return _context(meta_a=self.readers["a"].meta, meta_b=self.readers["b"].meta, **fields)
 
     def _tensor(self, k: int, name: str, a: np.ndarray, b: np.ndarray, sc: Step | None, *,
                 argmax: bool) -> TensorComparison:
@@ -536,7 +545,8 @@ class _Comparer:
             step=t.step, name=t.name, a=a, b=b,
             inputs_a={n: sa.tensors[n] for n in inputs}, inputs_b={n: sb.tensors[n] for n in inputs_b},
             history=tuple(zip(self.hist_steps, self.hist_errors)), inputs_agree=self.first.inputs_agree,
-            meta_a=self.readers["a"].meta, meta_b=self.readers["b"].meta))
+            meta_a=self.readers["a"].meta, meta_b=self.readers["b"].meta,
+            **(self.roots.extra(t.step, sa, sb) if self.roots is not None else {})))
 
     # -- a step on one side only
     def one_sided(self, side: str, step: Step, other_ended: bool) -> None:
@@ -596,6 +606,7 @@ class _Comparer:
             series=tuple(TensorSeries(n, tuple(s.items)) for n, s in self.series.items()),
             findings=findings,
             meta_diff=meta_diff(self.readers["a"].meta, self.readers["b"].meta),
+            root_causes=self.roots.result() if self.roots is not None else (),
         )
 
     def _check_lengths(self) -> None:
@@ -625,6 +636,24 @@ def _diagnose(**context: Any) -> tuple:
             raise
         return ()
     return tuple(diagnose(DivergenceContext(**context)))
+
+
+def _root_collector() -> Any:
+    """memstate.diagnose.roots' collector of every independent cause, when that module exists."""
+    try:
+        from memstate.diagnose.roots import DiffRoots
+    except ModuleNotFoundError as exc:
+        if exc.name != "memstate.diagnose.roots":
+            raise
+        return None
+    return DiffRoots()
+
+
+def _context(**fields: Any) -> Any:
+    """A DivergenceContext for a later failing tensor, with this comparison's history and headers."""
+    from memstate.diagnose.context import DivergenceContext
+
+    return DivergenceContext(history=(), **fields)
 
 
 def _open(trace: TraceLike, stack: ExitStack) -> TraceReader:

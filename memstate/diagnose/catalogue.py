@@ -23,10 +23,14 @@ from typing import Any
 import numpy as np
 
 from memstate.diagnose.common import Entry, diagnoser, entry, f64, fmt, make, rel_err
-from memstate.diagnose.loss import log_epsilon, log_masked, log_of_zero
+from memstate.diagnose.loss import (log_epsilon, log_masked, log_of_zero, log_zero_replaced,
+                                    loss_mean_over_classes)
+from memstate.diagnose.optimizer import grad_not_zeroed, momentum, weight_decay
+from memstate.diagnose.params import params_load_mismatch
 from memstate.diagnose.precision import drift, dtype_float32, precision_rounding
-from memstate.diagnose.softmax import softmax_column_sum, softmax_global_max, softmax_global_sum, softmax_no_max
-from memstate.diagnose.structure import (bias_grad_axis, nan_origin, reduction_mean_vs_sum, scaled, sign_flip,
+from memstate.diagnose.softmax import (output_sigmoid, softmax_column_sum, softmax_global_max, softmax_global_sum,
+                                       softmax_no_max)
+from memstate.diagnose.structure import (bias_grad_axis, bias_grad_scalar, nan_origin, reduction_mean_vs_sum, scaled, sign_flip,
                                          transposed)
 from memstate.diagnose.context import Diagnosis, DivergenceContext
 
@@ -49,6 +53,14 @@ CATALOGUE: list[Entry] = [entry(func) for func in (
     sign_flip,
     nan_origin,
     drift,
+    bias_grad_scalar,
+    loss_mean_over_classes,
+    output_sigmoid,
+    log_zero_replaced,
+    params_load_mismatch,
+    grad_not_zeroed,
+    momentum,
+    weight_decay,
 )]
 
 
@@ -74,7 +86,8 @@ def unknown(ctx: DivergenceContext, failures: list[str] | None = None) -> Diagno
 
 
 __all__ = [
-    "CATALOGUE", "Entry", "bias_grad_axis", "diagnoser", "drift", "dtype_float32", "log_epsilon", "log_masked",
+    "CATALOGUE", "Entry", "bias_grad_axis", "bias_grad_scalar", "grad_not_zeroed", "log_zero_replaced",
+    "loss_mean_over_classes", "momentum", "output_sigmoid", "params_load_mismatch", "weight_decay", "diagnoser", "drift", "dtype_float32", "log_epsilon", "log_masked",
     "log_of_zero", "nan_origin", "precision_rounding", "reduction_mean_vs_sum", "scaled", "sign_flip",
     "softmax_column_sum", "softmax_global_max", "softmax_global_sum", "softmax_no_max", "transposed", "unknown",
 ]

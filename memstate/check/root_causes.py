@@ -1,0 +1,145 @@
+"""`memstate check`'s every independent cause: each failing operation diagnosed from its own recorded
+inputs, grouped by tensor name and code (memstate.diagnose.roots), with what the diagnosers that look
+across steps need (the previous steps' recorded tensors and the parameters in force).
+
+A failing operation whose non-finite values merely flow in from an earlier tensor of its step is a
+consequence, not a root cause. When the loss reduction could not be named because the output dz is
+(probs - y) / (B·C) (or / C), the dz and loss checks were skipped: that is reported here as
+loss-mean-over-classes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import replace
+from typing import Any, Mapping
+
+import numpy as np
+
+from memstate.diagnose.context import DivergenceContext
+from memstate.diagnose.roots import RootCause, RootCauses
+
+ROOT_CODE_OVER_CLASSES = "loss-mean-over-classes"
+
+
+class CheckRoots:
+    """Fed by the checker's walk: `step` at the start of each step, `failed` for each failing operation,
+    `enrich` for the first failure's context, `finish` at the end."""
+
+    def __init__(self, meta: Mapping[str, Any], diagnose: bool = True):
+        self.meta = dict(meta)
+        self.on = diagnose
+        self.causes = RootCauses()
+        self.before: deque = deque(maxlen=2)  # (step, tensors) of the previous steps
+        self.k: int | None = None
+        self.t: Mapping[str, np.ndarray] = {}
+        self.in_force: Mapping[str, np.ndarray] | None = None
+        self.in_force_from = ""
+        self.first = True
+        self.failed_here: set[str] = set()
+        self.dz_steps: list[tuple[int, Mapping[str, np.ndarray]]] = []  # the first steps with an output dz
+
+    def step(self, k: int, t: Mapping[str, np.ndarray], in_force: Mapping[str, np.ndarray] | None,
+             in_force_from: str) -> None:
+        if self.k is not None:
+            self.before.append((self.k, self.t))
+        self.k, self.t, self.in_force, self.in_force_from = k, t, in_force, in_force_from
+        self.failed_here: set[str] = set()
+        if len(self.dz_steps) < 2 and "probs" in t and "y" in t:
+            self.dz_steps.append((k, t))
+
+    def _before(self) -> tuple:
+        out = []
+        for i, (index, tensors) in enumerate(reversed(self.before)):
+            if index != self.k - 1 - i:
+                break
+            out.append(dict(tensors))
+        return tuple(out)
+
+    def enrich(self, ctx: Any) -> Any:
+        """The checker's context of a failing operation with the previous steps and the parameters in force."""
+        if ctx is None:
+            return None
+        force = dict(self.in_force) if self.in_force is not None else None
+        before = self._before()
+        return replace(ctx, step_b=dict(self.t), before_a=before, before_b=before, in_force_a=force,
+                       in_force_b=force, in_force_from=self.in_force_from)
+
+    def failed(self, k: int, name: str, pos: int, context: Any) -> None:
+        """A failing operation of the current step; `context()` builds the checker's DivergenceContext."""
+        if not self.on:
+            return
+        value = self.t[name]
+        earlier = list(self.t)[:pos]
+        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))) and any(
+                not np.all(np.isfinite(np.asarray(self.t[n], dtype=np.float64))) for n in earlier):
+            return  # nan/inf that flowed in from an earlier tensor of this step
+        if name == "loss" and "probs" in self.failed_here and _loss_of_probs(self.t, value):
+            return  # the loss of the recorded (wrong) probs: a consequence of them
+        self.failed_here.add(name)
+        first, self.first = self.first, False
+        if first:
+            self.causes.diagnosed[name] = self.causes.diagnosed.get(name, 0) + 1
+            from memstate.diagnose.catalogue import diagnose
+
+            self.causes.add(k, name, diagnose(self.enrich(context())), first=True)
+        else:
+            self.causes.agreeing(k, name, lambda: self.enrich(context()))
+
+    def finish(self, reduction: Any, n_layers: int | None, reference_meta: Mapping[str, Any]
+               ) -> tuple[tuple[RootCause, ...], list[dict]]:
+        """(root causes, extra findings as Finding keyword arguments)."""
+        extra: list[dict] = []
+        if self.on and reduction is None and n_layers:
+            extra += self._over_classes(n_layers, reference_meta)
+        return self.causes.result(), extra
+
+    def _over_classes(self, n: int, reference_meta: Mapping[str, Any]) -> list[dict]:
+        """The output dz is (probs - y)/(B·C) or /C: loss-mean-over-classes (the reduction was not named)."""
+        from memstate.diagnose.catalogue import diagnose
+
+        name = f"L{n}.dz"
+        out: list[dict] = []
+        for k, t in self.dz_steps:
+            if name not in t:
+                continue
+            p, y, dz = (np.asarray(t[x], dtype=np.float64) for x in ("probs", "y", name))
+            if not (p.shape == y.shape == dz.shape) or p.ndim != 2:
+                continue
+            B, C = p.shape
+            base = p - y
+            den = float(np.sum(base[np.isfinite(base)] ** 2))
+            if den == 0:
+                continue
+            ratio = float(np.nansum(dz * base)) / den
+            R = B if abs(ratio * B * C - 1) < 1e-6 else 1 if abs(ratio * C - 1) < 1e-6 else None
+            if R is None:
+                continue
+            before = {m: t[m] for m in list(t)[:list(t).index(name)]}
+            ctx = DivergenceContext(step=k, name=name, a=base / R, b=t[name], inputs_a=before, inputs_b=before,
+                                    history=(), inputs_agree=True, meta_a=dict(reference_meta), meta_b=self.meta)
+            found = diagnose(ctx)
+            if found and found[0].code == ROOT_CODE_OVER_CLASSES:
+                self.causes.add(k, name, found, first=not self.causes.groups)
+                out.append({"kind": "inference", "code": ROOT_CODE_OVER_CLASSES, "step": k, "name": name,
+                            "message": found[0].explanation})
+                break
+        return out
+
+
+def _loss_of_probs(t: Mapping[str, np.ndarray], loss: np.ndarray) -> bool:
+    """Whether the recorded loss is the cross-entropy -Σ y·log p (mean or sum) of the recorded probs."""
+    p, y = t.get("probs"), t.get("y")
+    if p is None or y is None or np.shape(p) != np.shape(y) or np.ndim(p) != 2:
+        return False
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        total = float(-np.sum(np.where(y != 0, y * np.log(np.where(y != 0, p, 1.0)), 0.0)))
+    value = float(np.asarray(loss, dtype=np.float64).reshape(-1)[0])
+    for R in (len(p), 1):
+        if total / R == value or abs(total / R - value) <= 1e-9 * abs(value):
+            return True
+    return False
+
+
+__all__ = ["CheckRoots"]

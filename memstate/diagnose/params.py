@@ -1,0 +1,200 @@
+"""The parameters in force are not the ones the run was given (params-load-mismatch): the params file's
+values rounded to N decimals, truncated, cast to float32 or transposed when they were loaded (or saved and
+reloaded mid-run).
+
+Two ways to see it. When the caller knows the parameters in force (`memstate check --params`, or the
+previous step's updated parameters), the side's forward pass (L{i}.z) or update (L{i}.W, L{i}.b) is redone
+with each candidate transformation of them. When it does not (`diff` at a trace's first step), each side's
+parameters in force are recovered from its own step: z - (a·W' + b') = lr·(a·dW + db) gives lr, then
+W = W' + lr·dW, and one side's recovered parameters are compared with the other's transformed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterator
+
+import numpy as np
+
+from memstate.diagnose.common import (PARAM, Side, all_finite, before_of, diagnoser, f64, fmt, in_force_of, is_f32,
+                                      lstsq_fit, make, other_label, rel_err, same, sides, step_of, who)
+from memstate.diagnose.context import Diagnosis, DivergenceContext
+
+_Z = re.compile(r"^L(\d+)\.z$")
+_DA = re.compile(r"^L(\d+)\.da$")
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def transforms(square: bool) -> Iterator[tuple[str, Transform]]:
+    """The ways a loader changes parameters, simplest first: (description, function)."""
+    for n in range(0, 16):
+        yield f"rounded to {n} decimals", lambda v, n=n: np.round(v, n)
+    for n in range(0, 16):
+        yield f"truncated to {n} decimals", lambda v, n=n: np.trunc(v * 10.0**n) / 10.0**n
+    yield "cast to float32", lambda v: v.astype(np.float32).astype(np.float64)
+    if square:
+        yield "transposed", lambda v: v.T
+
+
+def _layer_params(force: dict, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+    w, b = force.get(f"L{i}.W"), force.get(f"L{i}.b")
+    if w is None or b is None or np.ndim(w) != 2:
+        return None
+    return f64(w), f64(b)
+
+
+def _dense(a: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    if a.ndim != 2 or a.shape[1] != w.shape[0] or b.shape != (w.shape[1],):
+        return None
+    return a @ w + b
+
+
+def _matches(x: np.ndarray, candidate: np.ndarray | None, plain: np.ndarray | None, ctx: DivergenceContext) -> bool:
+    """The candidate reproduces x to rounding, and a thousand times better than the untransformed one."""
+    if candidate is None or candidate.shape != x.shape or not all_finite(candidate):
+        return False
+    err = rel_err(x, candidate)
+    base = rel_err(x, plain) if plain is not None and plain.shape == x.shape else np.inf
+    return err <= (1e-6 if is_f32(ctx) else 1e-12) and err <= 1e-3 * base
+
+
+def _recompute(ctx: DivergenceContext, side: Side, force: dict, t: Transform) -> tuple[np.ndarray, np.ndarray] | None:
+    """(transformed, untransformed) recomputation of the side's tensor from the parameters in force."""
+    m, mp = _Z.match(ctx.name), PARAM.match(ctx.name)
+    if m:
+        i = int(m.group(1))
+        a = side.inputs.get("x" if i == 1 else f"L{i - 1}.a")
+        wb = _layer_params(force, i)
+        if a is None or wb is None:
+            return None
+        w, b = wb
+        tw = t(w)
+        if tw.shape != w.shape:
+            return None
+        return _dense(f64(a), tw, t(b) if b.ndim == 1 else b), _dense(f64(a), w, b)
+    md = _DA.match(ctx.name)
+    if md:  # L{i}.da = L{i+1}.dz @ W_{i+1}^T, with W in force
+        i = int(md.group(1))
+        dz, w = side.inputs.get(f"L{i + 1}.dz"), force.get(f"L{i + 1}.W")
+        if dz is None or w is None or np.ndim(dz) != 2 or np.ndim(w) != 2:
+            return None
+        w = f64(w)
+        tw = t(w)
+        if tw.shape != w.shape or f64(dz).shape[1] != w.shape[1]:
+            return None
+        return f64(dz) @ tw.T, f64(dz) @ w.T
+    if mp and ctx.name in force:
+        g = side.inputs.get(f"L{mp.group(1)}.d{mp.group(2)}")
+        p = f64(force[ctx.name])
+        tp = t(p)
+        if g is None or tp.shape != p.shape or f64(g).shape != p.shape:
+            return None
+        fit = lstsq_fit(tp - side.x, f64(g))  # W' = T(W) - lr·dW, lr unknown
+        if fit is None:
+            return None
+        lr = float(fit[0][0])
+        return tp - lr * f64(g), p - lr * f64(g)
+    return None
+
+
+def _with_known(ctx: DivergenceContext) -> Diagnosis | None:
+    """Redo the side's forward pass or update with each transformation of the parameters in force."""
+    for side in sides(ctx):
+        force = in_force_of(ctx, side)
+        if force is None:
+            continue
+        square = any(np.ndim(v) == 2 and np.shape(v)[0] == np.shape(v)[1] for v in force.values())
+        for how, t in transforms(square):
+            got = _recompute(ctx, side, force, t)
+            if got is not None and _matches(side.x, got[0], got[1], ctx):
+                src = ctx.in_force_from or "the previous step"
+                return make("params-load-mismatch", 0.95,
+                            f"{who(side)}'s {ctx.name} at step {ctx.step} is computed from the parameters in force "
+                            f"({src}) {how}: redone that way it matches to rounding (error "
+                            f"{fmt(rel_err(side.x, got[0]))} against {fmt(rel_err(side.x, got[1]))} with the "
+                            f"parameters as given). The parameters were changed when they were loaded (a rounded "
+                            f"text format, toFixed, a float32 buffer, a transposed layout). Fix: load them bit for "
+                            f"bit (repr / 17 significant digits, float64, the canonical [in, out] layout).",
+                            {"side": side.label, "transform": how, "params_from": src,
+                             "error_transformed": rel_err(side.x, got[0]), "error_as_given": rel_err(side.x, got[1])})
+    return None
+
+
+def recovered_params(step: dict, i: int) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Layer i's parameters in force at a step, from the step alone: z - (a·W' + b') = lr·(a·dW + db)."""
+    names = ("x" if i == 1 else f"L{i - 1}.a", f"L{i}.z", f"L{i}.W", f"L{i}.b", f"L{i}.dW", f"L{i}.db")
+    if any(n not in step for n in names):
+        return None
+    a, z, w1, b1, dw, db = (f64(step[n]) for n in names)
+    after, grad = _dense(a, w1, b1), _dense(a, dw, db)
+    if after is None or grad is None or after.shape != z.shape:
+        return None
+    fit = lstsq_fit(z - after, grad)
+    if fit is None or fit[1] > 1e-6:
+        return None
+    lr = float(fit[0][0])
+    return w1 + lr * dw, b1 + lr * db, lr
+
+
+def _recovered(ctx: DivergenceContext) -> Diagnosis | None:
+    """At a trace's first step with no parameters known: recover both sides' and compare them."""
+    m = _Z.match(ctx.name) or PARAM.match(ctx.name)
+    if not m or ctx.before_a or ctx.before_b or ctx.in_force_a is not None or ctx.in_force_b is not None:
+        return None
+    i = int(m.group(1))
+    got = {s: recovered_params(step_of(ctx, s), i) for s in ("A", "B")}
+    if got["A"] is None or got["B"] is None:
+        return None
+    for side in sides(ctx):
+        (wx, bx, lr), (wo, bo, _) = got[side.label], got[other_label(side)]
+        if same(wx, wo) and same(bx, bo):
+            return None
+        for how, t in transforms(wx.shape[0] == wx.shape[1]):
+            tw, tb = t(wo), t(bo)
+            if tw.shape != wx.shape:
+                continue
+            err = max(rel_err(wx, tw), rel_err(bx, tb))
+            base = max(rel_err(wx, wo), rel_err(bx, bo))
+            if err <= (1e-6 if is_f32(ctx) else 1e-11) and err <= 1e-3 * base:
+                return make("params-load-mismatch", 0.9,
+                            f"{who(side)}'s layer-{i} parameters in force at step {ctx.step}, recovered from its own "
+                            f"step (z - (a·W' + b') = lr·(a·dW + db) gives lr = {fmt(lr)}, then W = W' + lr·dW), "
+                            f"are {other_label(side)}'s {how} (to {fmt(err)}, while they differ by {fmt(base)}): the "
+                            f"parameters were changed when they were loaded. Fix: load them bit for bit (repr / 17 "
+                            f"significant digits, float64, the canonical layout).",
+                            {"side": side.label, "transform": how, "layer": i, "learning_rate": lr,
+                             "error_transformed": err, "difference": base, "params_from": "recovered from the step"})
+    return None
+
+
+@diagnoser("params-load-mismatch")
+def params_load_mismatch(ctx: DivergenceContext) -> Diagnosis | None:
+    """The parameters in force are the given ones rounded, truncated, cast to float32 or transposed."""
+    if not (_Z.match(ctx.name) or _DA.match(ctx.name) or PARAM.match(ctx.name)) or same(ctx.a, ctx.b):
+        return None
+    return _with_known(ctx) or _recovered(ctx)
+
+
+__all__ = ["params_load_mismatch", "recovered_params", "transforms"]
+
+
+def recovered_in_force(ctx: DivergenceContext, label: str) -> dict | None:
+    """At a trace's first step with no parameters known, the parameters in force on side `label`, recovered
+    from its own step, else from the other side's when both sides' forward pass agrees (same start)."""
+    if before_of(ctx, label) or ctx.in_force_a is not None or ctx.in_force_b is not None:
+        return None
+    own, other = step_of(ctx, label), step_of(ctx, "B" if label == "A" else "A")
+    out: dict = {}
+    i = 1
+    while f"L{i}.z" in own:
+        got = recovered_params(own, i)
+        if got is None and f"L{i}.z" in other and same(own[f"L{i}.z"], other[f"L{i}.z"]):
+            got = recovered_params(other, i)
+        if got is None:
+            return None
+        out[f"L{i}.W"], out[f"L{i}.b"] = got[0], got[1]
+        i += 1
+    return out or None
+
+
+__all__ += ["recovered_in_force"]
