@@ -27,6 +27,7 @@ from memstate.diagnose.loss import (log_epsilon, log_masked, log_of_zero, log_ze
                                     loss_mean_over_classes)
 from memstate.diagnose.optimizer import grad_not_zeroed, momentum, weight_decay
 from memstate.diagnose.params import params_load_mismatch
+from memstate.diagnose.relations import simplest_relation
 from memstate.diagnose.precision import drift, dtype_float32, precision_rounding
 from memstate.diagnose.softmax import (output_sigmoid, softmax_column_sum, softmax_global_max, softmax_global_sum,
                                        softmax_no_max)
@@ -80,9 +81,16 @@ def unknown(ctx: DivergenceContext, failures: list[str] | None = None) -> Diagno
                f"{a.size} elements differ" if "max_abs_err" in ev else f"shapes {list(a.shape)} vs {list(b.shape)}")
     inputs = {True: "its inputs agree, so the cause is in how this tensor is computed",
               False: "its inputs already disagree slightly", None: "no inputs were recorded before it"}[ctx.inputs_agree]
+    found = simplest_relation(ctx)
+    relation = ""
+    if found is not None:
+        relation = f" The simplest exact relation between the sides: {found[0]}."
+        ev.update(found[1])
+    else:
+        ev["relation"] = None
     return make("unknown", 0.0,
-                f"No known mistake explains {ctx.name} at step {ctx.step}: {summary}; {inputs}. Compare the code "
-                f"that computes {ctx.name} on both sides.", ev)
+                f"No known mistake explains {ctx.name} at step {ctx.step}: {summary}; {inputs}.{relation} Compare "
+                f"the code that computes {ctx.name} on both sides.", ev)
 
 
 __all__ = [

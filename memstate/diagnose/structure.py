@@ -232,9 +232,13 @@ def _scalar_factor(ctx: DivergenceContext, a: float, b: float) -> Diagnosis | No
     if not (np.isfinite(a) and np.isfinite(b)) or a == 0 or b == 0:
         return None
     c = b / a
+    if c == 0 or not np.isfinite(c):
+        return None
     tol = 1e-5 if is_f32(ctx) else 1e-9
     simple = None
     for k in (c, 1 / c):
+        if not 2 <= abs(k) < 1e12:
+            continue
         r = round(k)
         if abs(k) >= 2 and abs(k - r) <= tol * abs(k):
             simple = f"{'' if k is c else '1/'}{r}"
