@@ -188,7 +188,7 @@ def recovered_in_force(ctx: DivergenceContext, label: str) -> dict | None:
     i = 1
     while f"L{i}.z" in own:
         got = recovered_params(own, i)
-        if got is None and f"L{i}.z" in other and same(own[f"L{i}.z"], other[f"L{i}.z"]):
+        if got is None and f"L{i}.z" in other and rel_err(own[f"L{i}.z"], other[f"L{i}.z"]) <= 1e-12:
             got = recovered_params(other, i)
         if got is None:
             return None
