@@ -3,9 +3,10 @@ inputs, grouped by tensor name and code (memstate.diagnose.roots), with what the
 across steps need (the previous steps' recorded tensors and the parameters in force).
 
 A failing operation whose non-finite values merely flow in from an earlier tensor of its step is a
-consequence, not a root cause. When the loss reduction could not be named because the output dz is
-(probs - y) / (B·C) (or / C), the dz and loss checks were skipped: that is reported here as
-loss-mean-over-classes.
+consequence, not a root cause. When the loss reduction could not be named, the dz and loss checks were
+skipped: the output dz (or the loss) is then diagnosed against the correct value under each reduction,
+and a loss averaged over the classes (dz = (probs - y)/(B·C)) or one that swaps log(0) for a constant is
+reported as an inference finding and a root cause.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 from memstate.diagnose.context import DivergenceContext
 from memstate.diagnose.roots import RootCause, RootCauses
 
-ROOT_CODE_OVER_CLASSES = "loss-mean-over-classes"
 
 
 class CheckRoots:
@@ -95,36 +95,51 @@ class CheckRoots:
         return self.causes.result(), extra
 
     def _over_classes(self, n: int, reference_meta: Mapping[str, Any]) -> list[dict]:
-        """The output dz is (probs - y)/(B·C) or /C: loss-mean-over-classes (the reduction was not named)."""
+        """When the reduction could not be named, the output dz (or, without dz, the loss) redone with each
+        reduction and diagnosed: a loss averaged over the classes, or a loss that swaps log(0), is why."""
         from memstate.diagnose.catalogue import diagnose
 
-        name = f"L{n}.dz"
         out: list[dict] = []
         for k, t in self.dz_steps:
-            if name not in t:
-                continue
-            p, y, dz = (np.asarray(t[x], dtype=np.float64) for x in ("probs", "y", name))
-            if not (p.shape == y.shape == dz.shape) or p.ndim != 2:
-                continue
-            B, C = p.shape
-            base = p - y
-            den = float(np.sum(base[np.isfinite(base)] ** 2))
-            if den == 0:
-                continue
-            ratio = float(np.nansum(dz * base)) / den
-            R = B if abs(ratio * B * C - 1) < 1e-6 else 1 if abs(ratio * C - 1) < 1e-6 else None
-            if R is None:
-                continue
-            before = {m: t[m] for m in list(t)[:list(t).index(name)]}
-            ctx = DivergenceContext(step=k, name=name, a=base / R, b=t[name], inputs_a=before, inputs_b=before,
-                                    history=(), inputs_agree=True, meta_a=dict(reference_meta), meta_b=self.meta)
-            found = diagnose(ctx)
-            if found and found[0].code == ROOT_CODE_OVER_CLASSES:
-                self.causes.add(k, name, found, first=not self.causes.groups)
-                out.append({"kind": "inference", "code": ROOT_CODE_OVER_CLASSES, "step": k, "name": name,
-                            "message": found[0].explanation})
-                break
+            for name, ctx in _reduction_contexts(k, t, n, reference_meta, self.meta):
+                found = diagnose(ctx)
+                if found and found[0].code in UNNAMED_REDUCTION_CODES and found[0].confidence >= 0.95:
+                    self.causes.add(k, name, found, first=not self.causes.groups)
+                    out.append({"kind": "inference", "code": found[0].code, "step": k, "name": name,
+                                "message": found[0].explanation})
+                    return out
         return out
+
+
+#: what can make the loss reduction unnameable (dz or the loss not 1/B or 1 times the correct one)
+UNNAMED_REDUCTION_CODES = ("loss-mean-over-classes", "log-zero-replaced", "log-masked", "log-epsilon", "output-sigmoid")
+
+
+def _reduction_contexts(k: int, t: Mapping[str, np.ndarray], n: int, reference_meta: Mapping[str, Any],
+                        meta: Mapping[str, Any]):
+    """(name, DivergenceContext) for the output dz, else the loss, against the correct value under each
+    reduction (mean first)."""
+    from memstate.impls import numpy_mlp as ref
+
+    p, y = (np.asarray(t[x], dtype=np.float64) for x in ("probs", "y"))
+    z = t.get(f"L{n}.z")
+    if p.shape != y.shape or p.ndim != 2:
+        return
+    B = p.shape[0]
+    name = f"L{n}.dz" if f"L{n}.dz" in t else "loss" if "loss" in t else None
+    if name is None:
+        return
+    if name == "loss":
+        if z is None or np.shape(z) != y.shape:
+            return
+        with np.errstate(all="ignore"):
+            base = np.asarray(-np.sum(y * ref.log_softmax(np.asarray(z, dtype=np.float64))))
+    else:
+        base = p - y
+    before = {m: t[m] for m in list(t)[:list(t).index(name)]}
+    for R in (B, 1):
+        yield name, DivergenceContext(step=k, name=name, a=base / R, b=t[name], inputs_a=before, inputs_b=before,
+                                      history=(), inputs_agree=True, meta_a=dict(reference_meta), meta_b=dict(meta))
 
 
 def _loss_of_probs(t: Mapping[str, np.ndarray], loss: np.ndarray) -> bool:

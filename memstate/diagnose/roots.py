@@ -3,7 +3,8 @@
 A failing tensor is a *root cause* when it fails on its own: in `diff`, every tensor recorded before it in
 the step agrees and so do the parameters in force (the previous step's updated parameters), or a diagnoser
 reproduces it at 0.95 from that side's own recorded inputs although they disagree (a second bug behind a
-first, e.g. a log that swaps zeros behind 8-decimal rounding); in `check`, every failing operation is
+first, e.g. a log that swaps zeros behind 8-decimal rounding; such a tensor is probed when its error jumps
+to JUMP times its inputs' worst or its own previous step's, or nan/inf appear in it from finite inputs); in `check`, every failing operation is
 recomputed from its own recorded inputs, so each one is, unless non-finite values merely flow into it
 from an earlier tensor of its step. Everything else is a consequence of an earlier cause.
 
@@ -110,6 +111,7 @@ class DiffRoots:
         self.before: dict[str, deque] = {"a": deque(maxlen=2), "b": deque(maxlen=2)}
         self.params_err = 0.0  # worst rel error of the previous step's updated parameters
         self.params_ok = True
+        self.last_err: dict[str, float] = {}  # each name's rel error at the previous step
 
     def extra(self, k: int, sa: Any, sb: Any) -> dict:
         """The cross-step fields of a DivergenceContext for step k."""
@@ -141,13 +143,16 @@ class DiffRoots:
                     return make_context(step=k, name=t.name, a=sa.tensors[t.name], b=sb.tensors[t.name],
                                         inputs_a=inputs_a, inputs_b=inputs_b, inputs_agree=agree,
                                         **self.extra(k, sa, sb))
+                own = self.last_err.get(t.name, 0.0)
                 if agree:
                     self.causes.agreeing(k, t.name, context)
-                elif _finite_rel(t) > JUMP * max(worst_before, 1e-12) or _new_nonfinite(t, worst_before):
+                elif _finite_rel(t) > JUMP * max(worst_before, 1e-12) or _new_nonfinite(t, worst_before) \
+                        or (own > 0 and _finite_rel(t) > JUMP * own):
                     self.causes.probe(k, t.name, context)
             if not t.passed:
                 agree = False
             worst_before = max(worst_before, _finite_rel(t) if not t.within_tolerance else 0.0)
+        self.last_err = {t.name: (_finite_rel(t) if not t.within_tolerance else 0.0) for t in result.tensors}
         params = [t for t in result.tensors if _PARAM.match(t.name)]
         # without recorded parameters, any failing step is taken to have moved them
         self.params_ok = all(t.passed for t in params) if params else (self.params_ok and result.passed)

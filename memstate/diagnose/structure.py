@@ -324,6 +324,8 @@ __all__ = ["bias_grad_axis", "nan_origin", "reduction_mean_vs_sum", "scaled", "s
 def bias_grad_scalar(ctx: DivergenceContext) -> Diagnosis | None:
     """db is one number, dz summed over the batch *and* the units, repeated for every bias."""
     m = GRAD.match(ctx.name)
+    if PARAM.match(ctx.name) and ctx.name.endswith(".b"):
+        return _bias_moved_as_one(ctx)
     if not m or m.group(2) != "b" or same(ctx.a, ctx.b):
         return None
     dz_name = f"L{m.group(1)}.dz"
@@ -353,6 +355,35 @@ def bias_grad_scalar(ctx: DivergenceContext) -> Diagnosis | None:
                     f"scalar (np.sum(dz) with no axis) broadcast to all {x.size} biases, instead of one sum per unit. "
                     f"Fix: db = dz.sum(axis=0).",
                     {"side": side.label, "value": total, "units": int(x.size), "dz_checked": dz is not None})
+    return None
+
+
+def _bias_moved_as_one(ctx: DivergenceContext) -> Diagnosis | None:
+    """Without db in the trace: the update moved every bias of the layer by the same amount (W - lr·s for
+    one s), while the other side's biases moved by different amounts."""
+    from memstate.diagnose.common import in_force_of
+
+    if same(ctx.a, ctx.b):
+        return None
+    for side in sides(ctx):
+        force, other_force = in_force_of(ctx, side.label), in_force_of(ctx, other_label(side))
+        if force is None or other_force is None or ctx.name not in force or ctx.name not in other_force:
+            continue
+        u, uo = f64(force[ctx.name]) - side.x, f64(other_force[ctx.name]) - side.o
+        if u.shape != side.x.shape or u.size < 2 or not (all_finite(u) and all_finite(uo)):
+            continue
+        spread_o = float(np.ptp(uo))
+        if spread_o == 0 or float(np.ptp(u)) > exact_rtol(ctx) * max(spread_o, scale(uo)):
+            continue
+        frozen = abs(float(u[0])) <= exact_rtol(ctx) * scale(uo)
+        return make("bias-grad-scalar", 0.6 if frozen else 0.8,
+                    f"The update moved every one of {who(side)}'s {ctx.name} by the same amount "
+                    f"({fmt(float(u[0]))}) while {other_label(side)}'s moved by {fmt(float(uo.min()))}.."
+                    f"{fmt(float(uo.max()))}: its bias gradient is one number for all units (np.sum(dz) with no "
+                    f"axis{'; with a softmax output that sum is 0, so the biases do not move at all, which a frozen bias would do too' if frozen else ''}). "
+                    f"db is not in the trace, so this is read from the update. Fix: db = dz.sum(axis=0).",
+                    {"side": side.label, "update": float(u[0]), "units": int(u.size), "dz_checked": False,
+                     "frozen": frozen})
     return None
 
 
