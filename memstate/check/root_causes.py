@@ -44,12 +44,14 @@ class CheckRoots:
         if self.k is not None:
             self.before.append((self.k, self.t))
         self.k, self.t, self.in_force, self.in_force_from = k, t, in_force, in_force_from
-        self.failed_here: set[str] = set()
+        self.failed_here = set()
         if len(self.dz_steps) < 2 and "probs" in t and "y" in t:
             self.dz_steps.append((k, t))
 
     def _before(self) -> tuple:
-        out = []
+        out: list[dict] = []
+        if self.k is None:
+            return ()
         for i, (index, tensors) in enumerate(reversed(self.before)):
             if index != self.k - 1 - i:
                 break
@@ -119,7 +121,7 @@ def _reduction_contexts(k: int, t: Mapping[str, np.ndarray], n: int, reference_m
                         meta: Mapping[str, Any]):
     """(name, DivergenceContext) for the output dz, else the loss, against the correct value under each
     reduction (mean first)."""
-    from memstate.impls import numpy_mlp as ref
+    from memstate.check.recompute import ref
 
     p, y = (np.asarray(t[x], dtype=np.float64) for x in ("probs", "y"))
     z = t.get(f"L{n}.z")

@@ -107,7 +107,7 @@ def _previous_velocity(ctx: DivergenceContext, side: Side, w_in: np.ndarray, g: 
     if len(before) >= 2 and ctx.name in before[1] and ctx.name in before[0]:
         return f64(before[1][ctx.name]) - f64(before[0][ctx.name])
     m = PARAM.match(ctx.name)
-    gp = before[0].get(f"L{m.group(1)}.d{m.group(2)}") if before else None
+    gp = before[0].get(f"L{m.group(1)}.d{m.group(2)}") if before and m else None
     return None if gp is None or f64(gp).shape != g.shape else f64(gp)
 
 

@@ -25,15 +25,31 @@ _DA = re.compile(r"^L(\d+)\.da$")
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
+def _rounded(n: int) -> Transform:
+    return lambda v: np.round(v, n)
+
+
+def _truncated(n: int) -> Transform:
+    return lambda v: np.trunc(v * 10.0**n) / 10.0**n
+
+
+def _float32(v: np.ndarray) -> np.ndarray:
+    return v.astype(np.float32).astype(np.float64)
+
+
+def _transposed(v: np.ndarray) -> np.ndarray:
+    return v.T
+
+
 def transforms(square: bool) -> Iterator[tuple[str, Transform]]:
     """The ways a loader changes parameters, simplest first: (description, function)."""
     for n in range(0, 16):
-        yield f"rounded to {n} decimals", lambda v, n=n: np.round(v, n)
+        yield f"rounded to {n} decimals", _rounded(n)
     for n in range(0, 16):
-        yield f"truncated to {n} decimals", lambda v, n=n: np.trunc(v * 10.0**n) / 10.0**n
-    yield "cast to float32", lambda v: v.astype(np.float32).astype(np.float64)
+        yield f"truncated to {n} decimals", _truncated(n)
+    yield "cast to float32", _float32
     if square:
-        yield "transposed", lambda v: v.T
+        yield "transposed", _transposed
 
 
 def _layer_params(force: dict, i: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -58,7 +74,8 @@ def _matches(x: np.ndarray, candidate: np.ndarray | None, plain: np.ndarray | No
     return err <= (1e-6 if is_f32(ctx) else 1e-12) and err <= 1e-3 * base
 
 
-def _recompute(ctx: DivergenceContext, side: Side, force: dict, t: Transform) -> tuple[np.ndarray, np.ndarray] | None:
+def _recompute(ctx: DivergenceContext, side: Side, force: dict, t: Transform
+               ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
     """(transformed, untransformed) recomputation of the side's tensor from the parameters in force."""
     m, mp = _Z.match(ctx.name), PARAM.match(ctx.name)
     if m:
@@ -75,14 +92,14 @@ def _recompute(ctx: DivergenceContext, side: Side, force: dict, t: Transform) ->
     md = _DA.match(ctx.name)
     if md:  # L{i}.da = L{i+1}.dz @ W_{i+1}^T, with W in force
         i = int(md.group(1))
-        dz, w = side.inputs.get(f"L{i + 1}.dz"), force.get(f"L{i + 1}.W")
-        if dz is None or w is None or np.ndim(dz) != 2 or np.ndim(w) != 2:
+        dz_in, w_in = side.inputs.get(f"L{i + 1}.dz"), force.get(f"L{i + 1}.W")
+        if dz_in is None or w_in is None or np.ndim(dz_in) != 2 or np.ndim(w_in) != 2:
             return None
-        w = f64(w)
+        dz, w = f64(dz_in), f64(w_in)
         tw = t(w)
-        if tw.shape != w.shape or f64(dz).shape[1] != w.shape[1]:
+        if tw.shape != w.shape or dz.shape[1] != w.shape[1]:
             return None
-        return f64(dz) @ tw.T, f64(dz) @ w.T
+        return dz @ tw.T, dz @ w.T
     if mp and ctx.name in force:
         g = side.inputs.get(f"L{mp.group(1)}.d{mp.group(2)}")
         p = f64(force[ctx.name])
@@ -106,17 +123,18 @@ def _with_known(ctx: DivergenceContext) -> Diagnosis | None:
         square = any(np.ndim(v) == 2 and np.shape(v)[0] == np.shape(v)[1] for v in force.values())
         for how, t in transforms(square):
             got = _recompute(ctx, side, force, t)
-            if got is not None and _matches(side.x, got[0], got[1], ctx):
-                src = ctx.in_force_from or "the previous step"
-                return make("params-load-mismatch", 0.95,
-                            f"{who(side)}'s {ctx.name} at step {ctx.step} is computed from the parameters in force "
-                            f"({src}) {how}: redone that way it matches to rounding (error "
-                            f"{fmt(rel_err(side.x, got[0]))} against {fmt(rel_err(side.x, got[1]))} with the "
-                            f"parameters as given). The parameters were changed when they were loaded (a rounded "
-                            f"text format, toFixed, a float32 buffer, a transposed layout). Fix: load them bit for "
-                            f"bit (repr / 17 significant digits, float64, the canonical [in, out] layout).",
-                            {"side": side.label, "transform": how, "params_from": src,
-                             "error_transformed": rel_err(side.x, got[0]), "error_as_given": rel_err(side.x, got[1])})
+            if got is None or got[0] is None or got[1] is None or not _matches(side.x, got[0], got[1], ctx):
+                continue
+            src = ctx.in_force_from or "the previous step"
+            err, base = rel_err(side.x, got[0]), rel_err(side.x, got[1])
+            return make("params-load-mismatch", 0.95,
+                        f"{who(side)}'s {ctx.name} at step {ctx.step} is computed from the parameters in force "
+                        f"({src}) {how}: redone that way it matches to rounding (error {fmt(err)} against "
+                        f"{fmt(base)} with the parameters as given). The parameters were changed when they were "
+                        f"loaded (a rounded text format, toFixed, a float32 buffer, a transposed layout). Fix: load "
+                        f"them bit for bit (repr / 17 significant digits, float64, the canonical [in, out] layout).",
+                        {"side": side.label, "transform": how, "params_from": src,
+                         "error_transformed": err, "error_as_given": base})
     return None
 
 
@@ -142,11 +160,11 @@ def _recovered(ctx: DivergenceContext) -> Diagnosis | None:
     if not m or ctx.before_a or ctx.before_b or ctx.in_force_a is not None or ctx.in_force_b is not None:
         return None
     i = int(m.group(1))
-    got = {s: recovered_params(step_of(ctx, s), i) for s in ("A", "B")}
-    if got["A"] is None or got["B"] is None:
+    got_a, got_b = recovered_params(step_of(ctx, "A"), i), recovered_params(step_of(ctx, "B"), i)
+    if got_a is None or got_b is None:
         return None
     for side in sides(ctx):
-        (wx, bx, lr), (wo, bo, _) = got[side.label], got[other_label(side)]
+        (wx, bx, lr), (wo, bo, _) = (got_a, got_b) if side.label == "A" else (got_b, got_a)
         if same(wx, wo) and same(bx, bo):
             return None
         for how, t in transforms(wx.shape[0] == wx.shape[1]):

@@ -65,7 +65,7 @@ def reduction_mean_vs_sum(ctx: DivergenceContext) -> Diagnosis | None:
     return make("reduction-mean-vs-sum", conf,
                 f"Side B's {ctx.name} is {fmt(c)} × side A's, and the batch size is {B}: side {summer} sums over the "
                 f"batch where side {averager} averages, so {where} differs by B (and every gradient after it)"
-                f"{'' if doubt is None else ' (' + doubt + ')'}. "
+                f"{'' if doubt is None else f' ({doubt})'}. "
                 f"Fix: use the scenario's loss_reduction (divide by the batch size once, in the loss or in dz).",
                 {"ratio_b_over_a": c, "batch_size": B, "summing_side": summer, "averaging_side": averager,
                  "residual": resid, "loss_agrees": loss_agrees, "doubt": doubt})
