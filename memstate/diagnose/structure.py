@@ -72,10 +72,10 @@ def reduction_mean_vs_sum(ctx: DivergenceContext) -> Diagnosis | None:
 
 
 def _reduction_doubt(ctx: DivergenceContext, summer: str, B: int | None, n: int | None) -> "str | bool | None":
-    """Why the mean/sum reading is doubtful (a string), ruled out (False), or fine (None): a factor that is
-    also the number of classes C is loss-mean-over-classes when C != B, and when C == B it is so if the
-    summing side's output dz is the mean's (p - y)/B; a header or inferred setting that says the summing
-    side averages contradicts it."""
+    """Why the mean/sum reading is doubtful (a string), ruled out (False), or fine (None). Only a factor
+    B that is also the number of classes C is in question (a loss averaged over the classes looks the
+    same): ruled out when the summing side's output dz is the mean's (p - y)/B, doubtful when dz is not
+    in the trace, the more so when that side's header (or check's inferred setting) says mean."""
     y = ctx.inputs_a.get("y") if ctx.inputs_a.get("y") is not None else ctx.inputs_b.get("y")
     C = int(np.shape(y)[1]) if y is not None and np.ndim(y) == 2 else None
     if C is not None and C == B:
@@ -85,10 +85,9 @@ def _reduction_doubt(ctx: DivergenceContext, summer: str, B: int | None, n: int 
             if close(dz, (f64(p) - f64(y)) / B, 1e-6):
                 return False  # the summing side's dz is the mean's: its loss is divided by C, not summed
         else:
-            return f"the factor is also the number of classes C = {C}: a loss averaged over classes looks the same"
-    meta = ctx.meta_a if summer == "A" else ctx.meta_b
-    if (meta or {}).get("loss_reduction") == "mean":
-        return f"side {summer}'s settings say loss_reduction mean"
+            meta = ctx.meta_a if summer == "A" else ctx.meta_b
+            said = "; its settings say loss_reduction mean" if (meta or {}).get("loss_reduction") == "mean" else ""
+            return f"the factor is also the number of classes C = {C}: a loss averaged over classes looks the same{said}"
     return None
 
 

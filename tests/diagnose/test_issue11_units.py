@@ -100,13 +100,17 @@ def test_a_global_sum_wins_over_a_global_max_that_cancels():
     assert "softmax-global-max" not in [d.code for d in ds]
 
 
-def test_reduction_mean_vs_sum_yields_to_a_header_that_says_mean():
-    y = np.eye(3)[[0, 1, 2, 0]]
-    inputs = {"y": y}
-    d = [x for x in diagnose(DivergenceContext(0, "loss", np.array(0.5), np.array(2.0), inputs, inputs, (), True,
-                                               {}, {"loss_reduction": "mean"})) if x.code == "reduction-mean-vs-sum"]
-    assert d and d[0].confidence == 0.6 and "mean" in d[0].evidence["doubt"]
-    clean = diagnose(DivergenceContext(0, "loss", np.array(0.5), np.array(2.0), inputs, inputs, (), True))
+def test_reduction_mean_vs_sum_doubts_a_factor_that_is_also_the_class_count():
+    """B = C = 3: a loss 3 times larger sums over the batch, or the other side divides by C; without the
+    output dz to tell, at most 0.6; B = 4, C = 3: the factor is B only."""
+    y3 = np.eye(3)[[0, 1, 2]]
+    d = [x for x in diagnose(DivergenceContext(0, "loss", np.array(0.5), np.array(1.5), {"y": y3}, {"y": y3}, (),
+                                               True, {}, {"loss_reduction": "mean"}))
+         if x.code == "reduction-mean-vs-sum"]
+    assert d and d[0].confidence == 0.6 and "C = 3" in d[0].evidence["doubt"] and "mean" in d[0].evidence["doubt"]
+    y4 = np.eye(3)[[0, 1, 2, 0]]
+    clean = diagnose(DivergenceContext(0, "loss", np.array(0.5), np.array(2.0), {"y": y4}, {"y": y4}, (), True,
+                                       {}, {"loss_reduction": "mean"}))
     assert (clean[0].code, clean[0].confidence) == ("reduction-mean-vs-sum", 0.95)
 
 
