@@ -123,6 +123,15 @@ def _fit_eps(p: np.ndarray, y: np.ndarray, k: float, target: float) -> float | N
     return 10.0 ** ((lo + hi) / 2)
 
 
+def _plain_log_of(p: np.ndarray, y: np.ndarray, loss: float) -> bool:
+    """Whether loss is -Σ y·log p of these probs (mean or sum) to rounding."""
+    if np.any((p == 0) & (y != 0)):
+        return False
+    with np.errstate(all="ignore"):
+        total = float(-np.sum(np.where(y != 0, y * np.log(np.where(y != 0, p, 1.0)), 0.0)))
+    return any(abs(total * k - loss) <= 1e-12 * max(abs(loss), 1e-300) for k in _reductions(len(p)).values())
+
+
 @diagnoser("log-epsilon")
 def log_epsilon(ctx: DivergenceContext) -> Diagnosis | None:
     """The loss is lower by exactly what log(p + eps) instead of log(p) gives, for a small eps."""
@@ -137,6 +146,8 @@ def log_epsilon(ctx: DivergenceContext) -> Diagnosis | None:
         loss, other = float(side.x.ravel()[0]), float(side.o.ravel()[0])
         if not loss < other or replaced_log(p, y, loss) is not None:
             continue  # (only the exact zeros swapped for a constant: log-zero-replaced)
+        if _plain_log_of(p, y, loss):
+            continue  # the side's loss is the plain cross-entropy of its own probs: no eps in it
         # the other side must be the correct loss, from its logits (or its probs), in some reduction
         zo = logits(ctx, side.other_inputs)
         yo = labels(side.other_inputs)

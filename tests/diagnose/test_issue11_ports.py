@@ -82,6 +82,7 @@ def test_reference_port_bugs_are_named_by_diff_and_check(ports, args, data, wher
         c = compare(a, b)
         assert named(c, *where), (c.first_divergence.step, c.first_divergence.name, c.diagnoses[:1], c.root_causes)
         assert named(c, *where) == "headline"  # a single bug: it is the first divergence
+        assert {r.code for r in c.root_causes} == {where[2]}, c.root_causes  # and the only root cause
     r = check_trace(buggy, params=ports.params(data))
     expect = CHECK_AT.get(where[2], where)
     assert named(r.comparison, *expect), (r.first_divergence, r.comparison.root_causes)
