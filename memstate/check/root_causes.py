@@ -64,8 +64,11 @@ class CheckRoots:
             return None
         force = dict(self.in_force) if self.in_force is not None else None
         before = self._before()
+        src = self.in_force_from
+        if src and not src.startswith(("step ", "params file")):
+            src = f"params file {src}"  # the parameters the run started from (--params)
         return replace(ctx, step_b=dict(self.t), before_a=before, before_b=before, in_force_a=force,
-                       in_force_b=force, in_force_from=self.in_force_from)
+                       in_force_b=force, in_force_from=src)
 
     def failed(self, k: int, name: str, pos: int, context: Any) -> None:
         """A failing operation of the current step; `context()` builds the checker's DivergenceContext."""

@@ -78,7 +78,7 @@ class DivergenceContext:
     before_b: tuple = ()
     in_force_a: dict | None = None  # the parameters in force at this step on side A, when known
     in_force_b: dict | None = None
-    in_force_from: str = ""  # "params file" when they are the run's starting parameters, else "step k-1"
+    in_force_from: str = ""  # "params file ..." when they are the run's starting parameters, else "step k-1"
 
 
 def jsonable(value: Any) -> Any:

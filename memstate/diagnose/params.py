@@ -100,7 +100,8 @@ def _recompute(ctx: DivergenceContext, side: Side, force: dict, t: Transform
         if tw.shape != w.shape or dz.shape[1] != w.shape[1]:
             return None
         return dz @ tw.T, dz @ w.T
-    if mp and ctx.name in force:
+    if mp and ctx.name in force and ctx.in_force_from.startswith("params file"):
+        # (the learning rate is fitted here: with so free a hand, only right after the params file is loaded)
         g = side.inputs.get(f"L{mp.group(1)}.d{mp.group(2)}")
         p = f64(force[ctx.name])
         tp = t(p)

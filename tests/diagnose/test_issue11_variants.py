@@ -70,7 +70,7 @@ def test_the_fitted_numbers_are_the_variant_s(tmp_path, scenario):
         assert c.diagnoses[0].evidence[key] == pytest.approx(value, rel=1e-6)
     r = check_trace(trace(tmp_path, scenario, "numpy", Variant(round_loaded=8), 1), params=params(scenario, 1))
     assert r.diagnoses[0].evidence["transform"] == "rounded to 8 decimals"
-    assert r.diagnoses[0].evidence["params_from"] == "params file"
+    assert r.diagnoses[0].evidence["params_from"].startswith("params file")
 
 
 @pytest.mark.parametrize("variant, scale, step, tensor, code", ISSUE11_VARIANTS, ids=variant_id)
