@@ -265,7 +265,7 @@ def _close_rel(x: np.ndarray, y: np.ndarray, rtol: float) -> bool:
 
 def replaced_log(p: np.ndarray, y: np.ndarray, loss: float) -> tuple[str, float, int] | None:
     """(reduction, c, zero terms) when loss = -Σ y·log(p) / R with log(p) of each exact p == 0 taken as log(c),
-    c a power of ten, reproduced to rounding; None otherwise."""
+    c a power of ten (or c = 0 for np.nan_to_num's most negative float), reproduced to rounding; else None."""
     zero = (p == 0) & (y != 0)
     if not zero.any() or not math.isfinite(loss):
         return None
@@ -275,12 +275,15 @@ def replaced_log(p: np.ndarray, y: np.ndarray, loss: float) -> tuple[str, float,
     n0 = float(y[zero].sum())
     for red, R in (("mean", len(p)), ("sum", 1)):
         log_c = (rest - loss * R) / n0
-        if not math.log(1e-300) < log_c < math.log(1e-3):
-            continue
-        c = 10.0 ** round(log_c / math.log(10))
-        again = (rest - n0 * math.log(c)) / R
-        if abs(again - loss) <= 1e-11 * max(abs(loss), 1e-300):
-            return red, c, int(zero.sum())
+        if math.log(1e-300) < log_c < math.log(1e-3):
+            c = 10.0 ** round(log_c / math.log(10))
+            candidates = [(c, math.log(c))]
+        else:  # np.nan_to_num(np.log(p)): -inf becomes the most negative float
+            candidates = [(0.0, -float(np.finfo(np.float64).max))]
+        for c, log_value in candidates:
+            again = (rest - n0 * log_value) / R
+            if abs(again - loss) <= 1e-11 * max(abs(loss), 1e-300):
+                return red, c, int(zero.sum())
     return None
 
 
@@ -301,17 +304,19 @@ def log_zero_replaced(ctx: DivergenceContext) -> Diagnosis | None:
         if found is None:
             continue
         red, c, n = found
+        log_c = math.log(c) if c > 0 else -float(np.finfo(np.float64).max)
         other = float(side.o.ravel()[0]) if side.o.size else math.nan
         ce_o = _own_ce(ctx, side.other_inputs)
         k = 1.0 / len(p) if red == "mean" else 1.0
         other_ok = not math.isfinite(other) or (ce_o is not None and abs(ce_o * k - other) <= 1e-9 * abs(other))
         return make("log-zero-replaced", 0.95 if other_ok else 0.85,
                     f"{who(side)}'s loss {fmt(loss)} is the {red} cross-entropy of its own probs with log(p) of the "
-                    f"{n} labelled probabilities that are exactly 0 replaced by log({fmt(c)}) = {fmt(math.log(c))}, "
+                    f"{n} labelled probabilities that are exactly 0 replaced by "
+                    f"{f'log({fmt(c)}) = {fmt(log_c)}' if c > 0 else f'{fmt(log_c)} (np.nan_to_num of -inf)'}, "
                     f"every other term untouched (not log(p + eps)); {other_label(side)}'s loss is {fmt(other)}. "
                     f"The zeros (and nan) are swapped for a constant, which hides the underflowed rows. Fix: compute "
                     f"the loss from the logits with log-softmax.",
-                    {"side": side.label, "loss": loss, "replacement": c, "log_replacement": math.log(c),
+                    {"side": side.label, "loss": loss, "replacement": c, "log_replacement": log_c,
                      "zero_terms": n, "reduction": red, "other_loss": other, "other_side_correct": other_ok})
     return None
 

@@ -148,3 +148,22 @@ def test_one_planted_change_is_the_only_root_cause(tmp_path_factory, steps, data
     assert [(r.step, r.name) for r in c.root_causes] == [(k, name)]
     assert c.root_causes[0].code == c.diagnoses[0].code
     assert compare(d / "a.jsonl", d / "c.jsonl").root_causes == ()
+
+
+@pytest.mark.parametrize("log_zero, c", [(np.log(1e-12), 1e-12), (np.log(1e-30), 1e-30),
+                                         (-np.finfo(np.float64).max, 0.0)])
+def test_log_zero_replaced_finds_the_constant(log_zero, c):
+    """-mean(y·log p) with log(0) swapped for log(1e-12), log(1e-30) or nan_to_num's most negative float."""
+    p = np.array([[0.0, 1.0, 0.0], [0.25, 0.25, 0.5], [0.0, 0.0, 1.0]])
+    y = np.eye(3)[[0, 2, 2]]  # one labelled zero (two of nan_to_num's floats would overflow to inf)
+    with np.errstate(divide="ignore"):
+        logs = np.where(p == 0, log_zero, np.log(np.where(p == 0, 1, p)))
+    loss = -np.sum(y * logs) / 3
+    inputs = {"y": y, "probs": p}
+    ds = diagnose(DivergenceContext(0, "loss", np.array(np.inf), np.array(loss), inputs, inputs, (), True))
+    top = [d for d in ds if d.code == "log-zero-replaced"]
+    assert top and top[0].evidence["replacement"] == c and top[0].confidence == 0.95
+    assert "log-epsilon" not in [d.code for d in ds]
+    # a loss off by anything else is not a replaced log
+    off = diagnose(DivergenceContext(0, "loss", np.array(np.inf), np.array(loss * 1.001), inputs, inputs, (), True))
+    assert "log-zero-replaced" not in [d.code for d in off]
