@@ -168,3 +168,13 @@ def test_the_text_and_json_reports_list_the_root_causes(ports, tmp_path, capsys)
     doc = json.loads(out.read_text())
     assert [(r["step"], r["name"], r["code"]) for r in doc["root_causes"]] == [
         (0, "loss", "log-of-zero"), (2, "probs", "softmax-global-max")]
+
+
+def test_the_html_report_lists_the_root_causes(ports, tmp_path):
+    clean = ports("reference", "big", "--safe-loss")
+    buggy = ports("reference", "big", "--bug", "softmax-global-max", "--bug-from-step", "2")
+    out = tmp_path / "r.html"
+    assert main(["diff", str(clean), str(buggy), "--format", "html", "-o", str(out)]) == 1
+    html = out.read_text()
+    assert "<h2 id='root-causes'>Root causes</h2>" in html
+    assert html.index("<code>log-of-zero</code>") < html.index("<code>softmax-global-max</code></td>")
