@@ -30,7 +30,7 @@ import numpy as np
 
 from memstate.names import canonical_names
 from memstate.runner.scenario import NetSpec
-from memstate.runner.variants import LOG_EPSILON
+from memstate.runner.variants import LOG_EPSILON, LOG_ZERO_REPLACEMENT
 
 # float64 scenarios need 64-bit JAX. The flag is global, so every float32 path below casts its inputs
 # explicitly and uses only weakly typed Python scalars, which never promote a float32 array.
@@ -113,6 +113,8 @@ def _forward(spec: NetSpec, params: Params, x: jax.Array, eps_z: Any = None, eps
 def _softmax(spec: NetSpec, z: jax.Array) -> jax.Array:
     """Softmax over each row, or one of the variant's faulty versions of it."""
     v = spec.variant
+    if v.output == "sigmoid":
+        return jax.nn.sigmoid(z)  # a sigmoid output layer: no normalisation over the row
     if v.softmax_max == "row":
         shifted = z - jnp.max(z, axis=1, keepdims=True)
     elif v.softmax_max == "global":
@@ -136,6 +138,10 @@ def _log_probs(spec: NetSpec, z: jax.Array, probs: jax.Array) -> jax.Array:
         return jnp.log(probs)  # log(0) = -inf, and 0 * -inf = nan in the loss
     if log == "eps":
         return jnp.log(probs + LOG_EPSILON)  # weak Python float: stays float32 in a float32 run
+    if log == "replace":  # log(0) swapped for log(1e-12): a constant there (no gradient through it)
+        zero = probs == 0
+        return jnp.where(zero, jnp.log(jnp.asarray(LOG_ZERO_REPLACEMENT, probs.dtype)),
+                         jnp.log(jnp.where(zero, 1, probs)))
     # masked: numpy's np.ma.log masks p <= 0 and every non-finite result (nan, inf), and the masked
     # terms drop out of the sum, i.e. contribute 0. The inner where keeps log() away from the masked
     # entries (double-where trick), otherwise the gradient would be 0 * (1/0) = nan there.
@@ -147,8 +153,15 @@ def _loss_and_aux(spec: NetSpec, params: Params, eps_z: list[jax.Array], eps_a: 
                   x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     zs, acts = _forward(spec, params, x, eps_z, eps_a)
     probs = _softmax(spec, zs[-1])
-    per_sample = -jnp.sum(y * _log_probs(spec, zs[-1], probs), axis=1)
+    if spec.variant.output == "sigmoid":  # binary cross-entropy; terms with a zero coefficient dropped
+        pos = jnp.where(y != 0, y * jnp.log(jnp.where(y != 0, probs, 1)), 0)
+        neg = jnp.where(y != 1, (1 - y) * jnp.log(jnp.where(y != 1, 1 - probs, 1)), 0)
+        per_sample = -jnp.sum(pos + neg, axis=1)
+    else:
+        per_sample = -jnp.sum(y * _log_probs(spec, zs[-1], probs), axis=1)
     loss = jnp.mean(per_sample) if spec.loss_reduction == "mean" else jnp.sum(per_sample)
+    if spec.variant.class_reduction == "mean":  # averaged over the classes too
+        loss = loss / y.shape[1]
     return loss, {"z": zs, "a": acts, "probs": probs}
 
 
@@ -168,7 +181,7 @@ class _Compiled:
         self._layouts: dict[tuple[int, ...], list[tuple[str, tuple[int, ...], int, int]]] = {}
 
     def _tensors(self, params: Params, x: jax.Array, labels: jax.Array, lr: jax.Array,
-                 round_scale: jax.Array) -> tuple[Params, dict[str, jax.Array]]:
+                 round_scale: jax.Array, state: tuple) -> tuple[Params, tuple, dict[str, jax.Array]]:
         spec, dtype = self.spec, jnp.dtype(self.spec.dtype)
         n = spec.n_layers
         x = x.astype(dtype)
@@ -187,8 +200,22 @@ class _Compiled:
             for i, width in enumerate(spec.layers[1:]):
                 if width == batch:
                     db[i] = jnp.sum(dz[i], axis=1)
+        v = spec.variant
+        if v.bias_grad_axis == "scalar":  # emulated likewise: np.sum(dz), one number for every bias
+            db = [jnp.full_like(g, jnp.sum(d)) for g, d in zip(db, dz)]
+        acc, vel = state
+        if v.grads == "accumulate":  # never zeroed: the previous step's gradients are added
+            dW = [g + p for g, (p, _) in zip(dW, acc)]
+            db = [g + p for g, (_, p) in zip(db, acc)]
+            acc = tuple(zip(dW, db))
+        steps = list(zip(dW, db))
+        if v.momentum is not None:  # the optimizer's velocity, v = mu * v + g
+            vel = tuple((v.momentum * a + gW, v.momentum * c + gb) for (a, c), (gW, gb) in zip(vel, steps))
+            steps = list(vel)
         new_params = []
-        for (W, b), gW, gb in zip(params, dW, db):
+        for (W, b), (gW, gb) in zip(params, steps):
+            if v.weight_decay is not None:  # weight decay on the weights
+                gW = gW + v.weight_decay * W
             W, b = W - lr * gW, b - lr * gb
             if spec.variant.round_params is not None:
                 W, b = _round_to_decimals(W, round_scale), _round_to_decimals(b, round_scale)
@@ -200,17 +227,17 @@ class _Compiled:
             t[f"{L}.W"], t[f"{L}.b"] = new_params[i]
             if i < n - 1:
                 t[f"{L}.a"], t[f"{L}.da"] = aux["a"][i], da[i]
-        return tuple(new_params), t
+        return tuple(new_params), (acc, vel), t
 
-    def _flat_step(self, *args: Any) -> tuple[Params, jax.Array]:
-        new_params, t = self._tensors(*args)
-        return new_params, jnp.concatenate([jnp.ravel(t[name]) for name in self.names])
+    def _flat_step(self, *args: Any) -> tuple[Params, tuple, jax.Array]:
+        new_params, state, t = self._tensors(*args)
+        return new_params, state, jnp.concatenate([jnp.ravel(t[name]) for name in self.names])
 
     def layout(self, *args: Any) -> list[tuple[str, tuple[int, ...], int, int]]:
         """(name, shape, start, stop) of every record in the flat buffer, for these argument shapes."""
         key = tuple(np.shape(args[1]))
         if key not in self._layouts:
-            _, shapes = jax.eval_shape(self._tensors, *args)
+            _, _, shapes = jax.eval_shape(self._tensors, *args)
             layout, start = [], 0
             for name in self.names:
                 shape = tuple(shapes[name].shape)
@@ -267,11 +294,15 @@ class JaxMLP:
     # -- state
     def set_params(self, params: dict[str, Any]) -> None:
         n = self.spec.n_layers
+        digits = self.spec.variant.round_loaded  # a rounded params file
+        load = (lambda v: np.round(v, digits)) if digits is not None else (lambda v: v)
         self._params: Params = tuple(
-            (jnp.asarray(np.asarray(params[f"L{i}.W"], dtype=self.dtype)),
-             jnp.asarray(np.asarray(params[f"L{i}.b"], dtype=self.dtype)))
+            (jnp.asarray(load(np.asarray(params[f"L{i}.W"], dtype=self.dtype))),
+             jnp.asarray(load(np.asarray(params[f"L{i}.b"], dtype=self.dtype))))
             for i in range(1, n + 1)
         )
+        zeros = tuple((jnp.zeros_like(W), jnp.zeros_like(b)) for W, b in self._params)
+        self._state = (zeros, zeros)  # (gradients never zeroed, momentum's velocity): zero at the start
 
     def params(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -289,8 +320,8 @@ class JaxMLP:
         labels = np.asarray(labels, dtype=np.int64)
         batch = x.shape[0]
         self.spec.check_batch(batch)
-        args = (self._params, x, labels, np.asarray(lr, dtype=self.dtype), self._round_scale)
-        self._params, flat = self._compiled.step(*args)
+        args = (self._params, x, labels, np.asarray(lr, dtype=self.dtype), self._round_scale, self._state)
+        self._params, self._state, flat = self._compiled.step(*args)
         buf = np.array(flat)  # one transfer; a writable copy, so records never alias device memory
         loss = float("nan")
         for name, shape, start, stop in self._compiled.layout(*args):

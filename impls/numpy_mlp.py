@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from memstate.runner.scenario import NetSpec
-from memstate.runner.variants import LOG_EPSILON
+from memstate.runner.variants import LOG_EPSILON, LOG_ZERO_REPLACEMENT
 
 NAME = "numpy"
 DTYPES = ("float64", "float32")
@@ -82,27 +82,42 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def cross_entropy(z: np.ndarray, probs: np.ndarray, y: np.ndarray, log: str = "safe",
-                  reduction: str = "mean") -> np.ndarray:
-    """The batch's cross-entropy as a 0-d array of z's dtype: from the logits (`log="safe"`) or from probs."""
+                  reduction: str = "mean", classes: str = "sum", output: str = "softmax") -> np.ndarray:
+    """The batch's cross-entropy as a 0-d array of z's dtype: from the logits (`log="safe"`) or from probs.
+
+    `classes="mean"` also averages over the classes (the loss / C bug); `output="sigmoid"` is the binary
+    cross-entropy of sigmoid outputs, -sum(y log p + (1 - y) log(1 - p)), terms with a zero coefficient
+    skipped."""
     dtype = z.dtype
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        if log == "safe":
+        if output == "sigmoid":
+            pos = np.where(y != 0, y * np.log(np.where(y != 0, probs, 1)), 0)
+            neg = np.where(y != 1, (1 - y) * np.log(np.where(y != 1, 1 - probs, 1)), 0)
+            total = -(np.sum(pos) + np.sum(neg))
+        elif log == "safe":
             total = -np.sum(y * log_softmax(z))
         elif log == "raw":
             total = -np.sum(y * np.log(probs))
         elif log == "eps":
             total = -np.sum(y * np.log(probs + dtype.type(LOG_EPSILON)))
+        elif log == "replace":  # log(0) swapped for log(1e-12), every other term untouched
+            total = -np.sum(y * np.log(np.where(probs == 0, dtype.type(LOG_ZERO_REPLACEMENT), probs)))
         else:  # masked: np.ma.log drops the log(0) terms from the sum
             total = -np.ma.filled(np.sum(y * np.ma.log(probs)), 0.0)
     if reduction == "mean":
         total = total / z.shape[0]
+    if classes == "mean":
+        total = total / z.shape[1]
     return np.asarray(total, dtype=dtype)
 
 
-def output_grad(probs: np.ndarray, y: np.ndarray, reduction: str = "mean") -> np.ndarray:
-    """dLoss/dz of the output layer for softmax cross-entropy: (probs - y) / B, or probs - y for sum."""
+def output_grad(probs: np.ndarray, y: np.ndarray, reduction: str = "mean", classes: str = "sum") -> np.ndarray:
+    """dLoss/dz of the output layer for softmax cross-entropy (and for sigmoid with binary cross-entropy):
+    (probs - y) / B, or probs - y for sum; divided by C as well for `classes="mean"`."""
     dt = probs.dtype
     scale = dt.type(1.0 / probs.shape[0]) if reduction == "mean" else dt.type(1.0)
+    if classes == "mean":
+        scale = scale / dt.type(probs.shape[1])
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         return (probs - y) * scale
 
@@ -114,10 +129,13 @@ def weight_grad(a: np.ndarray, dz: np.ndarray) -> np.ndarray:
 
 
 def bias_grad(dz: np.ndarray, axis: str = "batch") -> np.ndarray:
-    """dLoss/db: dz summed over the batch (`axis="features"` is the bias_grad_axis bug, square dz only)."""
+    """dLoss/db: dz summed over the batch (`axis="features"` is the bias_grad_axis bug, square dz only;
+    `axis="scalar"` the np.sum(dz) bug, one number for every bias)."""
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         if axis == "features" and dz.shape[0] == dz.shape[1]:
             return dz.sum(axis=1)
+        if axis == "scalar":
+            return np.full(dz.shape[1], dz.sum(), dtype=dz.dtype)
         return dz.sum(axis=0)
 
 
@@ -127,9 +145,13 @@ def input_grad(dz: np.ndarray, W: np.ndarray) -> np.ndarray:
         return dz @ W.T
 
 
-def sgd_update(p: np.ndarray, grad: np.ndarray, lr: float, digits: int | None = None) -> np.ndarray:
-    """p - lr * grad in p's dtype, rounded to `digits` decimals when given (the round_params bug)."""
+def sgd_update(p: np.ndarray, grad: np.ndarray, lr: float, digits: int | None = None,
+               decay: float | None = None) -> np.ndarray:
+    """p - lr * grad in p's dtype, rounded to `digits` decimals when given (the round_params bug);
+    `decay` = lambda is weight decay, p - lr * (grad + lambda * p) (the weight_decay bug)."""
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        if decay is not None:
+            grad = grad + p.dtype.type(decay) * p
         new = p - p.dtype.type(lr) * grad
         return np.round(new, digits) if digits is not None else new
 
@@ -151,6 +173,12 @@ class NumpyMLP:
         n = self.spec.n_layers
         self.W = [np.array(params[f"L{i}.W"], dtype=self.dtype) for i in range(1, n + 1)]
         self.b = [np.array(params[f"L{i}.b"], dtype=self.dtype) for i in range(1, n + 1)]
+        digits = self.spec.variant.round_loaded
+        if digits is not None:  # the round_loaded bug: a rounded params file
+            self.W = [np.round(W, digits) for W in self.W]
+            self.b = [np.round(b, digits) for b in self.b]
+        self.prev_grads: list | None = None  # the grads variant: what the next step adds
+        self.velocity: list | None = None  # the momentum variant
 
     def params(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -170,10 +198,14 @@ class NumpyMLP:
 
     def _softmax(self, z: np.ndarray) -> np.ndarray:
         v = self.spec.variant
+        if v.output == "sigmoid":
+            with np.errstate(over="ignore"):
+                return activate("sigmoid", z)
         return softmax(z, v.softmax_max, v.softmax_sum)
 
     def _loss(self, z: np.ndarray, probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return cross_entropy(z, probs, y, self.spec.variant.log, self.spec.loss_reduction)
+        v = self.spec.variant
+        return cross_entropy(z, probs, y, v.log, self.spec.loss_reduction, v.class_reduction, v.output)
 
     def _bias_grad(self, dz: np.ndarray) -> np.ndarray:
         return bias_grad(dz, self.spec.variant.bias_grad_axis)
@@ -214,11 +246,13 @@ class NumpyMLP:
 
         grads: list[tuple[np.ndarray, np.ndarray]] = [None] * n  # type: ignore[list-item]
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-            dz = output_grad(probs, y, self.spec.loss_reduction)
+            dz = output_grad(probs, y, self.spec.loss_reduction, self.spec.variant.class_reduction)
             for i in reversed(range(n)):
                 record(f"L{i + 1}.dz", dz)
                 dW = weight_grad(acts[i], dz)
                 db = self._bias_grad(dz)
+                if self.prev_grads is not None:  # the grads = "accumulate" bug: never zeroed
+                    dW, db = dW + self.prev_grads[i][0], db + self.prev_grads[i][1]
                 record(f"L{i + 1}.dW", dW)
                 record(f"L{i + 1}.db", db)
                 grads[i] = (dW, db)
@@ -226,9 +260,17 @@ class NumpyMLP:
                     da = input_grad(dz, self.W[i])
                     record(f"L{i}.da", da)
                     dz = da * self._activation_grad(zs[i - 1], acts[i])
-            digits = self.spec.variant.round_params
+            v = self.spec.variant
+            if v.grads == "accumulate":
+                self.prev_grads = grads
+            if v.momentum is not None:  # v = mu * v + g; the update uses v
+                mu = dt.type(v.momentum)
+                old = self.velocity or [(np.zeros_like(W), np.zeros_like(b)) for W, b in zip(self.W, self.b)]
+                self.velocity = [(mu * vw + gw, mu * vb + gb) for (vw, vb), (gw, gb) in zip(old, grads)]
+                grads = self.velocity
+            digits = v.round_params
             for i in range(n):
-                W = sgd_update(self.W[i], grads[i][0], lr, digits)
+                W = sgd_update(self.W[i], grads[i][0], lr, digits, v.weight_decay)
                 b = sgd_update(self.b[i], grads[i][1], lr, digits)
                 self.W[i], self.b[i] = W, b
                 record(f"L{i + 1}.W", W)

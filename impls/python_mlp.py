@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import struct
 
-from memstate.runner.variants import LOG_EPSILON  # 1e-8; memstate.runner.variants itself imports no numpy
+from memstate.runner.variants import LOG_EPSILON, LOG_ZERO_REPLACEMENT  # the module imports no numpy
 
 NAME = "python"
 DTYPES = ("float64",)
@@ -89,6 +89,12 @@ class PythonMLP:
         n = self.spec.n_layers
         self.W = [_floats(params[f"L{i}.W"]) for i in range(1, n + 1)]  # [fan_in][fan_out]
         self.b = [_floats(params[f"L{i}.b"]) for i in range(1, n + 1)]
+        digits = self.variant.round_loaded
+        if digits is not None:  # a rounded params file
+            self.W = [[[round(w, digits) for w in row] for row in W] for W in self.W]
+            self.b = [[round(v, digits) for v in b] for b in self.b]
+        self.prev_grads = None  # grads = "accumulate": added to the next step's
+        self.velocity = None  # momentum
 
     def params(self):
         out = {}
@@ -145,6 +151,8 @@ class PythonMLP:
 
     def softmax(self, z):
         v = self.variant
+        if v.output == "sigmoid":  # a sigmoid output layer, element by element
+            return [[self.sigmoid(zj) for zj in row] for row in z]
         if v.softmax_max == "row":
             shifts = [_max(row) for row in z]
         elif v.softmax_max == "global":  # np.exp(x - np.max(x)): one max for the whole batch
@@ -160,9 +168,21 @@ class PythonMLP:
         sums = [sum(col) for col in zip(*e)]  # builtin sum over the rows: one sum per column
         return [[_div(ej, s) for ej, s in zip(row, sums)] for row in e]
 
+    @staticmethod
+    def sigmoid(v):
+        if v >= 0:
+            return 1.0 / (1.0 + _exp(-v))
+        e = _exp(v)
+        return e / (1.0 + e)
+
     def loss(self, z, probs, y):
         log = self.variant.log
-        if log == "safe":  # log-softmax from the logits
+        if self.variant.output == "sigmoid":  # binary cross-entropy, zero-coefficient terms skipped
+            total = 0.0
+            for prow, yrow in zip(probs, y):
+                for p, yj in zip(prow, yrow):
+                    total += (yj * _log(p) if yj != 0 else 0.0) + ((1.0 - yj) * _log(1.0 - p) if yj != 1 else 0.0)
+        elif log == "safe":  # log-softmax from the logits
             total = 0.0
             for zrow, yrow in zip(z, y):
                 m = _max(zrow)
@@ -172,15 +192,22 @@ class PythonMLP:
             total = sum(yj * _log(p) for prow, yrow in zip(probs, y) for p, yj in zip(prow, yrow))
         elif log == "eps":
             total = sum(yj * _log(p + LOG_EPSILON) for prow, yrow in zip(probs, y) for p, yj in zip(prow, yrow))
+        elif log == "replace":  # log(0) taken as log(1e-12)
+            total = sum(yj * _log(LOG_ZERO_REPLACEMENT if p == 0 else p)
+                        for prow, yrow in zip(probs, y) for p, yj in zip(prow, yrow))
         else:  # masked: np.ma.log drops every term whose log is not finite (p <= 0, nan, inf)
             total = sum(yj * _log(p) for prow, yrow in zip(probs, y) for p, yj in zip(prow, yrow)
                         if math.isfinite(_log(p)))
         total = -total
-        return total / len(z) if self.spec.loss_reduction == "mean" else total
+        total = total / len(z) if self.spec.loss_reduction == "mean" else total
+        return total / len(z[0]) if self.variant.class_reduction == "mean" else total
 
     def bias_grad(self, dz):
         if self.variant.bias_grad_axis == "features" and len(dz) == len(dz[0]):
             return [sum(row) for row in dz]  # the bug: summed over the features
+        if self.variant.bias_grad_axis == "scalar":
+            total = sum(v for row in dz for v in row)  # the bug: one sum over everything
+            return [total] * len(dz[0])
         return [sum(col) for col in zip(*dz)]
 
     # -- the interface
@@ -218,11 +245,17 @@ class PythonMLP:
 
         mean = self.spec.loss_reduction == "mean"
         dz = [[(p - t) / batch if mean else p - t for p, t in zip(prow, yrow)] for prow, yrow in zip(probs, y)]
+        if self.variant.class_reduction == "mean":
+            dz = [[v / layers[-1] for v in row] for row in dz]
         grads = [None] * n
         for i in reversed(range(n)):
             record(f"L{i + 1}.dz", dz)
             dW = [[sum(a * d for a, d in zip(acol, dcol)) for dcol in zip(*dz)] for acol in zip(*acts[i])]
             db = self.bias_grad(dz)
+            if self.prev_grads is not None:  # never zeroed: the previous step's gradients are still there
+                pW, pb = self.prev_grads[i]
+                dW = [[g + q for g, q in zip(grow, qrow)] for grow, qrow in zip(dW, pW)]
+                db = [g + q for g, q in zip(db, pb)]
             record(f"L{i + 1}.dW", dW)
             record(f"L{i + 1}.db", db)
             grads[i] = (dW, db)
@@ -232,9 +265,21 @@ class PythonMLP:
                 dz = [[g * self.activation_grad(zv, av) for g, zv, av in zip(grow, zrow, arow)]
                       for grow, zrow, arow in zip(da, zs[i - 1], acts[i])]
 
-        digits = self.variant.round_params
+        v = self.variant
+        if v.grads == "accumulate":
+            self.prev_grads = grads
+        if v.momentum is not None:  # v = mu * v + g, and the step follows v
+            mu = v.momentum
+            old = self.velocity or [([[0.0] * len(r) for r in g[0]], [0.0] * len(g[1])) for g in grads]
+            self.velocity = [([[mu * a + c for a, c in zip(vr, gr)] for vr, gr in zip(vW, gW)],
+                              [mu * a + c for a, c in zip(vb, gb)]) for (vW, vb), (gW, gb) in zip(old, grads)]
+            grads = self.velocity
+        digits = v.round_params
+        lam = v.weight_decay
         for i in range(n):
             dW, db = grads[i]
+            if lam is not None:  # weight decay on the weights: W -= lr * (dW + lambda * W)
+                dW = [[g + lam * w for w, g in zip(wrow, grow)] for wrow, grow in zip(self.W[i], dW)]
             W = [[w - lr * g for w, g in zip(wrow, grow)] for wrow, grow in zip(self.W[i], dW)]
             b = [v - lr * g for v, g in zip(self.b[i], db)]
             if digits is not None:  # the toFixed(8) "fix"

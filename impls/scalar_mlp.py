@@ -24,7 +24,7 @@ import gc
 import math
 
 from memstate.impls.scalar_engine import Value, exp, f32, log
-from memstate.runner.variants import LOG_EPSILON
+from memstate.runner.variants import LOG_EPSILON, LOG_ZERO_REPLACEMENT
 
 NAME = "scalar"
 DTYPES = ("float64",)
@@ -67,6 +67,12 @@ class ScalarMLP:
         n = self.spec.n_layers
         self.W = [_floats(params[f"L{i}.W"]) for i in range(1, n + 1)]  # [fan_in][fan_out] floats
         self.b = [_floats(params[f"L{i}.b"]) for i in range(1, n + 1)]
+        digits = self.variant.round_loaded
+        if digits is not None:  # a rounded params file
+            self.W = [[[round(w, digits) for w in row] for row in W] for W in self.W]
+            self.b = [[round(v, digits) for v in b] for b in self.b]
+        self.prev_grads = None  # grads = "accumulate": the optimizer never zeroes them
+        self.velocity = None  # momentum: the optimizer's state
 
     def params(self):
         out = {}
@@ -101,6 +107,8 @@ class ScalarMLP:
 
     def softmax(self, z):
         v = self.variant
+        if v.output == "sigmoid":
+            return [[zj.sigmoid() for zj in row] for row in z]
         if v.softmax_max == "row":
             shifts = [_nanmax([zj.data for zj in row]) for row in z]  # constants: detached
         elif v.softmax_max == "global":
@@ -119,7 +127,14 @@ class ScalarMLP:
     def loss(self, z, probs, y):
         how = self.variant.log
         terms = []
-        if how == "safe":  # log-softmax of the logits, the row max a constant
+        if self.variant.output == "sigmoid":  # binary cross-entropy; zero-coefficient terms skipped
+            for prow, yrow in zip(probs, y):
+                for p, yj in zip(prow, yrow):
+                    if yj != 0:
+                        terms.append(yj * p.log())
+                    if yj != 1:
+                        terms.append((1.0 - yj) * (1.0 - p).log())
+        elif how == "safe":  # log-softmax of the logits, the row max a constant
             for zrow, yrow in zip(z, y):
                 m = _nanmax([zj.data for zj in zrow])
                 shifted = [zj - m for zj in zrow]
@@ -132,10 +147,13 @@ class ScalarMLP:
                         terms.append(yj * p.log())
                     elif how == "eps":
                         terms.append(yj * (p + LOG_EPSILON).log())
+                    elif how == "replace":  # log(0) swapped for the constant log(1e-12)
+                        terms.append(yj * (p.log() if p.data != 0 else Value(math.log(LOG_ZERO_REPLACEMENT))))
                     elif math.isfinite(log(p.data)):
                         terms.append(yj * p.log())  # masked: terms with a non-finite log are dropped
         total = -Value.sum(terms)
-        return total / len(z) if self.spec.loss_reduction == "mean" else total
+        total = total / len(z) if self.spec.loss_reduction == "mean" else total
+        return total / len(z[0]) if self.variant.class_reduction == "mean" else total
 
     # -- the interface
     def logits(self, x):
@@ -212,6 +230,12 @@ class ScalarMLP:
             db = [v.grad for v in b[i]]
             if self.variant.bias_grad_axis == "features" and batch == layers[i + 1]:
                 db = [sum(row) for row in dz]  # the bug, by hand: dz summed over the features
+            if self.variant.bias_grad_axis == "scalar":
+                db = [sum(v for row in dz for v in row)] * len(db)  # np.sum(dz), by hand
+            if self.prev_grads is not None:  # gradients never zeroed: they add up across steps
+                pW, pb = self.prev_grads[i]
+                dW = [[g + q for g, q in zip(grow, qrow)] for grow, qrow in zip(dW, pW)]
+                db = [g + q for g, q in zip(db, pb)]
             record(f"L{i + 1}.dz", dz)
             record(f"L{i + 1}.dW", dW)
             record(f"L{i + 1}.db", db)
@@ -219,9 +243,19 @@ class ScalarMLP:
             if i > 0:
                 record(f"L{i}.da", _grad(acts[i]))
 
-        digits = self.variant.round_params
+        v = self.variant
+        if v.grads == "accumulate":
+            self.prev_grads = grads
+        if v.momentum is not None:  # the optimizer's velocity: v = mu * v + g
+            old = self.velocity or [([[0.0] * len(r) for r in g[0]], [0.0] * len(g[1])) for g in grads]
+            self.velocity = [([[v.momentum * a + c for a, c in zip(vr, gr)] for vr, gr in zip(vW, gW)],
+                              [v.momentum * a + c for a, c in zip(vb, gb)]) for (vW, vb), (gW, gb) in zip(old, grads)]
+            grads = self.velocity
+        digits = v.round_params
         for i in range(n):
             dW, db = grads[i]
+            if v.weight_decay is not None:  # the optimizer's weight decay, on the weights
+                dW = [[g + v.weight_decay * w for w, g in zip(wrow, grow)] for wrow, grow in zip(self.W[i], dW)]
             self.W[i] = [[w - lr * g for w, g in zip(wrow, grow)] for wrow, grow in zip(self.W[i], dW)]
             self.b[i] = [v - lr * g for v, g in zip(self.b[i], db)]
             if digits is not None:

@@ -27,3 +27,17 @@ def variant_id(value: object) -> str | None:
     if isinstance(value, Variant):
         return "-".join(f"{k}={v}" for k, v in value.changes().items())
     return None
+
+
+# Issue 11's mistakes: (variant, params scale, first wrong step, first wrong tensor, its diagnosis code).
+# grads and momentum change nothing at step 0 (nothing to accumulate yet, v = 0 + g).
+ISSUE11_VARIANTS = [
+    (Variant(bias_grad_axis="scalar"), 1, 0, "L2.db", "bias-grad-scalar"),
+    (Variant(class_reduction="mean"), 1, 0, "loss", "loss-mean-over-classes"),
+    (Variant(output="sigmoid"), 1, 0, "probs", "output-sigmoid"),
+    (Variant(log="replace"), 40, 0, "loss", "log-zero-replaced"),
+    (Variant(round_loaded=8), 1, 0, "L1.z", "params-load-mismatch"),
+    (Variant(grads="accumulate"), 1, 1, "L2.dW", "grad-not-zeroed"),
+    (Variant(momentum=0.9), 1, 1, "L1.W", "momentum"),
+    (Variant(weight_decay=0.01), 1, 0, "L1.W", "weight-decay"),
+]

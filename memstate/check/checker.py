@@ -30,6 +30,7 @@ import numpy as np
 from memstate.check import recompute as rc
 from memstate.blas import blas_threads
 from memstate.formats.readahead import read_ahead
+from memstate.check.root_causes import CheckRoots
 from memstate.comparator.compare import (Comparison, FirstDivergence, StepComparison, TensorComparison, TensorSeries,
                               ToleranceUse, TraceInfo, _Buckets, error_grid)
 from memstate.comparator.compare import Finding as CompareFinding
@@ -387,6 +388,7 @@ class _State:
     series: dict[str, _Buckets] = field(default_factory=dict)
     full_steps: list[StepComparison] = field(default_factory=list)  # the first step and the first failing one
     last_kept: tuple[int, list[_Op]] | None = None  # the last step's operations (reported in full too)
+    roots: Any = None  # memstate.check.root_causes.CheckRoots: every independent cause
 
     def note(self, text: str, step: int) -> None:
         self.notes.setdefault(text, []).append(step)
@@ -487,7 +489,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
     tolerances = tolerances if tolerances is not None else Tolerances()
     with blas_threads(), open_trace(path) as reader, closing(read_ahead(reader.steps(), reader.encoding)) as ahead:
         meta = dict(reader.meta)
-        st = _State(tolerances, meta, diagnose)
+        st = _State(tolerances, meta, diagnose, roots=CheckRoots(meta, diagnose))
         source = "scenario"
         if scenario is None:
             scenario, why = header_scenario(meta)
@@ -571,6 +573,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
             new = rc.Settings(n_layers, activation.value, reduction.value, learning_rate.value)
             if new != settings:
                 settings, rules = new, rc.rules(new)
+            st.roots.step(k, t, in_force, in_force_from)
             _check_step(st, k, t, in_force, in_force_from, settings, rules, keep=count == 1)
 
             names = param_names(n_layers)
@@ -589,6 +592,9 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
         st.full_steps.append(_full_step(*st.last_kept))
     st.last_kept = None
     learning_rate = _lr_consistency(st, learning_rate, lr_fit, dtype)
+    root_causes, extra = st.roots.finish(reduction.value, n_layers, _reference_meta(meta, activation.value, None, None))
+    for kwargs in extra:
+        st.find(Finding(**kwargs))
     if learning_rate.value is None:
         st.note("learning rate unknown: no step had its parameters in force and a non-zero gradient",
                 first_step if first_step is not None else 0)
@@ -625,6 +631,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
         findings=tuple(_compare_finding(f) for f in findings)
         + tuple(CompareFinding("not-checked", "info", n) for n in notes),
         meta_diff=(),
+        root_causes=root_causes,
     )
     return CheckResult(
         path=Path(path), encoding=encoding, meta=meta, n_layers=n_layers, dtype=dtype, steps=count,
@@ -792,6 +799,7 @@ def _check_step(st: _State, k: int, t: Mapping[str, np.ndarray], in_force: Mappi
             continue
 
         step_failed = True
+        st.roots.failed(k, name, pos, lambda: _context(k, name, ref, value, t, pos, st.meta, settings, st.history))
         st.n_failures += 1
         if len(st.failures) < MAX_FAILURES:
             st.failures.append(op)
@@ -804,8 +812,8 @@ def _check_step(st: _State, k: int, t: Mapping[str, np.ndarray], in_force: Mappi
             st.first_failure = op
             st.first_divergence = _divergence(k, name, rule, ref, value, scale, tol, names[:pos])
             if st.diagnose:
-                st.first_context = _context(k, name, ref, value, t, pos, st.meta, settings,
-                                            st.history + [(k, max(step_worst_rel, c.max_rel))])
+                st.first_context = st.roots.enrich(_context(k, name, ref, value, t, pos, st.meta, settings,
+                                                            st.history + [(k, max(step_worst_rel, c.max_rel))]))
         elif st.first_failure.step == k:
             st.consequences.append(name)
 

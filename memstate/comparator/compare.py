@@ -244,6 +244,7 @@ class Comparison:
     findings: tuple[Finding, ...]
     meta_diff: tuple[MetaChange, ...]
     curves: Curves | None = None  # the training view: loss and eval.* curves, stops (memstate.comparator.curves)
+    root_causes: tuple = ()  # memstate.diagnose.roots.RootCause: every independent cause, the first divergence first
 
     @property
     def diagnoses(self) -> tuple:
@@ -413,6 +414,7 @@ class _Comparer:
         self.pending: dict[int, tuple[Step, Step]] = {}  # recent steps with summary metrics, until known shown or not
         self.curves = CurveTracker()
         self.after_stop = {"a": 0, "b": 0}  # steps one side has after the other stopped by a rule
+        self.roots = _root_collector()  # every independent cause (memstate.diagnose.roots), when installed
 
     # -- one step present on both sides
     def both(self, sa: Step, sb: Step, sc: Step | None,
@@ -442,10 +444,17 @@ class _Comparer:
         self._summarise(result)
         if self.first is None:
             self._divergence(result, sa, sb, names_a, names_b)
+            if self.roots is not None:
+                self.roots.step(result, sa, sb, self.first, self._later_context)
+        elif self.roots is not None:
+            self.roots.step(result, sa, sb, None, self._later_context)
         self._keep(result)
         tail = {s.step for s in self.tail}
         for j in [j for j in self.pending if j not in tail]:
             del self.pending[j]
+
+    def _later_context(self, **fields: Any) -> Any:
+        return _context(meta_a=self.readers["a"].meta, meta_b=self.readers["b"].meta, **fields)
 
     def _upgrade(self, s: StepComparison) -> StepComparison:
         """`s` with full metrics for its tensors that had only the summary (from the arrays kept in `pending`)."""
@@ -601,7 +610,8 @@ class _Comparer:
             step=t.step, name=t.name, a=a, b=b,
             inputs_a={n: sa.tensors[n] for n in inputs}, inputs_b={n: sb.tensors[n] for n in inputs_b},
             history=tuple(zip(self.hist_steps, self.hist_errors)), inputs_agree=self.first.inputs_agree,
-            meta_a=self.readers["a"].meta, meta_b=self.readers["b"].meta))
+            meta_a=self.readers["a"].meta, meta_b=self.readers["b"].meta,
+            **(self.roots.extra(t.step, sa, sb) if self.roots is not None else {})))
 
     # -- a step on one side only
     def one_sided(self, side: str, step: Step, other_ended: bool) -> None:
@@ -676,6 +686,7 @@ class _Comparer:
             findings=findings,
             meta_diff=meta_diff(self.readers["a"].meta, self.readers["b"].meta),
             curves=curves if curves.present else None,
+            root_causes=self.roots.result() if self.roots is not None else (),
         )
 
     def _check_lengths(self) -> None:
@@ -729,6 +740,24 @@ def _diagnose(**context: Any) -> tuple:
             raise
         return ()
     return tuple(diagnose(DivergenceContext(**context)))
+
+
+def _root_collector() -> Any:
+    """memstate.diagnose.roots' collector of every independent cause, when that module exists."""
+    try:
+        from memstate.diagnose.roots import DiffRoots
+    except ModuleNotFoundError as exc:
+        if exc.name != "memstate.diagnose.roots":
+            raise
+        return None
+    return DiffRoots()
+
+
+def _context(**fields: Any) -> Any:
+    """A DivergenceContext for a later failing tensor, with this comparison's history and headers."""
+    from memstate.diagnose.context import DivergenceContext
+
+    return DivergenceContext(history=(), **fields)
 
 
 def _open(trace: TraceLike, stack: ExitStack) -> TraceReader:

@@ -23,10 +23,15 @@ from typing import Any
 import numpy as np
 
 from memstate.diagnose.common import Entry, diagnoser, entry, f64, fmt, make, rel_err
-from memstate.diagnose.loss import log_epsilon, log_masked, log_of_zero
+from memstate.diagnose.loss import (log_epsilon, log_masked, log_of_zero, log_zero_replaced,
+                                    loss_mean_over_classes)
+from memstate.diagnose.optimizer import grad_not_zeroed, momentum, weight_decay
+from memstate.diagnose.params import params_load_mismatch
+from memstate.diagnose.relations import simplest_relation
 from memstate.diagnose.precision import drift, dtype_float32, precision_rounding
-from memstate.diagnose.softmax import softmax_column_sum, softmax_global_max, softmax_global_sum, softmax_no_max
-from memstate.diagnose.structure import (bias_grad_axis, nan_origin, reduction_mean_vs_sum, scaled, sign_flip,
+from memstate.diagnose.softmax import (output_sigmoid, softmax_column_sum, softmax_global_max, softmax_global_sum,
+                                       softmax_no_max)
+from memstate.diagnose.structure import (bias_grad_axis, bias_grad_scalar, nan_origin, reduction_mean_vs_sum, scaled, sign_flip,
                                          transposed)
 from memstate.diagnose.context import Diagnosis, DivergenceContext
 
@@ -49,6 +54,14 @@ CATALOGUE: list[Entry] = [entry(func) for func in (
     sign_flip,
     nan_origin,
     drift,
+    bias_grad_scalar,
+    loss_mean_over_classes,
+    output_sigmoid,
+    log_zero_replaced,
+    params_load_mismatch,
+    grad_not_zeroed,
+    momentum,
+    weight_decay,
 )]
 
 
@@ -68,13 +81,21 @@ def unknown(ctx: DivergenceContext, failures: list[str] | None = None) -> Diagno
                f"{a.size} elements differ" if "max_abs_err" in ev else f"shapes {list(a.shape)} vs {list(b.shape)}")
     inputs = {True: "its inputs agree, so the cause is in how this tensor is computed",
               False: "its inputs already disagree slightly", None: "no inputs were recorded before it"}[ctx.inputs_agree]
+    found = simplest_relation(ctx)
+    relation = ""
+    if found is not None:
+        relation = f" The simplest exact relation between the sides: {found[0]}."
+        ev.update(found[1])
+    else:
+        ev["relation"] = None
     return make("unknown", 0.0,
-                f"No known mistake explains {ctx.name} at step {ctx.step}: {summary}; {inputs}. Compare the code "
-                f"that computes {ctx.name} on both sides.", ev)
+                f"No known mistake explains {ctx.name} at step {ctx.step}: {summary}; {inputs}.{relation} Compare "
+                f"the code that computes {ctx.name} on both sides.", ev)
 
 
 __all__ = [
-    "CATALOGUE", "Entry", "bias_grad_axis", "diagnoser", "drift", "dtype_float32", "log_epsilon", "log_masked",
+    "CATALOGUE", "Entry", "bias_grad_axis", "bias_grad_scalar", "grad_not_zeroed", "log_zero_replaced",
+    "loss_mean_over_classes", "momentum", "output_sigmoid", "params_load_mismatch", "weight_decay", "diagnoser", "drift", "dtype_float32", "log_epsilon", "log_masked",
     "log_of_zero", "nan_origin", "precision_rounding", "reduction_mean_vs_sum", "scaled", "sign_flip",
     "softmax_column_sum", "softmax_global_max", "softmax_global_sum", "softmax_no_max", "transposed", "unknown",
 ]

@@ -237,3 +237,68 @@ __all__ = [
     "labels", "last_layer", "logits", "make", "other_label", "rel_err", "same", "same_pattern", "scale", "sides",
     "who",
 ]
+
+
+# ------------------------------------------------------------------- across steps (optimizer, params in force)
+
+def _is_a(side: "Side | str") -> bool:
+    return (side if isinstance(side, str) else side.label) == "A"
+
+
+def step_of(ctx: DivergenceContext, side: "Side | str") -> dict:
+    """The side's whole step when the caller gave it, else what it recorded before the divergent tensor."""
+    full = ctx.step_a if _is_a(side) else ctx.step_b
+    if full is not None:
+        return full
+    return ctx.inputs_a if _is_a(side) else ctx.inputs_b
+
+
+def before_of(ctx: DivergenceContext, side: "Side | str") -> tuple:
+    """The side's previous steps (most recent first), when the caller gave them."""
+    return tuple(ctx.before_a if _is_a(side) else ctx.before_b)
+
+
+def in_force_of(ctx: DivergenceContext, side: "Side | str") -> dict | None:
+    """The parameters in force at this step on the side: given by the caller, else the previous step's
+    updated parameters."""
+    given = ctx.in_force_a if _is_a(side) else ctx.in_force_b
+    if given is not None:
+        return given
+    before = before_of(ctx, side)
+    return before[0] if before else None
+
+
+def own_gradient(inputs: dict, name: str) -> np.ndarray | None:
+    """dW = a_prev^T @ dz or db = dz summed over the batch, from the side's own recorded tensors."""
+    m = GRAD.match(name)
+    if not m or m.group(2) not in ("W", "b"):
+        return None
+    i = int(m.group(1))
+    dz = inputs.get(f"L{i}.dz")
+    if dz is None or np.ndim(dz) != 2:
+        return None
+    dz = f64(dz)
+    if m.group(2) == "b":
+        return dz.sum(axis=0)
+    a = inputs.get("x" if i == 1 else f"L{i - 1}.a")
+    if a is None or np.ndim(a) != 2 or np.shape(a)[0] != dz.shape[0]:
+        return None
+    return f64(a).T @ dz
+
+
+def lstsq_fit(target: np.ndarray, *basis: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Least-squares coefficients c with target ≈ Σ c_i·basis_i, and the residual's norm over target's; None
+    when anything is non-finite, a shape differs or the target is zero."""
+    t = f64(target).ravel()
+    cols = [f64(b).ravel() for b in basis]
+    if any(c.shape != t.shape for c in cols) or not all_finite(t) or not all(all_finite(c) for c in cols):
+        return None
+    norm = float(np.linalg.norm(t))
+    if norm == 0 or any(float(np.linalg.norm(c)) == 0 for c in cols):
+        return None
+    m = np.stack(cols, axis=1)
+    coef, *_ = np.linalg.lstsq(m, t, rcond=None)
+    return coef, float(np.linalg.norm(t - m @ coef)) / norm
+
+
+__all__ += ["before_of", "in_force_of", "lstsq_fit", "own_gradient", "step_of"]

@@ -35,6 +35,14 @@ CODES: tuple[str, ...] = (
     "sign-flip",
     "nan-origin",
     "drift",
+    "bias-grad-scalar",
+    "loss-mean-over-classes",
+    "output-sigmoid",
+    "log-zero-replaced",
+    "params-load-mismatch",
+    "grad-not-zeroed",
+    "momentum",
+    "weight-decay",
     "unknown",
 )
 
@@ -63,6 +71,14 @@ class DivergenceContext:
     inputs_agree: bool | None  # whether the tensors recorded before `name` agree (None: no inputs)
     meta_a: dict = field(default_factory=dict)  # trace headers (impl, dtype, variant, batch_size, layers, ...)
     meta_b: dict = field(default_factory=dict)
+    # optional, for the diagnosers that look across steps (optimizer state, parameters in force):
+    step_a: dict | None = None  # the whole step of side A (tensors recorded after `name` too), when known
+    step_b: dict | None = None
+    before_a: tuple = ()  # side A's previous steps' tensors, most recent first (contiguous steps only, <= 2)
+    before_b: tuple = ()
+    in_force_a: dict | None = None  # the parameters in force at this step on side A, when known
+    in_force_b: dict | None = None
+    in_force_from: str = ""  # "params file ..." when they are the run's starting parameters, else "step k-1"
 
 
 def jsonable(value: Any) -> Any:

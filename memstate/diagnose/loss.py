@@ -66,7 +66,10 @@ def log_of_zero(ctx: DivergenceContext) -> Diagnosis | None:
         ev = {"side": side.label, "loss": value, "zero_probs": int(zero.sum()), "zero_on_label": int(on_label.sum()),
               "zero_off_label": int(off_label.sum()), "positions": first_positions(zero, 10),
               "expected_loss": expected, "probs_checked": True}
-        return make("log-of-zero", 0.95 if kind.lstrip("-") == expected else 0.8, text, ev)
+        conf = 0.95 if kind.lstrip("-") == expected else 0.8
+        if log_zero_replaced(ctx) is not None:
+            conf = min(conf, 0.9)  # the other side's finite loss is the same log(0) with the zeros swapped out
+        return make("log-of-zero", conf, text, ev)
     return None
 
 
@@ -120,6 +123,15 @@ def _fit_eps(p: np.ndarray, y: np.ndarray, k: float, target: float) -> float | N
     return 10.0 ** ((lo + hi) / 2)
 
 
+def _plain_log_of(p: np.ndarray, y: np.ndarray, loss: float) -> bool:
+    """Whether loss is -Σ y·log p of these probs (mean or sum) to rounding."""
+    if np.any((p == 0) & (y != 0)):
+        return False
+    with np.errstate(all="ignore"):
+        total = float(-np.sum(np.where(y != 0, y * np.log(np.where(y != 0, p, 1.0)), 0.0)))
+    return any(abs(total * k - loss) <= 1e-12 * max(abs(loss), 1e-300) for k in _reductions(len(p)).values())
+
+
 @diagnoser("log-epsilon")
 def log_epsilon(ctx: DivergenceContext) -> Diagnosis | None:
     """The loss is lower by exactly what log(p + eps) instead of log(p) gives, for a small eps."""
@@ -132,8 +144,10 @@ def log_epsilon(ctx: DivergenceContext) -> Diagnosis | None:
             continue
         p, y = got
         loss, other = float(side.x.ravel()[0]), float(side.o.ravel()[0])
-        if not loss < other:
-            continue
+        if not loss < other or replaced_log(p, y, loss) is not None:
+            continue  # (only the exact zeros swapped for a constant: log-zero-replaced)
+        if _plain_log_of(p, y, loss):
+            continue  # the side's loss is the plain cross-entropy of its own probs: no eps in it
         # the other side must be the correct loss, from its logits (or its probs), in some reduction
         zo = logits(ctx, side.other_inputs)
         yo = labels(side.other_inputs)
@@ -173,3 +187,138 @@ def log_epsilon(ctx: DivergenceContext) -> Diagnosis | None:
 
 
 __all__ = ["log_epsilon", "log_masked", "log_of_zero"]
+
+
+def _output_layer(ctx: DivergenceContext) -> str | None:
+    from memstate.diagnose.common import last_layer
+
+    n = last_layer(ctx, ctx.inputs_a) or last_layer(ctx, ctx.inputs_b)
+    return f"L{n}.dz" if n is not None else None
+
+
+def _own_ce(ctx: DivergenceContext, inputs: dict) -> float | None:
+    """The summed cross-entropy from the side's own logits (log-softmax), else from its probs."""
+    y = labels(inputs)
+    z = logits(ctx, inputs, y)
+    if y is None:
+        return None
+    if z is not None:
+        return _safe_loss(z, y)
+    p = inputs.get("probs")
+    if p is None or f64(p).shape != y.shape:
+        return None
+    p = f64(p)
+    with np.errstate(all="ignore"):
+        total = float(-np.sum(np.where(y != 0, y * np.log(np.where(y != 0, p, 1.0)), 0.0)))
+    return total if math.isfinite(total) else None
+
+
+@diagnoser("loss-mean-over-classes")
+def loss_mean_over_classes(ctx: DivergenceContext) -> Diagnosis | None:
+    """The loss (and the output dz) divided by B·C (or C): averaged over every entry of the B×C matrix."""
+    is_dz = ctx.name == _output_layer(ctx)
+    if (ctx.name != "loss" and not is_dz) or same(ctx.a, ctx.b):
+        return None
+    rtol = 1e-5 if is_f32(ctx) else 1e-9
+    for side in sides(ctx):
+        y = labels(side.inputs)
+        if y is None or y.shape[1] < 2 or not all_finite(side.x):
+            continue
+        B, C = y.shape
+        if is_dz:
+            p = side.inputs.get("probs")
+            if p is None or f64(p).shape != y.shape or side.x.shape != y.shape:
+                continue
+            base, po, yo = f64(p) - y, side.other_inputs.get("probs"), labels(side.other_inputs)
+            base_o = f64(po) - yo if po is not None and yo is not None and f64(po).shape == yo.shape else None
+        else:
+            ce, ce_o = _own_ce(ctx, side.inputs), _own_ce(ctx, side.other_inputs)
+            if ce is None:
+                continue
+            base, base_o = np.asarray(ce), (np.asarray(ce_o) if ce_o is not None else None)
+        for red, R in (("mean", B), ("sum", 1)):
+            if R * C == B and red == "sum":
+                continue  # (p - y)/C is the mean's (p - y)/B: nothing to tell them apart
+            want = base / (R * C)
+            if not _close_rel(side.x, want, rtol) or _close_rel(side.x, base / R, rtol):
+                continue
+            other_ok = base_o is not None and _close_rel(side.o, base_o / R, rtol)
+            return make("loss-mean-over-classes", 0.95 if other_ok else 0.85,
+                        f"{who(side)}'s {ctx.name} is the {red} cross-entropy divided again by the number of classes "
+                        f"C = {C} (recomputed from its own {'probs' if is_dz else 'logits/probs'}): the loss is "
+                        f"averaged over all {B}×{C} entries of the matrix (e.g. a mean over both axes, "
+                        f"nn.BCELoss/MSE-style reduction) instead of summed over classes, so every gradient is "
+                        f"{C} times too small. Fix: sum over the classes, then {'average' if red == 'mean' else 'sum'} "
+                        f"over the batch.",
+                        {"side": side.label, "classes": C, "batch_size": B, "reduction": red,
+                         "factor": 1.0 / C, "other_side_correct": other_ok})
+    return None
+
+
+def _close_rel(x: np.ndarray, y: np.ndarray, rtol: float) -> bool:
+    x, y = f64(x), f64(y)
+    if x.shape != y.shape or not (all_finite(x) and all_finite(y)):
+        return False
+    s = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+    return float(np.abs(x - y).max(initial=0.0)) <= rtol * s
+
+
+def replaced_log(p: np.ndarray, y: np.ndarray, loss: float) -> tuple[str, float, int] | None:
+    """(reduction, c, zero terms) when loss = -Σ y·log(p) / R with log(p) of each exact p == 0 taken as log(c),
+    c a power of ten (or c = 0 for np.nan_to_num's most negative float), reproduced to rounding; else None."""
+    zero = (p == 0) & (y != 0)
+    if not zero.any() or not math.isfinite(loss):
+        return None
+    keep = (y != 0) & (p > 0)
+    with np.errstate(all="ignore"):
+        rest = float(-np.sum(y[keep] * np.log(p[keep])))
+    n0 = float(y[zero].sum())
+    for red, R in (("mean", len(p)), ("sum", 1)):
+        log_c = (rest - loss * R) / n0
+        if math.log(1e-300) < log_c < math.log(1e-3):
+            c = 10.0 ** round(log_c / math.log(10))
+            candidates = [(c, math.log(c))]
+        else:  # np.nan_to_num(np.log(p)): -inf becomes the most negative float
+            candidates = [(0.0, -float(np.finfo(np.float64).max))]
+        for c, log_value in candidates:
+            again = (rest - n0 * log_value) / R
+            if abs(again - loss) <= 1e-11 * max(abs(loss), 1e-300):
+                return red, c, int(zero.sum())
+    return None
+
+
+@diagnoser("log-zero-replaced")
+def log_zero_replaced(ctx: DivergenceContext) -> Diagnosis | None:
+    """A finite loss whose log(p) of exact zeros was swapped for a constant log(c) (only those terms)."""
+    if ctx.name != "loss" or same(ctx.a, ctx.b):
+        return None
+    for side in sides(ctx):
+        if not all_finite(side.x):
+            continue
+        got = _loss_inputs(ctx, side)
+        if got is None or not all_finite(got[0]):
+            continue
+        p, y = got
+        loss = float(side.x.ravel()[0])
+        found = replaced_log(p, y, loss)
+        if found is None:
+            continue
+        red, c, n = found
+        log_c = math.log(c) if c > 0 else -float(np.finfo(np.float64).max)
+        other = float(side.o.ravel()[0]) if side.o.size else math.nan
+        ce_o = _own_ce(ctx, side.other_inputs)
+        k = 1.0 / len(p) if red == "mean" else 1.0
+        other_ok = not math.isfinite(other) or (ce_o is not None and abs(ce_o * k - other) <= 1e-9 * abs(other))
+        return make("log-zero-replaced", 0.95 if other_ok else 0.85,
+                    f"{who(side)}'s loss {fmt(loss)} is the {red} cross-entropy of its own probs with log(p) of the "
+                    f"{n} labelled probabilities that are exactly 0 replaced by "
+                    f"{f'log({fmt(c)}) = {fmt(log_c)}' if c > 0 else f'{fmt(log_c)} (np.nan_to_num of -inf)'}, "
+                    f"every other term untouched (not log(p + eps)); {other_label(side)}'s loss is {fmt(other)}. "
+                    f"The zeros (and nan) are swapped for a constant, which hides the underflowed rows. Fix: compute "
+                    f"the loss from the logits with log-softmax.",
+                    {"side": side.label, "loss": loss, "replacement": c, "log_replacement": log_c,
+                     "zero_terms": n, "reduction": red, "other_loss": other, "other_side_correct": other_ok})
+    return None
+
+
+__all__ += ["log_zero_replaced", "loss_mean_over_classes", "replaced_log"]

@@ -9,7 +9,8 @@ from typing import Callable
 import numpy as np
 
 import memstate.impls.numpy_mlp as numpy_reference
-from memstate.diagnose.common import Side, all_finite, close_each, diagnoser, fmt, is_f32, logits, make, same, sides, who
+from memstate.diagnose.common import (Side, all_finite, close_each, diagnoser, f64, fmt, is_f32, labels, logits, make, same,
+                                      sides, who)
 from memstate.diagnose.context import Diagnosis, DivergenceContext
 
 MAX_MODES = ("row", "global", "none")
@@ -117,7 +118,8 @@ def _fallback_global_max(ctx: DivergenceContext, side: Side) -> Diagnosis | None
 @diagnoser("softmax-global-max")
 def softmax_global_max(ctx: DivergenceContext) -> Diagnosis | None:
     """probs equal softmax with the batch's max subtracted: far rows underflow to 0 (or 0/0 = nan)."""
-    return _softmax_diagnosis(ctx, "softmax-global-max", lambda m, s: m == "global", _describe_global_max,
+    # with a global sum the max cancels (one constant over the whole matrix): that is softmax-global-sum
+    return _softmax_diagnosis(ctx, "softmax-global-max", lambda m, s: m == "global" and s != "global", _describe_global_max,
                               _fallback_global_max)
 
 
@@ -208,3 +210,72 @@ def softmax_no_max(ctx: DivergenceContext) -> Diagnosis | None:
 
 __all__ = ["MAX_MODES", "SUM_MODES", "softmax_column_sum", "softmax_form", "softmax_global_max",
            "softmax_global_sum", "softmax_match", "softmax_no_max"]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
+
+
+def _binary_ce(p: np.ndarray, y: np.ndarray) -> float:
+    """-Σ (y·log p + (1 - y)·log(1 - p)), terms with a zero coefficient skipped."""
+    with np.errstate(all="ignore"):
+        pos = np.where(y != 0, y * np.log(np.where(y != 0, p, 1.0)), 0.0)
+        neg = np.where(y != 1, (1 - y) * np.log(np.where(y != 1, 1 - p, 1.0)), 0.0)
+    return float(-np.sum(pos) - np.sum(neg))
+
+
+def _sigmoid_probs(ctx: DivergenceContext, side: Side, p: np.ndarray, inputs: dict) -> bool | None:
+    """True when p is sigmoid of the side's own logits (and is not a softmax); None when no logits."""
+    z = logits(ctx, inputs, p)
+    if z is None:
+        return None
+    rtol, atol = (1e-4, 1e-37) if is_f32(ctx) else (1e-9, 1e-290)
+    return close_each(_sigmoid(z), p, rtol, atol) and not close_each(softmax_form(z, "row", "row"), p, rtol, atol)
+
+
+@diagnoser("output-sigmoid")
+def output_sigmoid(ctx: DivergenceContext) -> Diagnosis | None:
+    """probs are sigmoid(logits), element by element, instead of a softmax over each row (and the loss the
+    binary cross-entropy of those)."""
+    if ctx.name not in ("probs", "loss") or same(ctx.a, ctx.b):
+        return None
+    for side in sides(ctx):
+        if ctx.name == "probs":
+            if side.x.ndim != 2 or _rows_sum_to_one(side.x):
+                continue
+            sig = _sigmoid_probs(ctx, side, side.x, side.inputs)
+            if sig is None or not sig:
+                continue
+            zo = logits(ctx, side.other_inputs, side.o)
+            other_ok = zo is not None and close_each(softmax_form(zo, "row", "row"), side.o, 1e-9, 1e-290)
+            rs = side.x.sum(axis=1)
+            return make("output-sigmoid", 0.95 if other_ok else 0.85,
+                        f"{who(side)}'s probs are sigmoid(z) of its own logits, element by element, not a softmax: "
+                        f"its rows sum to {fmt(float(rs.min()))}..{fmt(float(rs.max()))} instead of 1. The output "
+                        f"layer is a sigmoid (multi-label / binary head) where the scenario has a softmax. Fix: "
+                        f"probs = softmax(z) over each row (and the cross-entropy of the softmax).",
+                        {"side": side.label, "row_sums": rs, "other_side_correct": other_ok})
+        p, y = side.inputs.get("probs"), labels(side.inputs)
+        if p is None or y is None or f64(p).shape != y.shape or not all_finite(side.x):
+            continue
+        p = f64(p)
+        sig = _sigmoid_probs(ctx, side, p, side.inputs)
+        if sig is False or (sig is None and _rows_sum_to_one(p)):
+            continue
+        loss = float(side.x.ravel()[0])
+        bce = _binary_ce(p, y)
+        for red, R in (("mean", len(p)), ("sum", 1)):
+            if abs(bce / R - loss) <= 1e-9 * max(abs(loss), 1e-300):
+                return make("output-sigmoid", 0.95 if sig else 0.85,
+                            f"{who(side)}'s loss {fmt(loss)} is the {red} binary cross-entropy "
+                            f"-Σ(y·log p + (1-y)·log(1-p)) of its probs, which are "
+                            f"{'sigmoid(z) of its logits' if sig else 'not a softmax (rows do not sum to 1)'}: the "
+                            f"output layer is a sigmoid with binary cross-entropy, not a softmax with cross-entropy. "
+                            f"Fix: softmax over each row and -Σ y·log p.",
+                            {"side": side.label, "loss": loss, "binary_cross_entropy": bce / R, "reduction": red,
+                             "logits_checked": sig is not None})
+    return None
+
+
+__all__ += ["output_sigmoid"]

@@ -52,6 +52,11 @@ def reduction_mean_vs_sum(ctx: DivergenceContext) -> Diagnosis | None:
     n = last_layer(ctx, ctx.inputs_a)
     output_dz = bool(gm) and gm.group(2) == "z" and n is not None and int(gm.group(1)) == n
     conf = 0.95 if ctx.name == "loss" or output_dz else 0.85
+    doubt = _reduction_doubt(ctx, summer, B, n)
+    if doubt is False:
+        return None
+    if doubt is not None:
+        conf = min(conf, 0.6)
     loss_agrees = None
     if "loss" in ctx.inputs_a and "loss" in ctx.inputs_b:
         loss_agrees = close(ctx.inputs_a["loss"], ctx.inputs_b["loss"], rtol)
@@ -59,10 +64,31 @@ def reduction_mean_vs_sum(ctx: DivergenceContext) -> Diagnosis | None:
              f"{ctx.name}, though the loss agrees (the backward pass scales differently)" if loss_agrees else ctx.name)
     return make("reduction-mean-vs-sum", conf,
                 f"Side B's {ctx.name} is {fmt(c)} × side A's, and the batch size is {B}: side {summer} sums over the "
-                f"batch where side {averager} averages, so {where} differs by B (and every gradient after it). "
+                f"batch where side {averager} averages, so {where} differs by B (and every gradient after it)"
+                f"{'' if doubt is None else f' ({doubt})'}. "
                 f"Fix: use the scenario's loss_reduction (divide by the batch size once, in the loss or in dz).",
                 {"ratio_b_over_a": c, "batch_size": B, "summing_side": summer, "averaging_side": averager,
-                 "residual": resid, "loss_agrees": loss_agrees})
+                 "residual": resid, "loss_agrees": loss_agrees, "doubt": doubt})
+
+
+def _reduction_doubt(ctx: DivergenceContext, summer: str, B: int | None, n: int | None) -> "str | bool | None":
+    """Why the mean/sum reading is doubtful (a string), ruled out (False), or fine (None). Only a factor
+    B that is also the number of classes C is in question (a loss averaged over the classes looks the
+    same): ruled out when the summing side's output dz is the mean's (p - y)/B, doubtful when dz is not
+    in the trace, the more so when that side's header (or check's inferred setting) says mean."""
+    y = ctx.inputs_a.get("y") if ctx.inputs_a.get("y") is not None else ctx.inputs_b.get("y")
+    C = int(np.shape(y)[1]) if y is not None and np.ndim(y) == 2 else None
+    if C is not None and C == B:
+        step = ctx.step_a if summer == "A" else ctx.step_b
+        dz, p = (step or {}).get(f"L{n}.dz"), (step or {}).get("probs")
+        if dz is not None and p is not None and y is not None and np.shape(dz) == np.shape(y) == np.shape(p):
+            if close(dz, (f64(p) - f64(y)) / B, 1e-6):
+                return False  # the summing side's dz is the mean's: its loss is divided by C, not summed
+        else:
+            meta = ctx.meta_a if summer == "A" else ctx.meta_b
+            said = "; its settings say loss_reduction mean" if (meta or {}).get("loss_reduction") == "mean" else ""
+            return f"the factor is also the number of classes C = {C}: a loss averaged over classes looks the same{said}"
+    return None
 
 
 @diagnoser("bias-grad-axis")
@@ -180,8 +206,10 @@ def scaled(ctx: DivergenceContext) -> Diagnosis | None:
     """b ≈ c·a for one constant c (not ±1; not B or 1/B for the loss/gradients), or updated params whose
     steps differ by a constant factor (a learning-rate mismatch)."""
     a, b = f64(ctx.a), f64(ctx.b)
-    if a.shape != b.shape or a.size < 2 or same(a, b):
+    if a.shape != b.shape or a.size < 1 or same(a, b):
         return None
+    if a.size == 1:
+        return _scalar_factor(ctx, float(a.ravel()[0]), float(b.ravel()[0]))
     fit = fit_factor(a, b)
     rtol = exact_rtol(ctx)
     if fit is not None and fit[1] <= rtol and abs(fit[0] - 1) >= 1e-4 and abs(fit[0] + 1) >= 1e-4:
@@ -196,6 +224,33 @@ def scaled(ctx: DivergenceContext) -> Diagnosis | None:
                         f"constant factor, e.g. a learning rate, a scale in an init or a missing/extra division.{note}",
                         {"factor": c, "residual": fit[1], "batch_size": B})
     return _lr_step(ctx)
+
+
+def _scalar_factor(ctx: DivergenceContext, a: float, b: float) -> Diagnosis | None:
+    """Two numbers always have a ratio: only a simple one (an integer, its inverse, a power of ten) counts."""
+    if not (np.isfinite(a) and np.isfinite(b)) or a == 0 or b == 0:
+        return None
+    c = b / a
+    if c == 0 or not np.isfinite(c):
+        return None
+    tol = 1e-5 if is_f32(ctx) else 1e-9
+    simple = None
+    for k in (c, 1 / c):
+        if not 2 <= abs(k) < 1e12:
+            continue
+        r = round(k)
+        if abs(k) >= 2 and abs(k - r) <= tol * abs(k):
+            simple = f"{'' if k is c else '1/'}{r}"
+            break
+    if simple is None:
+        return None
+    B = batch_size(ctx, ctx.inputs_a) or batch_size(ctx, ctx.inputs_b)
+    if (ctx.name == "loss" or GRAD.match(ctx.name)) and _reduction_factor(ctx, c, B, tol):
+        return None  # the batch size: reduction-mean-vs-sum says it
+    return make("scaled", 0.6,
+                f"Side B's {ctx.name} is side A's times {fmt(c)} = {simple}: one simple constant factor (a single "
+                f"number cannot show more; look for a missing or extra division or multiplication by {simple.lstrip('1/')}).",
+                {"factor": c, "simple": simple, "residual": 0.0, "batch_size": B})
 
 
 @diagnoser("sign-flip")
@@ -262,3 +317,73 @@ def nan_origin(ctx: DivergenceContext) -> Diagnosis | None:
 
 
 __all__ = ["bias_grad_axis", "nan_origin", "reduction_mean_vs_sum", "scaled", "sign_flip", "transposed"]
+
+
+@diagnoser("bias-grad-scalar")
+def bias_grad_scalar(ctx: DivergenceContext) -> Diagnosis | None:
+    """db is one number, dz summed over the batch *and* the units, repeated for every bias."""
+    m = GRAD.match(ctx.name)
+    if PARAM.match(ctx.name) and ctx.name.endswith(".b"):
+        return _bias_moved_as_one(ctx)
+    if not m or m.group(2) != "b" or same(ctx.a, ctx.b):
+        return None
+    dz_name = f"L{m.group(1)}.dz"
+    rtol = exact_rtol(ctx)
+    for side in sides(ctx):
+        x = side.x
+        if x.ndim != 1 or x.size < 2 or not all_finite(x) or not np.all(x == x[0]):
+            continue
+        dz = side.inputs.get(dz_name)
+        if dz is not None and np.ndim(dz) == 2 and np.shape(dz)[1] == x.size:
+            dz = f64(dz)
+            total = float(dz.sum())
+            atol = rtol * float(np.abs(dz).sum())  # the sum cancels (softmax rows of p - y sum to 0)
+            if not close(x, np.full_like(x, total), rtol, atol) or close(x, dz.sum(axis=0), rtol, atol):
+                continue
+            dzo = side.other_inputs.get(dz_name)
+            other_ok = dzo is not None and f64(dzo).shape == dz.shape and close(side.o, f64(dzo).sum(axis=0), rtol)
+            conf, how = (0.95 if other_ok else 0.85), f"{dz_name}.sum() = {fmt(total)}, over the batch and the units"
+        elif side.o.shape == x.shape and all_finite(side.o) \
+                and close(x, np.full_like(x, float(side.o.sum())), rtol, rtol * float(np.abs(side.o).sum())) \
+                and not close(side.o, x, rtol):
+            total, conf, how = float(side.o.sum()), 0.85, f"the sum of {other_label(side)}'s {ctx.name} ({dz_name} is not recorded)"
+        else:
+            continue
+        return make("bias-grad-scalar", conf,
+                    f"Every element of {who(side)}'s {ctx.name} is the same number, {how}: the bias gradient is one "
+                    f"scalar (np.sum(dz) with no axis) broadcast to all {x.size} biases, instead of one sum per unit. "
+                    f"Fix: db = dz.sum(axis=0).",
+                    {"side": side.label, "value": total, "units": int(x.size), "dz_checked": dz is not None})
+    return None
+
+
+def _bias_moved_as_one(ctx: DivergenceContext) -> Diagnosis | None:
+    """Without db in the trace: the update moved every bias of the layer by the same amount (W - lr·s for
+    one s), while the other side's biases moved by different amounts."""
+    from memstate.diagnose.common import in_force_of
+
+    if same(ctx.a, ctx.b):
+        return None
+    for side in sides(ctx):
+        force, other_force = in_force_of(ctx, side.label), in_force_of(ctx, other_label(side))
+        if force is None or other_force is None or ctx.name not in force or ctx.name not in other_force:
+            continue
+        u, uo = f64(force[ctx.name]) - side.x, f64(other_force[ctx.name]) - side.o
+        if u.shape != side.x.shape or u.size < 2 or not (all_finite(u) and all_finite(uo)):
+            continue
+        spread_o = float(np.ptp(uo))
+        if spread_o == 0 or float(np.ptp(u)) > exact_rtol(ctx) * max(spread_o, scale(uo)):
+            continue
+        frozen = abs(float(u[0])) <= exact_rtol(ctx) * scale(uo)
+        return make("bias-grad-scalar", 0.6 if frozen else 0.8,
+                    f"The update moved every one of {who(side)}'s {ctx.name} by the same amount "
+                    f"({fmt(float(u[0]))}) while {other_label(side)}'s moved by {fmt(float(uo.min()))}.."
+                    f"{fmt(float(uo.max()))}: its bias gradient is one number for all units (np.sum(dz) with no "
+                    f"axis{'; with a softmax output that sum is 0, so the biases do not move at all, which a frozen bias would do too' if frozen else ''}). "
+                    f"db is not in the trace, so this is read from the update. Fix: db = dz.sum(axis=0).",
+                    {"side": side.label, "update": float(u[0]), "units": int(u.size), "dz_checked": False,
+                     "frozen": frozen})
+    return None
+
+
+__all__ += ["bias_grad_scalar"]

@@ -219,7 +219,18 @@ def _diagnoses(c: Comparison) -> list[str]:
         if evidence:
             parts.append(f"<details><summary>evidence</summary>{evidence}</details>")
         parts.append("</div>")
-    return parts
+    return parts + _root_causes(c)
+
+
+def _root_causes(c: Comparison) -> list[str]:
+    """Every independent cause (memstate.diagnose.roots), the first divergence first."""
+    if not c.root_causes:
+        return []
+    rows = "".join(f"<tr><td>{r.step}</td><td><code>{esc(r.name)}</code></td><td><code>{esc(r.code)}</code></td>"
+                   f"<td>{r.confidence:.2f}</td><td>{r.count}</td></tr>" for r in c.root_causes)
+    return ["<h2 id='root-causes'>Root causes</h2><p class='muted'>each fails on its own; the rest are "
+            "consequences</p><table><tr><th>step</th><th>tensor</th><th>code</th><th>confidence</th>"
+            f"<th>times</th></tr>{rows}</table>"]
 
 
 def _findings(c: Comparison) -> list[str]:

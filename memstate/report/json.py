@@ -113,6 +113,8 @@ def to_dict(c: Comparison) -> dict:
         "divergent_steps": c.divergent_steps,
         "first_divergence": _first(c.first_divergence),
         "diagnoses": [jsonable(d) for d in c.diagnoses],
+        "root_causes": [{"step": r.step, "name": r.name, "code": r.code, "confidence": r.confidence,
+                         "count": r.count} for r in c.root_causes],
         "tolerances": _tolerances(c),
         "steps": [_step(s) for s in c.steps],
         "overview": _buckets(c.overview),

@@ -173,6 +173,18 @@ def _diagnoses(c: Comparison) -> list[str]:
     lines += _wrap(top.explanation)
     if rest:
         lines += _wrap("also possible: " + ", ".join(f"{d.code} ({d.confidence:.2f})" for d in rest))
+    return lines + _root_causes(c)
+
+
+def _root_causes(c: Comparison) -> list[str]:
+    """Every independent cause, grouped by tensor and code (the first divergence first)."""
+    roots = c.root_causes
+    if not roots:
+        return []
+    lines = ["", f"root causes: {len(roots)} (each fails on its own; the rest are consequences)"]
+    for r in roots:
+        times = f", {r.count} times" if r.count > 1 else ""
+        lines.append(f"  step {r.step:<5} {r.name:<8} {r.code} ({r.confidence:.2f}{times})")
     return lines
 
 

@@ -14,13 +14,18 @@ from memstate.errors import ScenarioError
 
 #: `log = "eps"` computes log(p + LOG_EPSILON), the usual "fix" for log(0).
 LOG_EPSILON = 1e-8
+#: `log = "replace"` takes log(p) of an exact p == 0 as log(LOG_ZERO_REPLACEMENT) (the nan_to_num "fix").
+LOG_ZERO_REPLACEMENT = 1e-12
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "softmax_max": ("row", "global", "none"),
     "softmax_sum": ("row", "global", "column"),
-    "log": ("safe", "raw", "eps", "masked"),
+    "log": ("safe", "raw", "eps", "masked", "replace"),
     "loss_reduction": ("mean", "sum"),
-    "bias_grad_axis": ("batch", "features"),
+    "bias_grad_axis": ("batch", "features", "scalar"),
+    "output": ("softmax", "sigmoid"),
+    "class_reduction": ("sum", "mean"),
+    "grads": ("reset", "accumulate"),
 }
 
 HELP: dict[str, str] = {
@@ -29,12 +34,23 @@ HELP: dict[str, str] = {
     "softmax_sum": "row: divide by each row's sum (correct); global: by the whole matrix's sum "
     "(np.sum(e)); column: by column sums (builtin sum over a 2-D array)",
     "log": "safe: log-softmax from the logits (correct); raw: log(p), -inf at 0; "
-    "eps: log(p + 1e-8); masked: numpy's masked log, which drops log(0) terms",
+    "eps: log(p + 1e-8); masked: numpy's masked log, which drops log(0) terms; replace: log(p) of an "
+    "exact 0 taken as log(1e-12), other terms untouched",
     "round_params": "round the parameters to N decimals after every update (the toFixed(8) fix)",
     "dtype_mix": "compute the forward pass of one layer (e.g. L1) in float32 inside a float64 run",
     "loss_reduction": "override the scenario's loss reduction (mean or sum) in this implementation only",
     "bias_grad_axis": "batch: sum the bias gradient over the batch (correct); features: over the "
-    "wrong axis, for layers whose width equals the batch size",
+    "wrong axis, for layers whose width equals the batch size; scalar: one sum over the batch and the "
+    "units (np.sum(dz)), broadcast to every bias",
+    "output": "softmax: probs = softmax(z) with cross-entropy (correct); sigmoid: probs = sigmoid(z) "
+    "element by element, with binary cross-entropy",
+    "class_reduction": "sum: the loss sums over the classes (correct); mean: averages over them too "
+    "(the loss and dz divided by C)",
+    "round_loaded": "round the parameters to N decimals when they are loaded (a rounded params file)",
+    "grads": "reset: fresh gradients each step (correct); accumulate: never zeroed, each step adds the "
+    "previous step's",
+    "momentum": "SGD with momentum mu: v = mu*v + dW, W -= lr*v (v starts at 0)",
+    "weight_decay": "weight decay lambda on the weights (not the biases): W -= lr*(dW + lambda*W)",
 }
 
 
@@ -49,6 +65,12 @@ class Variant:
     dtype_mix: str | None = None
     loss_reduction: str | None = None
     bias_grad_axis: str = "batch"
+    output: str = "softmax"
+    class_reduction: str = "sum"
+    round_loaded: int | None = None
+    grads: str = "reset"
+    momentum: float | None = None
+    weight_decay: float | None = None
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], source: str = "variant") -> "Variant":
@@ -94,6 +116,10 @@ def _parse_value(raw: str) -> Any:
     try:
         return int(raw)
     except ValueError:
+        pass
+    try:
+        return float(raw)
+    except ValueError:
         return raw
 
 
@@ -106,14 +132,21 @@ def _check(key: str, value: Any, source: str) -> Any:
                 f"{source}: {key} = {value!r} is not one of {', '.join(CHOICES[key])} ({HELP[key]})"
             )
         return value
-    if key in ("round_params", "dtype_mix", "loss_reduction") and str(value).lower() in ("none", "null"):
+    if key in ("round_params", "round_loaded", "dtype_mix", "loss_reduction", "momentum", "weight_decay") \
+            and str(value).lower() in ("none", "null"):
         return None
-    if key == "round_params":
+    if key in ("round_params", "round_loaded"):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 17:
-            raise ScenarioError(f"{source}: round_params = {value!r} must be an integer from 0 to 17")
+            raise ScenarioError(f"{source}: {key} = {value!r} must be an integer from 0 to 17")
         return value
+    if key in ("momentum", "weight_decay"):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 10:
+            raise ScenarioError(f"{source}: {key} = {value!r} must be a number between 0 and 10 ({HELP[key]})")
+        return float(value)
     if key == "dtype_mix":
         if value is None:
             return None

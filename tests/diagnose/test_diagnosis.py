@@ -324,19 +324,25 @@ def test_float32_trace_vs_float64_trace(order, with_headers):
     assert d.confidence == (0.95 if with_headers else 0.9)
 
 
-def test_float32_header_without_exact_values():
-    """A float32 trace read back as float64 after float64 arithmetic: the header alone says float32."""
+def test_float32_header_without_exact_values_is_not_float32_rounding():
+    """Issue 11: a side whose values do not survive a float32 round trip is not float32 rounding, whatever its
+    header says (parameters rounded to 8 decimals were named dtype-float32)."""
     a = record()["L1.dW"]
     b = a * (1 + 3e-8 * np.random.default_rng(0).standard_normal(a.shape))
-    d = top(DivergenceContext(0, "L1.dW", a, b, {}, {}, ((0, 1e-7),), None, {"dtype": "float64"}, {"dtype": "float32"}))
-    assert (d.code, d.confidence, d.evidence["side"], d.evidence["float32_exact"]) == ("dtype-float32", 0.85, "B", False)
+    ds = diagnose(DivergenceContext(0, "L1.dW", a, b, {}, {}, ((0, 1e-7),), None, {"dtype": "float64"},
+                                    {"dtype": "float32"}))
+    assert "dtype-float32" not in [d.code for d in ds]
 
 
-def test_float32_sized_errors_alone_are_a_weak_guess():
+def test_float32_sized_errors_alone_are_not_float32_rounding():
     a = record()["L1.z"]
     b = a * (1 + 1e-7 * np.random.default_rng(1).standard_normal(a.shape))
-    d = top(DivergenceContext(0, "L1.z", a, b, {"x": np.ones(3)}, {"x": np.ones(3)}, ((0, 1e-7),), True))
-    assert (d.code, d.confidence, d.evidence["side"]) == ("dtype-float32", 0.4, "unknown")
+    ds = diagnose(DivergenceContext(0, "L1.z", a, b, {"x": np.ones(3)}, {"x": np.ones(3)}, ((0, 1e-7),), True))
+    assert "dtype-float32" not in [d.code for d in ds]
+    # the same errors on a float32-exact side are float32 rounding
+    ds = diagnose(DivergenceContext(0, "L1.z", a, a.astype(np.float32).astype(np.float64), {"x": np.ones(3)},
+                                    {"x": np.ones(3)}, ((0, 1e-7),), True))
+    assert (ds[0].code, ds[0].confidence, ds[0].evidence["side"]) == ("dtype-float32", 0.9, "B")
 
 
 # ------------------------------------------------------------------------------------- factors, layout
@@ -657,7 +663,7 @@ def test_clean_pairs_really_differ():
 def test_codes_match_the_catalogue_and_the_docs():
     assert [e.code for e in CATALOGUE] + ["unknown"] == list(CODES)
     assert len(set(CODES)) == len(CODES)
-    assert sum(e.fallback for e in CATALOGUE) == 1 and CATALOGUE[-1].code == "drift"
+    assert [e.code for e in CATALOGUE if e.fallback] == ["drift"]
     documented = re.findall(r"^## `([a-z0-9-]+)`", DOCS.read_text(), flags=re.M)
     assert documented == list(CODES)
 
