@@ -35,6 +35,7 @@ from memstate.comparator.localize import localize
 from memstate.comparator.metrics import TensorMetrics, element_errors, tensor_metrics
 from memstate.names import param_names
 from memstate.comparator.tolerance import Tolerance, Tolerances, min_passing
+from memstate.formats.map import LayoutMap
 from memstate.formats.trace import open_trace
 
 #: How many failing operations are kept in full (all of them are counted).
@@ -434,7 +435,7 @@ def header_scenario(meta: Mapping[str, Any]) -> tuple[Any, str | None]:
 
 def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None = None,
                 tolerances: Tolerances | None = None, *, scenario: Any = None, params_source: str | None = None,
-                diagnose: bool = True) -> CheckResult:
+                diagnose: bool = True, layout: LayoutMap | None = None) -> CheckResult:
     """Walk a trace step by step, recompute every recorded tensor from its recorded inputs, and compare.
 
     `params`: the parameters in force at step 0 (the params file the run started from); without them the
@@ -443,11 +444,12 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
     widened to each operation's rounding bound (`op_tolerance`, `compare_op`). `scenario`: a
     memstate.runner.scenario.Scenario whose layers, activation, loss reduction and learning rate are the spec the
     trace is checked against; without one, the scenario the header names (when it loads and has the trace's
-    layers), else the header's own settings, else what the trace shows. Raises MemstateError for unreadable input (a bad trace or params file).
+    layers), else the header's own settings, else what the trace shows. `layout`: a layout map for a
+    foreign port's trace (memstate.formats.map; the header's `meta.map` applies without it). Raises MemstateError for unreadable input (a bad trace or params file).
     """
     began = time.perf_counter()
     tolerances = tolerances if tolerances is not None else Tolerances()
-    with open_trace(path) as reader:
+    with open_trace(path, layout) as reader:
         meta = dict(reader.meta)
         st = _State(tolerances, meta, diagnose)
         source = "scenario"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from memstate.cli.maps import add_map_option, load_map
 from memstate.errors import MemstateError
 
 EPILOG = """\
@@ -87,7 +88,7 @@ def cmd_init_params(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from memstate.formats.convert import convert_trace
 
-    steps = convert_trace(args.source, args.dest, b64=args.b64)
+    steps = convert_trace(args.source, args.dest, b64=args.b64, layout=load_map(args.map))
     print(f"converted {steps} steps: {args.source} -> {args.dest}")
     return 0
 
@@ -95,7 +96,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from memstate.report.summary import render, summarize
 
-    print(render(summarize(args.trace), points=args.points))
+    print(render(summarize(args.trace, load_map(args.map)), points=args.points))
     return 0
 
 
@@ -186,6 +187,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     tolerances = tolerances_from_specs(args.tol_rules, rtol=args.rtol, atol=args.atol,
                                        oracle_factor=args.oracle_factor)
     if args.impls:
+        for option, value in (("--map-a", args.map_a), ("--map-b", args.map_b), ("--only", args.only),
+                              ("--ignore", args.ignore)):
+            if value:
+                raise MemstateError(f"{option} applies to two existing traces, not to --impls")
         return _diff_impls(args, tolerances)
     impl_only = [o for o, v in (("--steps", args.steps), ("--variant", args.variant), ("--params", args.params),
                                 ("--keep", args.keep)) if v]
@@ -196,11 +201,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
                             "To run implementations instead: memstate diff --impls numpy,python SCENARIO")
     if args.max_steps is not None and args.max_steps < 1:
         raise MemstateError(f"--max-steps {args.max_steps}: give a positive number of steps")
-    from memstate.comparator.compare import compare
+    from memstate.comparator.compare import compare, name_filter
+    from memstate.formats.trace import open_trace
 
     render = _diff_renderer(args.format)
-    comparison = compare(args.inputs[0], args.inputs[1], tolerances=tolerances, oracle=args.oracle,
-                         max_steps=args.max_steps)
+    a, b = args.inputs
+    comparison = compare(open_trace(a, load_map(args.map_a)) if args.map_a else a,
+                         open_trace(b, load_map(args.map_b)) if args.map_b else b,
+                         tolerances=tolerances, oracle=args.oracle, max_steps=args.max_steps,
+                         names=name_filter(args.only, args.ignore))
     first = comparison.first_divergence
     summary = comparison.verdict + (f" at step {first.step}, {first.name or 'the whole step'}" if first else "")
     _diff_emit(render(comparison), args.output, summary)
@@ -261,7 +270,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario) if args.scenario else None
     params = read_params(args.params).tensors if args.params else None
     result = check_trace(args.trace, params=params, tolerances=tolerances, scenario=scenario,
-                         params_source=str(args.params) if args.params else None)
+                         params_source=str(args.params) if args.params else None, layout=load_map(args.map))
     if result.steps == 0:
         raise MemstateError(f"{args.trace}: no complete step to check")
     if result.operations == 0 and result.ok:
@@ -363,12 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path)
     p.add_argument("dest", type=Path, help="*.memstate.jsonl or *.memstate (a directory)")
     p.add_argument("--b64", action="store_true", help="JSONL output: base64 tensors instead of decimal lists")
+    add_map_option(p, side="the source")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("show", help="summarise a trace: header, tensors, loss curve",
                        description="Print a trace's header, the tensors recorded per step, and its loss curve.")
     p.add_argument("trace", type=Path)
     p.add_argument("--points", type=int, default=10, help="how many loss values to print (default 10)")
+    add_map_option(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("diff", help="compare two traces: where do they first part ways, and why?",
@@ -382,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle-factor", type=float, default=10.0, metavar="K",
                    help="with --oracle: blame B only beyond K times A's error to the oracle (default 10)")
     add_tolerance_options(p)
+    add_map_option(p, "--map-a", "map_a", "trace A")
+    add_map_option(p, "--map-b", "map_b", "trace B")
+    p.add_argument("--only", action="append", default=[], metavar="PATTERNS",
+                   help="compare only tensors matching these fnmatch patterns (comma-separated, repeatable; "
+                   "e.g. 'L*.dW,L*.db')")
+    p.add_argument("--ignore", action="append", default=[], metavar="PATTERNS",
+                   help="do not compare tensors matching these patterns (comma-separated, repeatable)")
     p.add_argument("--max-steps", type=int, metavar="N", help="compare only the first N steps")
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
@@ -406,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "parameters in force)")
     p.add_argument("--scenario", metavar="FILE", help="a scenario (.toml or bundled name) whose activation, loss "
                    "reduction and learning rate replace the trace header's")
+    add_map_option(p)
     add_tolerance_options(p)
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
@@ -441,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bisect)
+
+    from memstate.cli import maps
+    maps.add_parser(sub)
 
     p = sub.add_parser("scenarios", help="list the bundled scenarios and what each shows")
     p.set_defaults(func=cmd_scenarios)

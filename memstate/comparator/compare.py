@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import re
 from array import array
+from collections.abc import Sequence
 from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -84,7 +86,11 @@ class TensorComparison:
 
 @dataclass(frozen=True)
 class StepComparison:
-    """One step on both sides: its tensors in A's dataflow order, and the names only one side recorded."""
+    """One step on both sides: its tensors in A's dataflow order, and the names only one side recorded.
+
+    A name one side records and the other does not is a note (`Comparison.one_sided`), not a failure: ports
+    record different subsets of the canonical tensors. A step one side cut short (a crash) fails.
+    """
 
     step: int
     tensors: tuple[TensorComparison, ...]
@@ -95,8 +101,7 @@ class StepComparison:
 
     @property
     def passed(self) -> bool:
-        return (all(self.tensors) and not self.only_a and not self.only_b
-                and self.complete_a and self.complete_b)
+        return all(self.tensors) and self.complete_a and self.complete_b
 
     @property
     def worst(self) -> TensorComparison | None:
@@ -137,7 +142,7 @@ class TensorSeries:
 class Finding:
     """Something structural: a missing step or name, a crash, a shape or dtype difference; compressed per name."""
 
-    kind: str  # missing-step, extra-steps, truncated, incomplete, missing-name, shape-mismatch, dtype-mismatch,
+    kind: str  # missing-step, extra-steps, truncated, incomplete, nothing-compared, shape-mismatch, dtype-mismatch,
     #            order, oracle-missing, excused, unused-rule
     severity: str  # error (makes the traces diverge), warning, info
     message: str
@@ -146,6 +151,45 @@ class Finding:
     first_step: int | None = None
     last_step: int | None = None
     count: int = 1
+
+
+@dataclass(frozen=True)
+class OneSided:
+    """A tensor name that only one side records (in complete steps): not compared, never a divergence."""
+
+    name: str
+    recorded_by: str  # "a" or "b"
+    first_step: int
+    last_step: int
+    steps: int  # complete steps in which only that side records it
+
+
+@dataclass(frozen=True)
+class NameFilter:
+    """Which tensor names a comparison looks at: fnmatch patterns as in --tol (`--only`, `--ignore`)."""
+
+    only: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.only or self.ignore)
+
+    def keeps(self, name: str) -> bool:
+        """Whether `name` is compared: it matches an --only pattern (when any) and no --ignore pattern."""
+        if self.only and not any(fnmatchcase(name, p) for p in self.only):
+            return False
+        return not any(fnmatchcase(name, p) for p in self.ignore)
+
+    def unused(self, names: set[str]) -> list[str]:
+        """Patterns that matched none of `names` (a typo?)."""
+        return [p for p in (*self.only, *self.ignore) if not any(fnmatchcase(n, p) for n in names)]
+
+
+def name_filter(only: Sequence[str] = (), ignore: Sequence[str] = ()) -> NameFilter:
+    """A NameFilter from option values, each a pattern or a comma-separated list of patterns."""
+    def split(values: Sequence[str]) -> tuple[str, ...]:
+        return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+    return NameFilter(split(only), split(ignore))
 
 
 @dataclass(frozen=True)
@@ -238,6 +282,8 @@ class Comparison:
     series: tuple[TensorSeries, ...]  # per tensor, bucketed
     findings: tuple[Finding, ...]
     meta_diff: tuple[MetaChange, ...]
+    one_sided: tuple[OneSided, ...] = ()  # names only one side records: notes, not divergences
+    names: NameFilter = NameFilter()  # the --only / --ignore patterns applied
 
     @property
     def diagnoses(self) -> tuple:
@@ -367,9 +413,12 @@ def _logits_name(names: list[str]) -> str | None:
 class _Comparer:
     """The mutable state of one comparison; `compare` feeds it aligned steps and asks for the result."""
 
-    def __init__(self, tolerances: Tolerances, readers: dict[str, TraceReader]):
+    def __init__(self, tolerances: Tolerances, readers: dict[str, TraceReader], names: NameFilter = NameFilter()):
         self.tol = tolerances
         self.readers = readers
+        self.filter = names
+        self.all_names: set[str] = set()  # every name seen, before filtering (to report unused patterns)
+        self.one_sided: dict[str, OneSided] = {}
         self.findings = _Findings()
         self.overview = _Buckets()
         self.series: dict[str, _Buckets] = {}
@@ -393,6 +442,10 @@ class _Comparer:
     def both(self, sa: Step, sb: Step, sc: Step | None) -> None:
         k = sa.index
         names_a, names_b = list(sa.tensors), list(sb.tensors)
+        if self.filter:
+            self.all_names.update(names_a, names_b)
+            names_a = [n for n in names_a if self.filter.keeps(n)]
+            names_b = [n for n in names_b if self.filter.keeps(n)]
         set_a, set_b = set(names_a), set(names_b)
         only_a = tuple(n for n in names_a if n not in set_b)
         only_b = tuple(n for n in names_b if n not in set_a)
@@ -447,9 +500,10 @@ class _Comparer:
             if not step.complete:
                 continue  # the incomplete finding says why
             for name in missing:
-                other = "A" if side == "b" else "B"
-                self.findings.add("missing-name", "error", f"{side.upper()} has no {name}, which {other} "
-                                  "records", side, name, k)
+                has = "a" if side == "b" else "b"
+                old = self.one_sided.get(name)
+                self.one_sided[name] = OneSided(name, has, k, k, 1) if old is None or old.recorded_by != has else \
+                    replace(old, last_step=k, steps=old.steps + 1)
         for side, step in (("a", sa), ("b", sb)):
             if not step.complete:
                 self._incomplete(side, step)
@@ -498,6 +552,8 @@ class _Comparer:
             earlier = [by_name[n] for n in names_a[:pos] if n in by_name]
             if t is None:
                 side, step = ("b", sb) if name in result.only_a else ("a", sa)
+                if step.complete:
+                    continue  # recorded by one side only: a note, not a divergence
                 crash = "" if step.complete else f" (its step {step.index} is incomplete: the run crashed)"
                 self._found(FirstDivergence("missing", result.step, name, f"{side.upper()} has no {name} in step "
                                             f"{result.step}{crash}"), earlier, names_a[:pos])
@@ -576,6 +632,14 @@ class _Comparer:
         for rule in self.tol.unused_rules(self.names):
             self.findings.add("unused-rule", "warning", f"{rule.text} matches no tensor name; names are e.g. "
                               f"{', '.join(sorted(self.names)[:4])}")
+        for pattern in self.filter.unused(self.all_names):
+            self.findings.add("unused-rule", "warning", f"--only/--ignore pattern {pattern!r} matches no tensor "
+                              f"name; names are e.g. {', '.join(sorted(self.all_names)[:4])}")
+        if self.compared and not self.names:
+            self.findings.add("nothing-compared", "error", "no tensor name is recorded by both sides"
+                              + (" among those --only/--ignore select" if self.filter else "")
+                              + ": nothing was compared (a layout map, --map-a/--map-b, gives a port's tensors "
+                              "their canonical names)")
         findings = tuple(self.findings.items.values())
         diverge = self.first is not None or any(f.severity == "error" for f in findings)
         first = self.first
@@ -596,6 +660,8 @@ class _Comparer:
             series=tuple(TensorSeries(n, tuple(s.items)) for n, s in self.series.items()),
             findings=findings,
             meta_diff=meta_diff(self.readers["a"].meta, self.readers["b"].meta),
+            one_sided=tuple(self.one_sided.values()),
+            names=self.filter,
         )
 
     def _check_lengths(self) -> None:
@@ -634,14 +700,18 @@ def _open(trace: TraceLike, stack: ExitStack) -> TraceReader:
 
 
 def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None, oracle: TraceLike | None = None,
-            max_steps: int | None = None) -> Comparison:
-    """Compare trace B against reference trace A (paths or open readers), step by step, in bounded memory."""
+            max_steps: int | None = None, names: NameFilter | None = None) -> Comparison:
+    """Compare trace B against reference trace A (paths or open readers), step by step, in bounded memory.
+
+    `names`: compare only the tensors it keeps (--only/--ignore). A name recorded by one side only is listed
+    in `one_sided`, not a divergence; a step one side lacks or cut short still is.
+    """
     tolerances = Tolerances() if tolerances is None else tolerances
     with ExitStack() as stack:
         readers = {"a": _open(a, stack), "b": _open(b, stack)}
         if oracle is not None:
             readers["oracle"] = _open(oracle, stack)
-        comparer = _Comparer(tolerances, readers)
+        comparer = _Comparer(tolerances, readers, names if names is not None else NameFilter())
         its = {side: r.steps(include_incomplete=True) for side, r in readers.items()}
         cur = {side: next(it, None) for side, it in its.items()}
 

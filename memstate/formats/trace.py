@@ -18,6 +18,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from memstate.errors import FormatError
+from memstate.formats.map import LayoutMap, apply_map, parse_map
 from memstate.formats.params import check_envelope
 from memstate.formats.tensorjson import BadJSON, decode_fields, decode_name, loads_strict
 
@@ -46,14 +47,19 @@ def step_file_name(index: int) -> str:
     return f"step-{index:08d}.safetensors"
 
 
-def open_trace(path: str | os.PathLike) -> TraceReader:
-    """Open a trace for streaming; a directory is the binary encoding, a file is JSONL."""
-    return TraceReader(path)
+def open_trace(path: str | os.PathLike, layout: LayoutMap | None = None) -> TraceReader:
+    """Open a trace for streaming; a directory is the binary encoding, a file is JSONL.
+
+    `layout`: a layout map (memstate.formats.map) turning a foreign port's tensors into canonical ones; without
+    it, the map the header carries under `meta.map`, if any.
+    """
+    return TraceReader(path, layout)
 
 
-def read_trace(path: str | os.PathLike, include_incomplete: bool = False) -> list[Step]:
+def read_trace(path: str | os.PathLike, include_incomplete: bool = False,
+               layout: LayoutMap | None = None) -> list[Step]:
     """All steps of a (small) trace in memory."""
-    with open_trace(path) as reader:
+    with open_trace(path, layout) as reader:
         return list(reader.steps(include_incomplete=include_incomplete))
 
 
@@ -61,14 +67,17 @@ class TraceReader:
     """A trace opened for reading: the header is read on open, steps are streamed on iteration.
 
     Each iteration reads the trace from its first step again; `incomplete` is set when one reaches the end.
+    With a layout map (given, or the header's `meta.map`) every step is yielded in canonical names and layout;
+    `meta` then lacks the "map" key and `layout` holds the map.
     """
 
     path: Path
     encoding: str  # "jsonl" | "binary"
     meta: dict[str, Any]
     incomplete: Step | None
+    layout: LayoutMap | None
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, layout: LayoutMap | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise FormatError(self.path, "no such file or directory; check the path")
@@ -81,6 +90,12 @@ class TraceReader:
             self._body_offset = 0
         else:
             self.meta, self._body_offset = _jsonl_header(self.path)
+        self.layout = layout
+        if layout is None and "map" in self.meta:
+            self.layout = parse_map(self.meta["map"], f"{self.path}: header meta.map")
+        if self.layout is not None:
+            self.meta = {k: v for k, v in self.meta.items() if k != "map"}
+            self._layers = _declared_layers(self.meta)
 
     def __iter__(self) -> Iterator[Step]:
         return self.steps()
@@ -98,6 +113,9 @@ class TraceReader:
         source = _binary_steps(self.path) if self.encoding == "binary" else _jsonl_steps(self.path, self._body_offset)
         try:
             for step in source:
+                if self.layout is not None:
+                    step = Step(step.index, apply_map(self.layout, step.tensors, step.index, layers=self._layers,
+                                                      strict=step.complete), step.complete)
                 if step.complete:
                     yield step
                     continue
@@ -121,6 +139,14 @@ class TraceReader:
 
     def __repr__(self) -> str:
         return f"TraceReader({str(self.path)!r}, encoding={self.encoding!r})"
+
+
+def _declared_layers(meta: dict[str, Any]) -> list[int] | None:
+    """The layer widths a header declares (meta.layers or meta.settings.layers), if it does."""
+    settings = meta.get("settings")
+    layers = meta.get("layers", settings.get("layers") if isinstance(settings, dict) else None)
+    ok = isinstance(layers, list) and len(layers) >= 2 and all(type(n) is int and n > 0 for n in layers)
+    return layers if ok else None
 
 
 def _header_meta(doc: Any, path: object, encoding: str, line: int | None) -> dict[str, Any]:

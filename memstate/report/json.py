@@ -118,6 +118,8 @@ def to_dict(c: Comparison) -> dict:
         "series": {s.name: _buckets(s.buckets) for s in c.series},
         "meta_diff": [jsonable(m) for m in c.meta_diff],
         "findings": [jsonable(f) for f in c.findings],
+        "one_sided": [jsonable(o) for o in c.one_sided],
+        "names": {"only": list(c.names.only), "ignore": list(c.names.ignore)},
     })
 
 

@@ -1,0 +1,529 @@
+"""`memstate map --suggest`: find where a foreign port keeps each canonical tensor, from the numbers.
+
+Given step 0 of a port's trace (its own names and layout) and the params file it started from, each
+canonical tensor is looked for among the port's tensors in every orientation a port might use (as is,
+transposed, [n, 1] columns, a bias folded into W as a first or last row/column, inputs with a ones column), and
+with a batch-size factor (B or 1/B) for gradients. What decides is a numeric relation, checked in float64:
+
+* x: the candidate that, through the params file's L1.W and L1.b, reproduces another port tensor (z or a);
+* y: one-hot rows;
+* the updated parameters: the candidate closest to the params file's (one step of training moves them little);
+* every other tensor: recomputed from the port's own already-matched tensors (z = a_prev @ W + b, a = act(z),
+  probs = softmax(z), dz = (probs - y)/R, dW = a_prev^T dz, ...), so that one wrong operation (a planted bug)
+  spoils only its own match, not the ones after it.
+
+A tensor no relation confirms is matched by shape and name when that is unambiguous (and said so), else left
+unmatched. The activation and loss reduction, when not given, are those that explain the most tensors with
+the fewest batch-size factors. Pure: numpy arrays in, a frozen `Suggestion` out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memstate.formats.map import Entry, LayoutMap, parse_index
+from memstate.impls import numpy_mlp as ref
+
+ACTIVATIONS = ("relu", "sigmoid", "shifted-relu")
+REDUCTIONS = ("mean", "sum")
+RTOL = 1e-6  # a match: |port - recomputed| <= RTOL * max|recomputed| (+ a tiny atol)
+PARAM_STEP = 0.5  # updated parameters lie within this relative distance of the params file's
+# (port index, complement index) for a bias folded into a weight tensor, in the port's own axes
+FOLDS = (("1:, :", "0, :"), (":-1, :", "-1, :"), (":, 1:", ":, 0"), (":, :-1", ":, -1"))
+
+
+@dataclass(frozen=True)
+class View:
+    """A port tensor after `index` and `transpose`, in float64."""
+
+    source: str
+    index: str | None
+    transpose: bool
+    array: np.ndarray = field(compare=False)
+
+    def text(self) -> str:
+        return self.source + (f"[{self.index}]" if self.index else "") + (".T" if self.transpose else "")
+
+
+@dataclass(frozen=True)
+class Match:
+    """One canonical tensor found: where, with what factor, and the evidence."""
+
+    name: str
+    view: View
+    scale: str | None  # None, "B" or "1/B"
+    evidence: str
+    numeric: bool  # confirmed by a numeric relation (else by shape and name only)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The matches, the port tensors left over, and the settings that explained them best."""
+
+    matches: tuple[Match, ...]
+    unmatched: tuple[str, ...]
+    absent: tuple[str, ...]  # canonical names no port tensor was found for
+    batch: str
+    weights: str
+    activation: str
+    reduction: str
+    learning_rate: float | None
+
+    def layout_map(self, source: str = "suggested map") -> LayoutMap:
+        """The map: the layout defaults from x and L1.W, an entry per match, the rest in `ignore`."""
+        entries = []
+        for m in self.matches:
+            default = _default_transpose(m.name, self.batch, self.weights)
+            transpose = None if m.view.transpose == default or m.view.array.ndim < 2 else m.view.transpose
+            index = parse_index(m.view.index) if m.view.index else None
+            entries.append(Entry(m.name, m.view.source, index, m.view.index, transpose, m.scale))
+        return LayoutMap(self.batch, self.weights, tuple(entries), self.unmatched, source)
+
+    def to_toml(self, trace: str = "the trace") -> str:
+        head = (f"# suggested by memstate map --suggest for {trace}: {self.activation}, {self.reduction} loss"
+                + (f", learning rate {self.learning_rate:.6g}" if self.learning_rate is not None else "")
+                + "\n# every entry says how it was matched; check the ones matched by shape and name only.\n")
+        if self.unmatched:
+            head += f"# not matched (ignored): {', '.join(self.unmatched)}\n"
+        if self.absent:
+            head += f"# not recorded by the port: {', '.join(self.absent)}\n"
+        return head + "\n" + self.layout_map().to_toml({m.name: m.evidence for m in self.matches})
+
+    def report(self) -> str:
+        lines = [f"layout: batch = {self.batch}, weights = {self.weights}; {self.activation}, {self.reduction} loss"
+                 + (f", learning rate {self.learning_rate:.6g}" if self.learning_rate is not None else "")]
+        width = max((len(m.name) for m in self.matches), default=4)
+        for m in self.matches:
+            scale = f" * {m.scale}" if m.scale else ""
+            lines.append(f"  {m.name:<{width}} <- {m.view.text()}{scale}: {m.evidence}")
+        if self.unmatched:
+            lines.append(f"not matched (written to ignore; map them by hand if they matter): "
+                         f"{', '.join(self.unmatched)}")
+        if self.absent:
+            lines.append(f"not recorded by the port (absent from the canonical trace): {', '.join(self.absent)}")
+        return "\n".join(lines)
+
+
+def _default_transpose(name: str, batch: str, weights: str) -> bool:
+    if re.match(r"^L\d+\.(W|dW)$", name):
+        return weights == "out,in"
+    if re.match(r"^L\d+\.(b|db)$", name) or name == "loss":
+        return False
+    return batch == "columns"
+
+
+# ---------------------------------------------------------------- numeric helpers
+
+def fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """Whether a tensor of `shape` becomes `expected` by the map's reshape rule (only length-1 axes differ)."""
+    return tuple(shape) == tuple(expected) or [d for d in shape if d != 1] == [d for d in expected if d != 1]
+
+
+def _close(v: np.ndarray, e: np.ndarray) -> bool:
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(e)
+        scale = float(np.max(np.abs(e[finite]))) if finite.any() else 0.0
+        same_bad = np.array_equal(np.isnan(v), np.isnan(e)) and np.array_equal(np.isinf(v) & ~finite, ~finite)
+        if not same_bad:
+            return False
+        ok = finite & np.isfinite(v)
+        return bool(np.all(np.abs(v[ok] - e[ok]) <= RTOL * scale + 1e-14) and (v[~finite] == e[~finite]).all())
+
+
+def _rel(v: np.ndarray, e: np.ndarray) -> float:
+    with np.errstate(all="ignore"):
+        d = float(np.nanmax(np.abs(v - e))) if v.size else 0.0
+        s = float(np.nanmax(np.abs(e))) if e.size else 0.0
+    return d / s if s > 0 else d
+
+
+def _one_hot(a: np.ndarray) -> bool:
+    return a.ndim == 2 and a.size > 0 and bool(np.isin(a, (0.0, 1.0)).all()) and bool((a.sum(axis=1) == 1).all())
+
+
+def _name_score(source: str, name: str) -> int:
+    """A tie-break only: how much the port's name looks like the canonical one (0..3)."""
+    s = re.sub(r"[^a-z0-9]", "", source.lower())
+    canon = re.sub(r"[^a-z0-9]", "", name.lower())
+    if s == canon:
+        return 3
+    m = re.match(r"^L(\d+)\.(\w+)$", name)
+    if not m:
+        aliases = {"x": ("x", "input", "inputs", "x1", "data"), "y": ("y", "target", "targets", "labels", "t"),
+                   "probs": ("p", "softmax", "probs", "prob", "yhat", "output"), "loss": ("loss", "cost", "l")}
+        return 2 if s in aliases.get(name, ()) else 1 if any(a in s for a in aliases.get(name, ())[:2]) else 0
+    layer, kind = m.groups()
+    grad = s.startswith("d") or "grad" in s or "delta" in s
+    if grad != kind.startswith("d"):
+        return 0
+    letter = kind[-1].lower()
+    return 1 + (layer in s) if letter in s.replace("grad", "") or kind.endswith(("W", "b")) and \
+        ("weight" in s if letter == "w" else "bias" in s) else 0
+
+
+# ---------------------------------------------------------------- the search
+
+class _State:
+    """What one hypothesis has matched: claimed port tensors (whole, or by index) and canonical values."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray]):
+        self.t = tensors
+        self.whole: set[str] = set()
+        self.parts: dict[str, set[str]] = {}
+        self.matches: dict[str, Match] = {}
+        self.values: dict[str, np.ndarray] = {}  # canonical values: the port's when matched, else recomputed
+        self.batch_t = False  # x is stored transposed (samples as columns)
+        self.weight_t = False  # weights are stored [out, in]
+
+    def copy(self) -> _State:
+        other = _State(self.t)
+        other.whole, other.parts = set(self.whole), {k: set(v) for k, v in self.parts.items()}
+        other.matches, other.values = dict(self.matches), dict(self.values)
+        other.batch_t, other.weight_t = self.batch_t, self.weight_t
+        return other
+
+    def claim(self, m: Match, value: np.ndarray) -> None:
+        if m.view.index is None:
+            self.whole.add(m.view.source)
+        else:
+            self.parts.setdefault(m.view.source, set()).add(m.view.index)
+        self.matches[m.name] = m
+        self.values[m.name] = value
+
+    def whole_views(self) -> list[View]:
+        out = []
+        for src, a in self.t.items():
+            if src in self.whole or src in self.parts:
+                continue
+            out.append(View(src, None, False, a))
+            if a.ndim == 2:
+                out.append(View(src, None, True, a.T))
+        return out
+
+    def fold_views(self) -> list[tuple[View, str]]:
+        """Weight parts of tensors that may hold a folded bias, each with the index of the bias part."""
+        out = []
+        for src, a in self.t.items():
+            if src in self.whole or a.ndim != 2:
+                continue
+            for idx, comp in FOLDS:
+                if idx in self.parts.get(src, ()) or comp in self.parts.get(src, ()):
+                    continue
+                part = a[parse_index(idx)]
+                if part.size:
+                    out += [(View(src, idx, False, part), comp), (View(src, idx, True, part.T), comp)]
+        return out
+
+    def ones_views(self) -> list[View]:
+        """Batch tensors with a column (or row) of ones added in front or at the end, without it."""
+        out = []
+        for src, a in self.t.items():
+            if src in self.whole or a.ndim != 2:
+                continue
+            for idx, ones, t in ((":, 1:", ":, 0", False), (":, :-1", ":, -1", False), ("1:, :", "0, :", True),
+                                 (":-1, :", "-1, :", True)):
+                if idx not in self.parts.get(src, ()) and np.all(a[parse_index(ones)] == 1):
+                    part = a[parse_index(idx)]
+                    out.append(View(src, idx, t, part.T if t else part))
+        return out
+
+
+def _scaled(a: np.ndarray, scale: str | None, batch: int) -> np.ndarray:
+    return a if scale is None else a * batch if scale == "B" else a / batch
+
+
+def _order(views: list[View], name: str, transposed: bool | None) -> list[View]:
+    """Whole tensors first, then the expected orientation, then the name most like the canonical one."""
+    return sorted(views, key=lambda v: (v.index is not None, transposed is not None and v.array.ndim == 2
+                                        and v.transpose != transposed, -_name_score(v.source, name)))
+
+
+def _find(st: _State, name: str, expected: np.ndarray, views: list[View], evidence: str, *,
+          transposed: bool | None = None, scales: tuple[str | None, ...] = (None,), batch: int = 1,
+          fallback: bool = False) -> Match | None:
+    """Match `name` to the first view equal to `expected` (up to a scale); else, by shape and name alone."""
+    fitting = [v for v in _order(views, name, transposed) if fits(v.array.shape, expected.shape)]
+    for v in fitting:
+        arr = v.array.reshape(expected.shape)
+        for sc in scales:
+            val = _scaled(arr, sc, batch)
+            if _close(val, expected):
+                why = evidence + (f" after {'dividing by' if sc == '1/B' else 'multiplying by'} B = {batch}"
+                                  if sc else "")
+                m = Match(name, v, sc, why, True)
+                st.claim(m, val)
+                return m
+    if not fallback:
+        return None
+    v = _by_name(st, name, [v for v in fitting if transposed is None or v.array.ndim < 2 or v.transpose == transposed])
+    if v is None:
+        return None
+    arr = v.array.reshape(expected.shape)
+    m = Match(name, v, None, f"by shape and name only: differs from {evidence.removeprefix('= ')} "
+              f"(max rel error {_rel(arr, expected):.2g}): a bug there, or a layout this could not tell", False)
+    st.claim(m, arr)
+    return m
+
+
+def _find_x(st: _State, P: Mapping[str, np.ndarray], acts: tuple[str, ...]) -> Match:
+    """x: the candidate through which L1.W and L1.b reproduce the most port tensors (z or a of layer 1)."""
+    from memstate.errors import MemstateError
+
+    W, b = P["L1.W"], P["L1.b"]
+    n0 = W.shape[0]
+    cands = [v for v in st.whole_views() + st.ones_views()
+             if v.array.ndim == 2 and v.array.shape[1] == n0 and not _one_hot(v.array)]
+    if not cands:
+        raise MemstateError(f"no port tensor has {n0} columns or rows (L1.W's fan-in in the params file): cannot "
+                            "find x; is this the params file the port started from?")
+    best, best_score, best_what = cands[0], -1, ""
+    for v in _order(cands, "x", None):
+        with np.errstate(all="ignore"):
+            z = v.array @ W + b
+        outs = {"L1.z": z, **{f"{act}(L1.z)": ref.activate(act, z) for act in acts}}
+        hits = [f"{what} = {o.text()}" for what, e in outs.items() for o in st.whole_views()
+                if o.source != v.source and o.array.shape == e.shape and _close(o.array, e)]
+        if len(hits) > best_score:
+            best, best_score, best_what = v, len(hits), ", ".join(hits)
+    evidence = (f"through the params file's L1.W and L1.b it gives {best_what}" if best_score > 0 else
+                f"the only tensor of width {n0} = L1.W's fan-in (nothing recorded downstream confirms it)")
+    m = Match("x", best, None, evidence, best_score > 0)
+    st.claim(m, best.array)
+    st.batch_t = best.transpose
+    return m
+
+
+def _find_y(st: _State, batch: int, classes: int) -> None:
+    views = [v for v in st.whole_views() if v.array.shape == (batch, classes) and _one_hot(v.array)]
+    views = _order(views, "y", st.batch_t)
+    if views:
+        st.claim(Match("y", views[0], None, f"one-hot rows, {classes} classes", True), views[0].array)
+
+
+def _find_params(st: _State, P: Mapping[str, np.ndarray], n_layers: int) -> None:
+    """Each updated W and b: the candidate closest to the params file's (training moves them one small step)."""
+    for i in range(1, n_layers + 1):
+        W0, b0 = P[f"L{i}.W"], P[f"L{i}.b"]
+        cands = [(v, None) for v in st.whole_views()] + st.fold_views()
+        scored = sorted(((_rel(v.array, W0), k, v, comp) for k, (v, comp) in enumerate(cands)
+                         if v.array.shape == W0.shape), key=lambda t: (t[0], t[1]))
+        comp = None
+        if scored and scored[0][0] < PARAM_STEP:
+            d, _, v, comp = scored[0]
+            st.claim(Match(f"L{i}.W", v, None, f"within {d:.2g} (relative) of the params file's L{i}.W", True),
+                     v.array)
+            if i == 1:
+                st.weight_t = v.transpose
+        vecs = [View(st.matches[f"L{i}.W"].view.source, comp, False,
+                     st.t[st.matches[f"L{i}.W"].view.source][parse_index(comp)])] if comp else []
+        vecs += [v for v in st.whole_views() if not v.transpose and fits(v.array.shape, b0.shape)]
+        scored_b = sorted(((_rel(v.array.reshape(b0.shape), b0), k, v) for k, v in enumerate(vecs)
+                           if fits(v.array.shape, b0.shape)), key=lambda t: (t[0], t[1]))
+        if scored_b and scored_b[0][0] < PARAM_STEP:
+            d, _, v = scored_b[0]
+            where = " (the bias folded into the same tensor)" if comp and v.index == comp else ""
+            st.claim(Match(f"L{i}.b", v, None, f"within {d:.2g} (relative) of the params file's L{i}.b{where}",
+                           True), v.array.reshape(b0.shape))
+
+
+def _forward(st: _State, P: Mapping[str, np.ndarray], n_layers: int, act: str, red: str) -> None:
+    batch = st.values["x"].shape[0]
+    for i in range(1, n_layers + 1):
+        prev = "x" if i == 1 else f"L{i - 1}.a"
+        with np.errstate(all="ignore"):
+            z = st.values[prev] @ P[f"L{i}.W"] + P[f"L{i}.b"]
+        views = st.whole_views() + st.ones_views()
+        _find(st, f"L{i}.z", z, views, f"= {prev} @ L{i}.W + L{i}.b (params file)", transposed=st.batch_t)
+        st.values.setdefault(f"L{i}.z", z)
+        if i < n_layers:
+            a = ref.activate(act, st.values[f"L{i}.z"])
+            _find(st, f"L{i}.a", a, st.whole_views() + st.ones_views(), f"= {act}(L{i}.z)", transposed=st.batch_t)
+            st.values.setdefault(f"L{i}.a", a)
+    zl = st.values[f"L{n_layers}.z"]
+    with np.errstate(all="ignore"):
+        probs = ref.softmax(zl)
+    if _find(st, "probs", probs, st.whole_views(), f"= softmax(L{n_layers}.z)", transposed=st.batch_t,
+             fallback=False) is None:
+        _find_probs_loosely(st, probs, n_layers)
+    st.values.setdefault("probs", probs)
+    if "y" in st.values:
+        p, y = st.values["probs"], st.values["y"]
+        with np.errstate(all="ignore"):
+            loss = np.asarray(-np.sum(np.where(y != 0, y * np.log(p), 0.0)) / (batch if red == "mean" else 1))
+        _find(st, "loss", loss, st.whole_views(), f"= {red} cross-entropy of probs against y")
+        st.values.setdefault("loss", loss)
+
+
+def _find_probs_loosely(st: _State, probs: np.ndarray, n_layers: int) -> None:
+    """probs that a wrong softmax computed: a tensor of probs' shape whose log differs from L{n}.z by a
+    constant per row (any softmax-like normalisation), else the one tensor of that shape with values in [0, 1]."""
+    z = st.values[f"L{n_layers}.z"]
+    views = [v for v in _order(st.whole_views(), "probs", st.batch_t) if v.array.shape == probs.shape
+             and not _one_hot(v.array) and np.all((v.array >= 0) & (v.array <= 1) | np.isnan(v.array))]
+    for v in views:
+        with np.errstate(all="ignore"):
+            shift = np.log(v.array) - z
+        if np.all(np.isfinite(shift)) and np.allclose(shift, shift[:, :1], rtol=0, atol=1e-6 * (1 + np.abs(z).max())):
+            st.claim(Match("probs", v, None, f"exp(L{n_layers}.z) normalised per row (log differs from L{n_layers}.z "
+                           f"by a constant per row), but not softmax(L{n_layers}.z) (max rel error "
+                           f"{_rel(v.array, probs):.2g}): a wrong normalisation?", True), v.array)
+            return
+    oriented = [v for v in views if v.transpose == st.batch_t]
+    if len(oriented) == 1:
+        v = oriented[0]
+        st.claim(Match("probs", v, None, f"by shape and values in [0, 1] only: differs from softmax(L{n_layers}.z) "
+                       f"(max rel error {_rel(v.array, probs):.2g})", False), v.array)
+
+
+def _backward(st: _State, P: Mapping[str, np.ndarray], n_layers: int, act: str, red: str) -> None:
+    if "y" not in st.values:
+        return
+    batch = st.values["x"].shape[0]
+    scales = (None, "1/B", "B")
+    with np.errstate(all="ignore"):
+        dz = (st.values["probs"] - st.values["y"]) / (batch if red == "mean" else 1)
+    why = f"= (probs - y){' / B' if red == 'mean' else ''}"
+    for i in range(n_layers, 0, -1):
+        if i < n_layers:
+            with np.errstate(all="ignore"):
+                da = st.values[f"L{i + 1}.dz"] @ P[f"L{i + 1}.W"].T
+            _find(st, f"L{i}.da", da, st.whole_views(), f"= L{i + 1}.dz @ L{i + 1}.W^T", transposed=st.batch_t,
+                  scales=scales, batch=batch)
+            st.values.setdefault(f"L{i}.da", da)
+            z = st.values[f"L{i}.z"]
+            with np.errstate(all="ignore"):
+                dz = st.values[f"L{i}.da"] * ref.activation_grad(act, z, ref.activate(act, z))
+            why = f"= L{i}.da * {act}'(L{i}.z)"
+        _find(st, f"L{i}.dz", dz, st.whole_views(), why, transposed=st.batch_t, scales=scales, batch=batch)
+        st.values.setdefault(f"L{i}.dz", dz)
+        prev = "x" if i == 1 else f"L{i - 1}.a"
+        with np.errstate(all="ignore"):
+            dW = st.values[prev].T @ st.values[f"L{i}.dz"]
+            db = st.values[f"L{i}.dz"].sum(axis=0)
+        folds = st.fold_views()
+        m = _find(st, f"L{i}.dW", dW, st.whole_views() + [v for v, _ in folds], f"= {prev}^T @ L{i}.dz",
+                  transposed=st.weight_t, scales=scales, batch=batch)
+        st.values.setdefault(f"L{i}.dW", dW)
+        vecs = []
+        if m is not None and m.view.index is not None:
+            comp = dict(FOLDS)[m.view.index]
+            vecs.append(View(m.view.source, comp, False, st.t[m.view.source][parse_index(comp)]))
+        vecs += [v for v in st.whole_views() if not v.transpose]
+        _find(st, f"L{i}.db", db, vecs, f"= L{i}.dz summed over the batch"
+              + (f" (folded into the same tensor as L{i}.dW)" if m and m.view.index else ""),
+              scales=scales, batch=batch)
+        st.values.setdefault(f"L{i}.db", db)
+
+
+def _by_name(st: _State, name: str, views: list[View]) -> View | None:
+    """The one view whose name looks most like `name` (or that holds the bias folded next to the matched weight),
+    skipping copies of tensors already matched (h with a ones column is still h)."""
+    claimed = list(st.values[n] for n in st.matches)
+    views = [v for v in views if not any(c.size == v.array.size and np.array_equal(c.ravel(), v.array.ravel())
+                                         for c in claimed)]
+    w = st.matches.get(name[:-1] + "W") if re.match(r"^L\d+\.(b|db)$", name) else None
+    fold = dict(FOLDS).get(w.view.index) if w is not None and w.view.index is not None else None
+    scored = sorted(((3 if fold and v.source == w.view.source and v.index == fold else _name_score(v.source, name), k, v)
+                     for k, v in enumerate(views)), key=lambda t: (-t[0], t[1]))
+    if not scored or scored[0][0] == 0 or (len(scored) > 1 and scored[1][0] == scored[0][0]):
+        return None
+    return scored[0][2]
+
+
+def _fill(st: _State, n_layers: int, evidence: Mapping[str, str]) -> None:
+    """Second pass: what no relation confirmed, matched by shape and name among the port tensors left over."""
+    from memstate.names import canonical_names
+
+    for name in canonical_names(n_layers):
+        if name in st.matches or name not in st.values:
+            continue
+        if re.match(r"^L\d+\.(W|dW)$", name):
+            views, t = st.whole_views() + [v for v, _ in st.fold_views()], st.weight_t
+        elif re.match(r"^L\d+\.(b|db)$", name) or name == "loss":
+            views, t = [v for v in st.whole_views() if not v.transpose], None
+            w = st.matches.get(name[:-1] + "W")
+            if w is not None and w.view.index is not None:
+                comp = dict(FOLDS)[w.view.index]
+                views.insert(0, View(w.view.source, comp, False, st.t[w.view.source][parse_index(comp)]))
+        else:
+            views, t = st.whole_views() + st.ones_views(), st.batch_t
+        _find(st, name, st.values[name], views, evidence.get(name, f"the recomputed {name}"), transposed=t,
+              fallback=True)
+
+
+def _updates(st: _State, P: Mapping[str, np.ndarray], n_layers: int, lr: float | None) -> tuple[int, float | None]:
+    """How many matched parameters are exactly the params file minus lr times their gradient (lr fitted when
+    not given); adds that to their evidence."""
+    pairs = [(n, P[n].astype(np.float64), st.values[n], st.values.get(n.replace(".", ".d")))
+             for n in (f"L{i}.{k}" for i in range(1, n_layers + 1) for k in ("W", "b")) if n in st.matches]
+    pairs = [(n, p0, new, g) for n, p0, new, g in pairs if g is not None and g.shape == p0.shape]
+    with np.errstate(all="ignore"):
+        if lr is None:
+            num = sum(float(np.sum((p0 - new) * g)) for _, p0, new, g in pairs)
+            den = sum(float(np.sum(g * g)) for _, _, _, g in pairs)
+            lr = num / den if den > 0 and np.isfinite(num / den) else None
+        if lr is None:
+            return 0, None
+        good = 0
+        for n, p0, new, g in pairs:
+            if _close(new, p0 - lr * g):
+                good += 1
+                m = st.matches[n]
+                st.matches[n] = Match(n, m.view, m.scale, m.evidence + f"; = params file - {lr:.6g} * "
+                                      f"{n.replace('.', '.d')}", m.numeric)
+    return good, lr
+
+
+def suggest_map(tensors: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray], *,
+                activation: str | None = None, reduction: str | None = None,
+                learning_rate: float | None = None) -> Suggestion:
+    """Match a port's step-0 tensors (its own names and layout) to canonical names, given the start params.
+
+    `activation`, `reduction`, `learning_rate`: the scenario's, when known; otherwise each combination is tried
+    and the one that confirms the most tensors numerically, with the fewest batch-size factors, wins.
+    """
+    from memstate.errors import MemstateError
+
+    if "L1.W" not in params or "L1.b" not in params:
+        raise MemstateError("the params file has no L1.W and L1.b: is it a memstate params file?")
+    n_layers = sum(1 for n in params if re.fullmatch(r"L\d+\.W", n))
+    P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    t = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
+    acts = (activation,) if activation else ACTIVATIONS
+    base = _State(t)
+    _find_x(base, P, acts)
+    _find_y(base, base.values["x"].shape[0], P[f"L{n_layers}.W"].shape[1])
+    _find_params(base, P, n_layers)
+    best: tuple | None = None
+    for act in acts:
+        for red in ((reduction,) if reduction else REDUCTIONS):
+            st = base.copy()
+            _forward(st, P, n_layers, act, red)
+            _backward(st, P, n_layers, act, red)
+            good, lr = _updates(st, P, n_layers, learning_rate)
+            numeric = sum(m.numeric for m in st.matches.values()) + good
+            scales = sum(m.scale is not None for m in st.matches.values())
+            if best is None or (numeric, -scales) > best[0]:
+                best = ((numeric, -scales), st, act, red, lr)
+    assert best is not None
+    _, st, act, red, lr = best
+    _fill(st, n_layers, {})
+    return _suggestion(st, n_layers, act, red, lr)
+
+
+def _suggestion(st: _State, n_layers: int, act: str, red: str, lr: float | None) -> Suggestion:
+    from memstate.names import canonical_names
+
+    order = canonical_names(n_layers)
+    matches = tuple(st.matches[n] for n in order if n in st.matches)
+    weight_t = st.weight_t
+    if "L1.W" not in st.matches and "L1.dW" in st.matches:
+        weight_t = st.matches["L1.dW"].view.transpose
+    unmatched = tuple(s for s in st.t if s not in st.whole and s not in st.parts)
+    absent = tuple(n for n in order if n not in st.matches)
+    return Suggestion(matches, unmatched, absent, "columns" if st.batch_t else "rows",
+                      "out,in" if weight_t else "in,out", act, red, lr)
