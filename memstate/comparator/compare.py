@@ -24,6 +24,7 @@ import numpy as np
 from memstate.comparator.localize import Localization, WorstElement, localize
 from memstate.comparator.metrics import TensorMetrics, element_errors, max_abs_error, tensor_metrics
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
+from memstate.formats.map import CANONICAL
 from memstate.formats.trace import Step, TraceReader, open_trace
 
 TraceLike = str | os.PathLike | TraceReader
@@ -143,7 +144,7 @@ class Finding:
     """Something structural: a missing step or name, a crash, a shape or dtype difference; compressed per name."""
 
     kind: str  # missing-step, extra-steps, truncated, incomplete, nothing-compared, shape-mismatch, dtype-mismatch,
-    #            order, oracle-missing, excused, unused-rule
+    #            order, oracle-missing, excused, unused-rule, not-canonical
     severity: str  # error (makes the traces diverge), warning, info
     message: str
     side: str | None = None  # "a", "b", or None for both/neither
@@ -418,7 +419,7 @@ class _Comparer:
         self.readers = readers
         self.filter = names
         self.all_names: set[str] = set()  # every name seen, before filtering (to report unused patterns)
-        self.one_sided: dict[str, OneSided] = {}
+        self.sided: dict[str, OneSided] = {}
         self.findings = _Findings()
         self.overview = _Buckets()
         self.series: dict[str, _Buckets] = {}
@@ -460,6 +461,10 @@ class _Comparer:
             self.findings.add("order", "info", "B records the tensors in a different order than A "
                               "(compared by name; the first divergence follows A's order)", "b", None, k)
         self._structure(k, sa, sb, only_a, only_b)
+        if not tensors and sa.complete and sb.complete and (names_a or names_b):
+            side = "B" if names_a else "A"
+            self._missing_step(k, f"{side} records none of the other side's tensors in step {k} (a step with "
+                               "nothing in common is a missing step)")
         result = StepComparison(k, tuple(tensors), only_a, only_b, sa.complete, sb.complete)
         self._summarise(result)
         if self.first is None:
@@ -501,8 +506,8 @@ class _Comparer:
                 continue  # the incomplete finding says why
             for name in missing:
                 has = "a" if side == "b" else "b"
-                old = self.one_sided.get(name)
-                self.one_sided[name] = OneSided(name, has, k, k, 1) if old is None or old.recorded_by != has else \
+                old = self.sided.get(name)
+                self.sided[name] = OneSided(name, has, k, k, 1) if old is None or old.recorded_by != has else \
                     replace(old, last_step=k, steps=old.steps + 1)
         for side, step in (("a", sa), ("b", sb)):
             if not step.complete:
@@ -635,6 +640,12 @@ class _Comparer:
         for pattern in self.filter.unused(self.all_names):
             self.findings.add("unused-rule", "warning", f"--only/--ignore pattern {pattern!r} matches no tensor "
                               f"name; names are e.g. {', '.join(sorted(self.all_names)[:4])}")
+        for side in ("a", "b"):
+            odd = [o.name for o in self.sided.values() if o.recorded_by == side and not CANONICAL.match(o.name)]
+            if odd:
+                self.findings.add("not-canonical", "warning", f"{side.upper()} records names that are not canonical "
+                                  f"({', '.join(odd[:6])}{', ...' if len(odd) > 6 else ''}), so they are not compared: "
+                                  "read it through a layout map (--map-a/--map-b, docs/ports.md)", side)
         if self.compared and not self.names:
             self.findings.add("nothing-compared", "error", "no tensor name is recorded by both sides"
                               + (" among those --only/--ignore select" if self.filter else "")
@@ -660,7 +671,7 @@ class _Comparer:
             series=tuple(TensorSeries(n, tuple(s.items)) for n, s in self.series.items()),
             findings=findings,
             meta_diff=meta_diff(self.readers["a"].meta, self.readers["b"].meta),
-            one_sided=tuple(self.one_sided.values()),
+            one_sided=tuple(self.sided.values()),
             names=self.filter,
         )
 
