@@ -300,7 +300,8 @@ def apply_map(layout: LayoutMap, tensors: Mapping[str, np.ndarray], step: int = 
             if strict:
                 raise
     dims = _dims(placed, layers)
-    order = canonical_names(max(dims.n_layers or 1, 1))
+    # without declared layers the deepest layer seen need not be the last: order as if one more followed
+    order = canonical_names(dims.n_layers if layers else max(_layer(n) for n in [*placed, "L0.z"]) + 1)
     out: dict[str, np.ndarray] = {}
     for name in sorted(placed, key=lambda n: order.index(n) if n in order else len(order)):
         e, arr = placed[name]
@@ -359,7 +360,7 @@ def _dims(placed: Mapping[str, tuple[Entry, np.ndarray]], layers: Sequence[int] 
     """Batch size and layer widths: from `layers` when given, else read off the oriented tensors."""
     arrays = {n: a for n, (_, a) in placed.items()}
     widths: dict[int, int] = dict(enumerate(layers)) if layers else {}
-    n_layers = len(layers) - 1 if layers else max((_layer(n) for n in arrays), default=0) or None
+    n_layers = len(layers) - 1 if layers else None  # unknown unless declared: y and probs then fit any width
     for name, a in arrays.items():
         i = _layer(name)
         if _WEIGHT_ROLE.match(name) and a.ndim == 2:
