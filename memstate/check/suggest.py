@@ -7,7 +7,8 @@ with a batch-size factor (B or 1/B) for gradients. What decides is a numeric rel
 
 * x: the candidate that, through the params file's L1.W and L1.b, reproduces another port tensor (z or a);
 * y: one-hot rows;
-* the updated parameters: the candidate closest to the params file's (one step of training moves them little);
+* the updated parameters (matched last): exactly the params file minus lr times their gradient, else the
+  candidate nearest the params file's (one step of training moves them little);
 * every other tensor: recomputed from the port's own already-matched tensors (z = a_prev @ W + b, a = act(z),
   probs = softmax(z), dz = (probs - y)/R, dW = a_prev^T dz, ...), so that one wrong operation (a planted bug)
   spoils only its own match, not the ones after it.
@@ -304,30 +305,62 @@ def _find_y(st: _State, batch: int, classes: int) -> None:
         st.claim(Match("y", views[0], None, f"one-hot rows, {classes} classes", True), views[0].array)
 
 
-def _find_params(st: _State, P: Mapping[str, np.ndarray], n_layers: int) -> None:
-    """Each updated W and b: the candidate closest to the params file's (training moves them one small step)."""
-    for i in range(1, n_layers + 1):
-        W0, b0 = P[f"L{i}.W"], P[f"L{i}.b"]
-        cands = [(v, None) for v in st.whole_views()] + st.fold_views()
-        scored = sorted(((_rel(v.array, W0), k, v, comp) for k, (v, comp) in enumerate(cands)
-                         if v.array.shape == W0.shape), key=lambda t: (t[0], t[1]))
-        comp = None
-        if scored and scored[0][0] < PARAM_STEP:
-            d, _, v, comp = scored[0]
-            st.claim(Match(f"L{i}.W", v, None, f"within {d:.2g} (relative) of the params file's L{i}.W", True),
-                     v.array)
-            if i == 1:
-                st.weight_t = v.transpose
-        vecs = [View(st.matches[f"L{i}.W"].view.source, comp, False,
-                     st.t[st.matches[f"L{i}.W"].view.source][parse_index(comp)])] if comp else []
-        vecs += [v for v in st.whole_views() if not v.transpose and fits(v.array.shape, b0.shape)]
-        scored_b = sorted(((_rel(v.array.reshape(b0.shape), b0), k, v) for k, v in enumerate(vecs)
-                           if fits(v.array.shape, b0.shape)), key=lambda t: (t[0], t[1]))
-        if scored_b and scored_b[0][0] < PARAM_STEP:
-            d, _, v = scored_b[0]
-            where = " (the bias folded into the same tensor)" if comp and v.index == comp else ""
-            st.claim(Match(f"L{i}.b", v, None, f"within {d:.2g} (relative) of the params file's L{i}.b{where}",
-                           True), v.array.reshape(b0.shape))
+def _find_params(st: _State, P: Mapping[str, np.ndarray], n_layers: int, lr: float | None) -> None:
+    """The updated parameters: first those that are exactly the params file minus lr times their gradient (lr
+    given, or fitted per candidate); then, for the rest, the candidates nearest the params file's, nearest first
+    (one step of training moves parameters little). Weights before biases: a folded weight says where its bias is."""
+    for kind in ("W", "b"):
+        names = [f"L{i}.{kind}" for i in range(1, n_layers + 1)]
+        for name in names:
+            _exact_param(st, P, name, lr)
+        near = []
+        for name in names:
+            if name in st.matches:
+                continue
+            views, _ = _views_for(st, name)
+            near += [(_rel(v.array.reshape(P[name].shape), P[name]), k, name, v) for k, v in enumerate(views)
+                     if fits(v.array.shape, P[name].shape)]
+        for d, _, name, v in sorted(near, key=lambda t: (t[0], t[1])):
+            if d >= PARAM_STEP or name in st.matches or not _free(st, v):
+                continue
+            folded = " (the bias folded into the weight's tensor)" if kind == "b" and v.index else ""
+            st.claim(Match(name, v, None, f"within {d:.2g} (relative) of the params file's {name}{folded}", True),
+                     v.array.reshape(P[name].shape))
+    w = next((st.matches[n] for n in ("L1.W", "L1.dW") if n in st.matches), None)
+    if w is not None:
+        st.weight_t = w.view.transpose
+
+
+def _free(st: _State, v: View) -> bool:
+    """Whether nothing claimed so far overlaps the view (a whole tensor, or the same part of one)."""
+    if v.source in st.whole:
+        return False
+    return v.source not in st.parts if v.index is None else v.index not in st.parts[v.source] \
+        if v.source in st.parts else True
+
+
+def _exact_param(st: _State, P: Mapping[str, np.ndarray], name: str, lr: float | None) -> None:
+    grad = st.values.get(name.replace(".", ".d"))
+    if grad is None:
+        return
+    p0 = P[name]
+    views, t = _views_for(st, name)
+    if lr is not None:
+        with np.errstate(all="ignore"):
+            expected = p0 - lr * grad
+        _find(st, name, expected, views, f"= params file - {lr:.6g} * {name.replace('.', '.d')}", transposed=t)
+        return
+    gg = float(np.sum(grad * grad))
+    for v in _order(views, name, t):
+        if not fits(v.array.shape, p0.shape) or not gg > 0:
+            continue
+        arr = v.array.reshape(p0.shape)
+        with np.errstate(all="ignore"):
+            fit = float(np.sum((p0 - arr) * grad)) / gg
+            if fit > 0 and np.isfinite(fit) and _close(arr, p0 - fit * grad):
+                st.claim(Match(name, v, None, f"= params file - {fit:.6g} * {name.replace('.', '.d')} (learning "
+                               "rate fitted)", True), arr)
+                return
 
 
 def _forward(st: _State, P: Mapping[str, np.ndarray], n_layers: int, act: str, red: str) -> None:
@@ -359,24 +392,25 @@ def _forward(st: _State, P: Mapping[str, np.ndarray], n_layers: int, act: str, r
 
 
 def _find_probs_loosely(st: _State, probs: np.ndarray, n_layers: int) -> None:
-    """probs that a wrong softmax computed: a tensor of probs' shape whose log differs from L{n}.z by a
-    constant per row (any softmax-like normalisation), else the one tensor of that shape with values in [0, 1]."""
+    """probs that a wrong output function computed from L{n}.z: exp(z) normalised per row in some other way
+    (log probs - z constant along each row), or a sigmoid of z. Matched, so that the gradients after it are
+    recomputed from the port's own probs; the evidence says it is not the softmax."""
     z = st.values[f"L{n_layers}.z"]
     views = [v for v in _order(st.whole_views(), "probs", st.batch_t) if v.array.shape == probs.shape
              and not _one_hot(v.array) and np.all((v.array >= 0) & (v.array <= 1) | np.isnan(v.array))]
     for v in views:
         with np.errstate(all="ignore"):
             shift = np.log(v.array) - z
+            sigmoid = ref.activate("sigmoid", z)
         if np.all(np.isfinite(shift)) and np.allclose(shift, shift[:, :1], rtol=0, atol=1e-6 * (1 + np.abs(z).max())):
-            st.claim(Match("probs", v, None, f"exp(L{n_layers}.z) normalised per row (log differs from L{n_layers}.z "
-                           f"by a constant per row), but not softmax(L{n_layers}.z) (max rel error "
-                           f"{_rel(v.array, probs):.2g}): a wrong normalisation?", True), v.array)
-            return
-    oriented = [v for v in views if v.transpose == st.batch_t]
-    if len(oriented) == 1:
-        v = oriented[0]
-        st.claim(Match("probs", v, None, f"by shape and values in [0, 1] only: differs from softmax(L{n_layers}.z) "
-                       f"(max rel error {_rel(v.array, probs):.2g})", False), v.array)
+            why = f"exp(L{n_layers}.z) normalised per row (log differs from L{n_layers}.z by a constant per row)"
+        elif _close(v.array, sigmoid):
+            why = f"sigmoid(L{n_layers}.z)"
+        else:
+            continue
+        st.claim(Match("probs", v, None, f"{why}, but not softmax(L{n_layers}.z) (max rel error "
+                       f"{_rel(v.array, probs):.2g}): a wrong output function?", True), v.array)
+        return
 
 
 def _backward(st: _State, P: Mapping[str, np.ndarray], n_layers: int, act: str, red: str) -> None:
@@ -434,6 +468,20 @@ def _by_name(st: _State, name: str, views: list[View]) -> View | None:
     return scored[0][2]
 
 
+def _views_for(st: _State, name: str) -> tuple[list[View], bool | None]:
+    """The unclaimed views that may hold `name`, and the orientation the layout found so far expects."""
+    if re.match(r"^L\d+\.(W|dW)$", name):
+        return st.whole_views() + [v for v, _ in st.fold_views()], st.weight_t
+    if re.match(r"^L\d+\.(b|db)$", name) or name == "loss":
+        views = [v for v in st.whole_views() if not v.transpose]
+        w = st.matches.get(name[:-1] + "W")
+        if w is not None and w.view.index is not None:  # the bias folded next to its weight comes first
+            comp = dict(FOLDS)[w.view.index]
+            views.insert(0, View(w.view.source, comp, False, st.t[w.view.source][parse_index(comp)]))
+        return views, None
+    return st.whole_views() + st.ones_views(), st.batch_t
+
+
 def _fill(st: _State, n_layers: int, evidence: Mapping[str, str]) -> None:
     """Second pass: what no relation confirmed, matched by shape and name among the port tensors left over."""
     from memstate.names import canonical_names
@@ -441,16 +489,7 @@ def _fill(st: _State, n_layers: int, evidence: Mapping[str, str]) -> None:
     for name in canonical_names(n_layers):
         if name in st.matches or name not in st.values:
             continue
-        if re.match(r"^L\d+\.(W|dW)$", name):
-            views, t = st.whole_views() + [v for v, _ in st.fold_views()], st.weight_t
-        elif re.match(r"^L\d+\.(b|db)$", name) or name == "loss":
-            views, t = [v for v in st.whole_views() if not v.transpose], None
-            w = st.matches.get(name[:-1] + "W")
-            if w is not None and w.view.index is not None:
-                comp = dict(FOLDS)[w.view.index]
-                views.insert(0, View(w.view.source, comp, False, st.t[w.view.source][parse_index(comp)]))
-        else:
-            views, t = st.whole_views() + st.ones_views(), st.batch_t
+        views, t = _views_for(st, name)
         _find(st, name, st.values[name], views, evidence.get(name, f"the recomputed {name}"), transposed=t,
               fallback=True)
 
@@ -473,6 +512,8 @@ def _updates(st: _State, P: Mapping[str, np.ndarray], n_layers: int, lr: float |
             if _close(new, p0 - lr * g):
                 good += 1
                 m = st.matches[n]
+                if m.evidence.startswith("= params file"):
+                    continue
                 st.matches[n] = Match(n, m.view, m.scale, m.evidence + f"; = params file - {lr:.6g} * "
                                       f"{n.replace('.', '.d')}", m.numeric)
     return good, lr
@@ -497,13 +538,13 @@ def suggest_map(tensors: Mapping[str, np.ndarray], params: Mapping[str, np.ndarr
     base = _State(t)
     _find_x(base, P, acts)
     _find_y(base, base.values["x"].shape[0], P[f"L{n_layers}.W"].shape[1])
-    _find_params(base, P, n_layers)
     best: tuple | None = None
     for act in acts:
         for red in ((reduction,) if reduction else REDUCTIONS):
             st = base.copy()
             _forward(st, P, n_layers, act, red)
             _backward(st, P, n_layers, act, red)
+            _find_params(st, P, n_layers, learning_rate)  # last: a z or a gradient may lie near a W too
             good, lr = _updates(st, P, n_layers, learning_rate)
             numeric = sum(m.numeric for m in st.matches.values()) + good
             scales = sum(m.scale is not None for m in st.matches.values())
