@@ -99,7 +99,7 @@ class Suggestion:
                  + (f", learning rate {self.learning_rate:.6g}" if self.learning_rate is not None else "")]
         width = max((len(m.name) for m in self.matches), default=4)
         for m in self.matches:
-            scale = f" * {m.scale}" if m.scale else ""
+            scale = f" (scale {m.scale})" if m.scale else ""
             lines.append(f"  {m.name:<{width}} <- {m.view.text()}{scale}: {m.evidence}")
         if self.unmatched:
             lines.append(f"not matched (written to ignore; map them by hand if they matter): "
@@ -260,10 +260,10 @@ def _find(st: _State, name: str, expected: np.ndarray, views: list[View], eviden
                 return m
     if not fallback:
         return None
-    v = _by_name(st, name, [v for v in fitting if transposed is None or v.array.ndim < 2 or v.transpose == transposed])
-    if v is None:
+    pick = _by_name(st, name, [v for v in fitting if transposed is None or v.array.ndim < 2 or v.transpose == transposed])
+    if pick is None:
         return None
-    arr = v.array.reshape(expected.shape)
+    v, arr = pick, pick.array.reshape(expected.shape)
     m = Match(name, v, None, f"by shape and name only: differs from {evidence.removeprefix('= ')} "
               f"(max rel error {_rel(arr, expected):.2g}): a bug there, or a layout this could not tell", False)
     st.claim(m, arr)
@@ -460,8 +460,8 @@ def _by_name(st: _State, name: str, views: list[View]) -> View | None:
     views = [v for v in views if not any(c.size == v.array.size and np.array_equal(c.ravel(), v.array.ravel())
                                          for c in claimed)]
     w = st.matches.get(name[:-1] + "W") if re.match(r"^L\d+\.(b|db)$", name) else None
-    fold = dict(FOLDS).get(w.view.index) if w is not None and w.view.index is not None else None
-    scored = sorted(((3 if fold and v.source == w.view.source and v.index == fold else _name_score(v.source, name), k, v)
+    fold = (w.view.source, dict(FOLDS)[w.view.index]) if w is not None and w.view.index is not None else None
+    scored = sorted(((3 if (v.source, v.index) == fold else _name_score(v.source, name), k, v)
                      for k, v in enumerate(views)), key=lambda t: (-t[0], t[1]))
     if not scored or scored[0][0] == 0 or (len(scored) > 1 and scored[1][0] == scored[0][0]):
         return None
@@ -497,9 +497,11 @@ def _fill(st: _State, n_layers: int, evidence: Mapping[str, str]) -> None:
 def _updates(st: _State, P: Mapping[str, np.ndarray], n_layers: int, lr: float | None) -> tuple[int, float | None]:
     """How many matched parameters are exactly the params file minus lr times their gradient (lr fitted when
     not given); adds that to their evidence."""
-    pairs = [(n, P[n].astype(np.float64), st.values[n], st.values.get(n.replace(".", ".d")))
-             for n in (f"L{i}.{k}" for i in range(1, n_layers + 1) for k in ("W", "b")) if n in st.matches]
-    pairs = [(n, p0, new, g) for n, p0, new, g in pairs if g is not None and g.shape == p0.shape]
+    pairs: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+    for n in (f"L{i}.{k}" for i in range(1, n_layers + 1) for k in ("W", "b")):
+        g = st.values.get(n.replace(".", ".d"))
+        if n in st.matches and g is not None and g.shape == P[n].shape:
+            pairs.append((n, P[n].astype(np.float64), st.values[n], g))
     with np.errstate(all="ignore"):
         if lr is None:
             num = sum(float(np.sum((p0 - new) * g)) for _, p0, new, g in pairs)

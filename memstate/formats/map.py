@@ -301,7 +301,8 @@ def apply_map(layout: LayoutMap, tensors: Mapping[str, np.ndarray], step: int = 
                 raise
     dims = _dims(placed, layers)
     # without declared layers the deepest layer seen need not be the last: order as if one more followed
-    order = canonical_names(dims.n_layers if layers else max(_layer(n) for n in [*placed, "L0.z"]) + 1)
+    deepest = max(_layer(n) for n in [*placed, "L0.z"])
+    order = canonical_names(dims.n_layers if dims.n_layers is not None else deepest + 1)
     out: dict[str, np.ndarray] = {}
     for name in sorted(placed, key=lambda n: order.index(n) if n in order else len(order)):
         e, arr = placed[name]
@@ -378,9 +379,9 @@ def _dims(placed: Mapping[str, tuple[Entry, np.ndarray]], layers: Sequence[int] 
             widths.setdefault(i, a.shape[1])
     batch = None
     for name in ["x"] + [n for n in arrays if n != "x"]:
-        a = arrays.get(name)
-        if a is not None and _BATCH_ROLE.match(name) and a.ndim == 2:
-            batch = a.shape[0]
+        found = arrays.get(name)
+        if found is not None and _BATCH_ROLE.match(name) and found.ndim == 2:
+            batch = found.shape[0]
             break
     return Dims(batch, widths, n_layers)
 
