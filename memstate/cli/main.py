@@ -21,9 +21,10 @@ the workflow:
   memstate check port.memstate.jsonl --params start.params.json   # one port: first wrong operation
   memstate run mnist14-relu --impl numpy --params start.params.json -o numpy.memstate.jsonl
   memstate diff numpy.memstate.jsonl port.memstate.jsonl     # two runs: where do they part, and why?
+  memstate map --suggest port.jsonl --params start.params.json -o port.map.toml   # a port in its own layout
   memstate bisect story-global-max --lockstep                # long runs: replay only what matters
 
-formats: docs/format.md   scenarios: memstate scenarios   implementations: memstate impls
+formats: docs/format.md   ports: docs/ports.md   scenarios: memstate scenarios   implementations: memstate impls
 """
 
 
@@ -142,9 +143,14 @@ oracle:
   A counts only if B's error to C exceeds K (--oracle-factor, 10) times A's
   error to C plus one rounding.
 exit status: 0 the traces agree, 1 they diverge, 2 usage or input error.
+names: a tensor only one side records is a note (one_sided in JSON), not a
+  divergence; --only / --ignore PATTERNS (fnmatch, comma-separated, repeatable)
+  choose the names compared. --map-a / --map-b FILE read a foreign port's trace
+  through its layout map (docs/ports.md; a header meta.map applies by itself).
 examples:
   memstate diff numpy.memstate.jsonl python.memstate.jsonl
   memstate diff a.memstate.jsonl b.memstate.jsonl --format json -o r.json
+  memstate diff ref.memstate.jsonl port.jsonl --map-b port.map.toml --only 'L*.dW,L*.db'
   memstate diff --impls numpy,python,jax mnist14-relu --steps 20
   memstate diff --impls numpy,jax mnist14-relu --variant jax:log=raw
 """
@@ -252,9 +258,11 @@ parameters in force: at step 0 the --params file (without it those checks are sk
 activation, loss reduction, learning rate: from --scenario, else the trace header, else inferred.
 tolerances: as for diff (--rtol, --atol, --tol, --ulp), in the trace's own dtype.
 exit status: 0 clean, 1 a wrong operation or a failed invariant, 2 usage or input error.
+a foreign port's trace: --map FILE (its layout map, docs/ports.md), or a map in its header (meta.map).
 examples:
   memstate run mnist14-relu --params start.params.json --steps 50 -o run.memstate.jsonl
   memstate check run.memstate.jsonl --params start.params.json
+  memstate check port.jsonl --map port.map.toml --params start.params.json
   memstate check mine.memstate.jsonl --params start.params.json --format html -o check.html
 """
 

@@ -647,10 +647,12 @@ class _Comparer:
                                   f"({', '.join(odd[:6])}{', ...' if len(odd) > 6 else ''}), so they are not compared: "
                                   "read it through a layout map (--map-a/--map-b, docs/ports.md)", side)
         if self.compared and not self.names:
-            self.findings.add("nothing-compared", "error", "no tensor name is recorded by both sides"
-                              + (" among those --only/--ignore select" if self.filter else "")
-                              + ": nothing was compared (a layout map, --map-a/--map-b, gives a port's tensors "
-                              "their canonical names)")
+            why = ("no tensor name is recorded by both sides" + (" among those --only/--ignore select" if self.filter
+                                                                 else ""))
+            self.findings.add("nothing-compared", "error", f"{why}: nothing was compared (a layout map, "
+                              "--map-a/--map-b, gives a port's tensors their canonical names)")
+            if self.first is None and self.head:
+                self._missing_step(self.head[0].step, f"{why}: nothing was compared")
         findings = tuple(self.findings.items.values())
         diverge = self.first is not None or any(f.severity == "error" for f in findings)
         first = self.first
