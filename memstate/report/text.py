@@ -259,7 +259,7 @@ def _cell(t: TensorComparison | None, w: int) -> str:
 
 
 def _table(c: Comparison) -> list[str]:
-    if not c.steps:
+    if not c.steps or not c.series:  # (nothing compared: no names to tabulate)
         return []
     names = [s.name for s in c.series]
     nw = min(10, max(len(n) for n in names)) + 1
