@@ -47,6 +47,7 @@ class View:
     array: np.ndarray = field(compare=False)
 
     def text(self) -> str:
+        """`W1[1:, :].T`: the port tensor, index and transpose, for the report."""
         return self.source + (f"[{self.index}]" if self.index else "") + (".T" if self.transpose else "")
 
 
@@ -85,6 +86,7 @@ class Suggestion:
         return LayoutMap(self.batch, self.weights, tuple(entries), self.unmatched, source)
 
     def to_toml(self, trace: str = "the trace") -> str:
+        """The map as a TOML file, with the settings found, what was left out, and each match's evidence."""
         head = (f"# suggested by memstate map --suggest for {trace}: {self.activation}, {self.reduction} loss"
                 + (f", learning rate {self.learning_rate:.6g}" if self.learning_rate is not None else "")
                 + "\n# every entry says how it was matched; check the ones matched by shape and name only.\n")
@@ -95,6 +97,7 @@ class Suggestion:
         return head + "\n" + self.layout_map().to_toml({m.name: m.evidence for m in self.matches})
 
     def report(self) -> str:
+        """Each match with its evidence, then what was not matched and what the port does not record."""
         lines = [f"layout: batch = {self.batch}, weights = {self.weights}; {self.activation}, {self.reduction} loss"
                  + (f", learning rate {self.learning_rate:.6g}" if self.learning_rate is not None else "")]
         width = max((len(m.name) for m in self.matches), default=4)
@@ -181,6 +184,7 @@ class _State:
         self.weight_t = False  # weights are stored [out, in]
 
     def copy(self) -> _State:
+        """An independent copy, for trying one more hypothesis (activation, reduction) from here."""
         other = _State(self.t)
         other.whole, other.parts = set(self.whole), {k: set(v) for k, v in self.parts.items()}
         other.matches, other.values = dict(self.matches), dict(self.values)
@@ -188,6 +192,7 @@ class _State:
         return other
 
     def claim(self, m: Match, value: np.ndarray) -> None:
+        """Record a match: its port tensor (or that part of it) is taken, its canonical value known."""
         if m.view.index is None:
             self.whole.add(m.view.source)
         else:
@@ -196,6 +201,7 @@ class _State:
         self.values[m.name] = value
 
     def whole_views(self) -> list[View]:
+        """Every untouched port tensor, as recorded and (2-d) transposed."""
         out = []
         for src, a in self.t.items():
             if src in self.whole or src in self.parts:

@@ -60,6 +60,7 @@ def add_parser(sub) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    """`memstate map`: apply --map to the trace and write it canonical, or with --suggest write a map."""
     if args.suggest:
         return _suggest(args)
     if args.map is None:

@@ -121,6 +121,16 @@ def test_columns_under_sum_needs_the_sum_map(tmp_path):
     sugg = suggest_map(read_trace(port)[0].tensors, read_params(params).tensors)
     assert (sugg.activation, sugg.reduction) == ("sigmoid", "sum")
     assert compare(ref, open_trace(port, sugg.layout_map()))
+    # the same through the CLI, with the activation, reduction and learning rate from a scenario
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text((HERE.parents[1] / "scenarios" / "mnist14-relu.toml").read_text()
+                        .replace('activation = "relu"', 'activation = "sigmoid"')
+                        .replace('loss_reduction = "mean"', 'loss_reduction = "sum"'))
+    toml = tmp_path / "sum.map.toml"
+    assert main(["map", "--suggest", str(port), "--params", str(params), "--scenario", str(scenario),
+                 "-o", str(toml)]) == 0
+    assert not any(e.scale for e in read_map(toml).entries)  # under "sum" the port's dZ needs no 1/B
+    assert main(["diff", str(ref), str(port), "--map-b", str(toml)]) == 0
 
 
 def test_the_cli_suggests_applies_and_embeds_a_map(data, tmp_path, capsys):
