@@ -149,24 +149,29 @@ def _one_hot(a: np.ndarray) -> bool:
     return a.ndim == 2 and a.size > 0 and bool(np.isin(a, (0.0, 1.0)).all()) and bool((a.sum(axis=1) == 1).all())
 
 
+#: words a port's name may use for each kind of layer tensor (after "d", "grad" and "delta" are taken off)
+_KIND_WORDS = {"z": ("z", "logit", "pre", "out"), "a": ("a", "h", "act", "hidden"), "W": ("w", "weight"),
+               "b": ("b", "bias")}
+_ALIASES = {"x": ("x", "input", "inputs", "x1", "data"), "y": ("y", "target", "targets", "labels", "t"),
+            "probs": ("p", "softmax", "probs", "prob", "yhat", "output"), "loss": ("loss", "cost", "l")}
+
+
 def _name_score(source: str, name: str) -> int:
     """A tie-break only: how much the port's name looks like the canonical one (0..3)."""
     s = re.sub(r"[^a-z0-9]", "", source.lower())
-    canon = re.sub(r"[^a-z0-9]", "", name.lower())
-    if s == canon:
+    if s == re.sub(r"[^a-z0-9]", "", name.lower()):
         return 3
-    m = re.match(r"^L(\d+)\.(\w+)$", name)
+    m = re.match(r"^L(\d+)\.(d?)(\w+)$", name)
     if not m:
-        aliases = {"x": ("x", "input", "inputs", "x1", "data"), "y": ("y", "target", "targets", "labels", "t"),
-                   "probs": ("p", "softmax", "probs", "prob", "yhat", "output"), "loss": ("loss", "cost", "l")}
-        return 2 if s in aliases.get(name, ()) else 1 if any(a in s for a in aliases.get(name, ())[:2]) else 0
-    layer, kind = m.groups()
+        words = _ALIASES.get(name, ())
+        return 2 if s in words else 1 if any(w in s for w in words[:2]) else 0
+    layer, d, kind = m.groups()
     grad = s.startswith("d") or "grad" in s or "delta" in s
-    if grad != kind.startswith("d"):
+    if grad != bool(d):
         return 0
-    letter = kind[-1].lower()
-    return 1 + (layer in s) if letter in s.replace("grad", "") or kind.endswith(("W", "b")) and \
-        ("weight" in s if letter == "w" else "bias" in s) else 0
+    rest = re.sub(r"grad|delta", "", s[1:] if s.startswith("d") else s)
+    hit = any(w in rest for w in _KIND_WORDS[kind]) or (kind == "z" and "delta" in s)
+    return 1 + (layer in s) if hit else 0
 
 
 # ---------------------------------------------------------------- the search
@@ -291,7 +296,7 @@ def _find_x(st: _State, P: Mapping[str, np.ndarray], acts: tuple[str, ...]) -> M
     for v in _order(cands, "x", None):
         with np.errstate(all="ignore"):
             z = v.array @ W + b
-        outs = {"L1.z": z, **{f"{act}(L1.z)": ref.activate(act, z) for act in acts}}
+            outs = {"L1.z": z, **{f"{act}(L1.z)": ref.activate(act, z) for act in acts}}
         hits = [f"{what} = {o.text()}" for what, e in outs.items() for o in st.whole_views()
                 if o.source != v.source and o.array.shape == e.shape and _close(o.array, e)]
         if len(hits) > best_score:
@@ -379,7 +384,8 @@ def _forward(st: _State, P: Mapping[str, np.ndarray], n_layers: int, act: str, r
         _find(st, f"L{i}.z", z, views, f"= {prev} @ L{i}.W + L{i}.b (params file)", transposed=st.batch_t)
         st.values.setdefault(f"L{i}.z", z)
         if i < n_layers:
-            a = ref.activate(act, st.values[f"L{i}.z"])
+            with np.errstate(all="ignore"):
+                a = ref.activate(act, st.values[f"L{i}.z"])
             _find(st, f"L{i}.a", a, st.whole_views() + st.ones_views(), f"= {act}(L{i}.z)", transposed=st.batch_t)
             st.values.setdefault(f"L{i}.a", a)
     zl = st.values[f"L{n_layers}.z"]
@@ -397,6 +403,15 @@ def _forward(st: _State, P: Mapping[str, np.ndarray], n_layers: int, act: str, r
         st.values.setdefault("loss", loss)
 
 
+def _row_constant(shift: np.ndarray, underflow: np.ndarray, atol: float) -> bool:
+    """Whether `shift` is constant along each row, leaving out entries whose probability underflowed to 0."""
+    ok = np.isfinite(shift)
+    if not np.all(ok | underflow) or not np.all(ok.any(axis=1)):
+        return False
+    ref_col = np.where(ok, shift, np.inf).min(axis=1, keepdims=True)
+    return bool(np.all(np.abs(np.where(ok, shift, ref_col) - ref_col) <= atol))
+
+
 def _find_probs_loosely(st: _State, probs: np.ndarray, n_layers: int) -> None:
     """probs that a wrong output function computed from L{n}.z: exp(z) normalised per row in some other way
     (log probs - z constant along each row), or a sigmoid of z. Matched, so that the gradients after it are
@@ -408,7 +423,7 @@ def _find_probs_loosely(st: _State, probs: np.ndarray, n_layers: int) -> None:
         with np.errstate(all="ignore"):
             shift = np.log(v.array) - z
             sigmoid = ref.activate("sigmoid", z)
-        if np.all(np.isfinite(shift)) and np.allclose(shift, shift[:, :1], rtol=0, atol=1e-6 * (1 + np.abs(z).max())):
+        if _row_constant(shift, v.array == 0, 1e-6 * (1 + float(np.nanmax(np.abs(z))))):
             why = f"exp(L{n_layers}.z) normalised per row (log differs from L{n_layers}.z by a constant per row)"
         elif _close(v.array, sigmoid):
             why = f"sigmoid(L{n_layers}.z)"
@@ -467,9 +482,18 @@ def _by_name(st: _State, name: str, views: list[View]) -> View | None:
                                          for c in claimed)]
     w = st.matches.get(name[:-1] + "W") if re.match(r"^L\d+\.(b|db)$", name) else None
     fold = (w.view.source, dict(FOLDS)[w.view.index]) if w is not None and w.view.index is not None else None
-    scored = sorted(((3 if (v.source, v.index) == fold else _name_score(v.source, name), k, v)
-                     for k, v in enumerate(views)), key=lambda t: (-t[0], t[1]))
-    if not scored or scored[0][0] == 0 or (len(scored) > 1 and scored[1][0] == scored[0][0]):
+    sibling = st.matches.get(name.replace(".d", ".") if ".d" in name else name.replace(".", ".d"))
+    like = sibling.view.index if sibling is not None and re.match(r"^L\d+\.d?W$", name) else None
+
+    def score(v: View) -> int:
+        if (v.source, v.index) == fold:
+            return 3  # the bias folded next to its matched weight
+        return _name_score(v.source, name) + (v.index is not None and v.index == like)  # folded like its sibling
+
+    scored = sorted(((score(v), k, v) for k, v in enumerate(views)), key=lambda t: (-t[0], t[1]))
+    # a tie between two views of the same tensor goes to the first (FOLDS lists the usual fold first)
+    if not scored or scored[0][0] == 0 or (len(scored) > 1 and scored[1][0] == scored[0][0]
+                                           and scored[1][2].source != scored[0][2].source):
         return None
     return scored[0][2]
 

@@ -100,6 +100,26 @@ def test_suggest_on_a_trace_buggy_from_step_0_still_gives_the_verdict(data, port
     assert verdict(compare(clean_ref, open_trace(trace, suggested(trace, params)))) == want
 
 
+@pytest.fixture(scope="module")
+def underflow(tmp_path_factory):
+    """Weights x40: logits large enough for probabilities of exactly 0 and an infinite loss; steps 1,2,3,5,8."""
+    out = tmp_path_factory.mktemp("underflow")
+    params, batches = make_data(out, "--weight-scale", "40", "--steps", "1,2,3,5,8")
+    return out, params, batches
+
+
+@pytest.mark.parametrize("bug", ["softmax-global-sum", "loss-mean-over-classes", "output-sigmoid"])
+@pytest.mark.parametrize("port", [port_param(p) for p in PORTS])
+def test_suggest_under_softmax_underflow_with_a_bug_from_the_first_step(underflow, port, bug):
+    out, params, batches = underflow
+    trace = trace_of(port, params, batches, out, bug, 0)
+    hand = read_map(HERE / PORTS[port])
+    ref = trace_of("reference.py", params, batches, out)
+    want = verdict(compare(ref, open_trace(trace, hand)))
+    assert want[0] == "diverge" and want[1][0] == 1
+    assert verdict(compare(ref, open_trace(trace, suggested(trace, params)))) == want
+
+
 @pytest.mark.parametrize("bug", [None, "softmax-global-sum", "bias-grad-scalar", "output-sigmoid"])
 @pytest.mark.parametrize("port", [port_param("port_columns.py"), port_param("port_outin.js")])
 def test_check_under_the_map_finds_what_check_finds_in_the_reference(data, port, bug):
