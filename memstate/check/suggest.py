@@ -31,7 +31,7 @@ from memstate.impls import numpy_mlp as ref
 
 ACTIVATIONS = ("relu", "sigmoid", "shifted-relu")
 REDUCTIONS = ("mean", "sum")
-RTOL = 1e-6  # a match: |port - recomputed| <= RTOL * max|recomputed| (+ a tiny atol)
+RTOL = {"float64": 1e-6, "float32": 1e-3}  # a match: |port - recomputed| <= RTOL * max|recomputed| (+ a tiny atol)
 PARAM_STEP = 0.5  # updated parameters lie within this relative distance of the params file's
 # (port index, complement index) for a bias folded into a weight tensor, in the port's own axes
 FOLDS = (("1:, :", "0, :"), (":-1, :", "-1, :"), (":, 1:", ":, 0"), (":, :-1", ":, -1"))
@@ -127,7 +127,7 @@ def fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     return tuple(shape) == tuple(expected) or [d for d in shape if d != 1] == [d for d in expected if d != 1]
 
 
-def _close(v: np.ndarray, e: np.ndarray) -> bool:
+def _close(v: np.ndarray, e: np.ndarray, rtol: float = RTOL["float64"]) -> bool:
     with np.errstate(all="ignore"):
         finite = np.isfinite(e)
         scale = float(np.max(np.abs(e[finite]))) if finite.any() else 0.0
@@ -135,7 +135,7 @@ def _close(v: np.ndarray, e: np.ndarray) -> bool:
         if not same_bad:
             return False
         ok = finite & np.isfinite(v)
-        return bool(np.all(np.abs(v[ok] - e[ok]) <= RTOL * scale + 1e-14) and (v[~finite] == e[~finite]).all())
+        return bool(np.all(np.abs(v[ok] - e[ok]) <= rtol * scale + 1e-14) and (v[~finite] == e[~finite]).all())
 
 
 def _rel(v: np.ndarray, e: np.ndarray) -> float:
@@ -179,8 +179,9 @@ def _name_score(source: str, name: str) -> int:
 class _State:
     """What one hypothesis has matched: claimed port tensors (whole, or by index) and canonical values."""
 
-    def __init__(self, tensors: Mapping[str, np.ndarray]):
+    def __init__(self, tensors: Mapping[str, np.ndarray], rtol: float = RTOL["float64"]):
         self.t = tensors
+        self.rtol = rtol  # how close a recomputation must come: the port's dtype's rounding
         self.whole: set[str] = set()
         self.parts: dict[str, set[str]] = {}
         self.matches: dict[str, Match] = {}
@@ -190,7 +191,7 @@ class _State:
 
     def copy(self) -> _State:
         """An independent copy, for trying one more hypothesis (activation, reduction) from here."""
-        other = _State(self.t)
+        other = _State(self.t, self.rtol)
         other.whole, other.parts = set(self.whole), {k: set(v) for k, v in self.parts.items()}
         other.matches, other.values = dict(self.matches), dict(self.values)
         other.batch_t, other.weight_t = self.batch_t, self.weight_t
@@ -263,7 +264,7 @@ def _find(st: _State, name: str, expected: np.ndarray, views: list[View], eviden
         arr = v.array.reshape(expected.shape)
         for sc in scales:
             val = _scaled(arr, sc, batch)
-            if _close(val, expected):
+            if _close(val, expected, st.rtol):
                 why = evidence + (f" after {'dividing by' if sc == '1/B' else 'multiplying by'} B = {batch}"
                                   if sc else "")
                 m = Match(name, v, sc, why, True)
@@ -298,7 +299,7 @@ def _find_x(st: _State, P: Mapping[str, np.ndarray], acts: tuple[str, ...]) -> M
             z = v.array @ W + b
             outs = {"L1.z": z, **{f"{act}(L1.z)": ref.activate(act, z) for act in acts}}
         hits = [f"{what} = {o.text()}" for what, e in outs.items() for o in st.whole_views()
-                if o.source != v.source and o.array.shape == e.shape and _close(o.array, e)]
+                if o.source != v.source and o.array.shape == e.shape and _close(o.array, e, st.rtol)]
         if len(hits) > best_score:
             best, best_score, best_what = v, len(hits), ", ".join(hits)
     evidence = (f"through the params file's L1.W and L1.b it gives {best_what}" if best_score > 0 else
@@ -337,7 +338,8 @@ def _find_params(st: _State, P: Mapping[str, np.ndarray], n_layers: int, lr: flo
             folded = " (the bias folded into the weight's tensor)" if kind == "b" and v.index else ""
             st.claim(Match(name, v, None, f"within {d:.2g} (relative) of the params file's {name}{folded}", True),
                      v.array.reshape(P[name].shape))
-    w = next((st.matches[n] for n in ("L1.W", "L1.dW") if n in st.matches), None)
+    w = next((st.matches[n] for n in (f"L{i}.{k}" for i in range(1, n_layers + 1) for k in ("W", "dW"))
+              if n in st.matches), None)
     if w is not None:
         st.weight_t = w.view.transpose
 
@@ -368,7 +370,7 @@ def _exact_param(st: _State, P: Mapping[str, np.ndarray], name: str, lr: float |
         arr = v.array.reshape(p0.shape)
         with np.errstate(all="ignore"):
             fit = float(np.sum((p0 - arr) * grad)) / gg
-            if fit > 0 and np.isfinite(fit) and _close(arr, p0 - fit * grad):
+            if fit > 0 and np.isfinite(fit) and _close(arr, p0 - fit * grad, st.rtol):
                 st.claim(Match(name, v, None, f"= params file - {fit:.6g} * {name.replace('.', '.d')} (learning "
                                "rate fitted)", True), arr)
                 return
@@ -423,9 +425,9 @@ def _find_probs_loosely(st: _State, probs: np.ndarray, n_layers: int) -> None:
         with np.errstate(all="ignore"):
             shift = np.log(v.array) - z
             sigmoid = ref.activate("sigmoid", z)
-        if _row_constant(shift, v.array == 0, 1e-6 * (1 + float(np.nanmax(np.abs(z))))):
+        if _row_constant(shift, v.array == 0, st.rtol * (1 + float(np.nanmax(np.abs(z))))):
             why = f"exp(L{n_layers}.z) normalised per row (log differs from L{n_layers}.z by a constant per row)"
-        elif _close(v.array, sigmoid):
+        elif _close(v.array, sigmoid, st.rtol):
             why = f"sigmoid(L{n_layers}.z)"
         else:
             continue
@@ -541,7 +543,7 @@ def _updates(st: _State, P: Mapping[str, np.ndarray], n_layers: int, lr: float |
             return 0, None
         good = 0
         for n, p0, new, g in pairs:
-            if _close(new, p0 - lr * g):
+            if _close(new, p0 - lr * g, st.rtol):
                 good += 1
                 m = st.matches[n]
                 if m.evidence.startswith("= params file"):
@@ -567,7 +569,8 @@ def suggest_map(tensors: Mapping[str, np.ndarray], params: Mapping[str, np.ndarr
     P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     t = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
     acts = (activation,) if activation else ACTIVATIONS
-    base = _State(t)
+    wide = all(np.asarray(v).dtype == np.float64 for v in tensors.values())
+    base = _State(t, RTOL["float64" if wide else "float32"])
     _find_x(base, P, acts)
     _find_y(base, base.values["x"].shape[0], P[f"L{n_layers}.W"].shape[1])
     best: tuple | None = None
@@ -593,9 +596,8 @@ def _suggestion(st: _State, n_layers: int, act: str, red: str, lr: float | None)
 
     order = canonical_names(n_layers)
     matches = tuple(st.matches[n] for n in order if n in st.matches)
-    weight_t = st.weight_t
-    if "L1.W" not in st.matches and "L1.dW" in st.matches:
-        weight_t = st.matches["L1.dW"].view.transpose
+    weights = [m for n, m in st.matches.items() if re.match(r"^L\d+\.d?W$", n) and m.view.array.ndim == 2]
+    weight_t = min(weights, key=lambda m: m.name).view.transpose if weights else st.weight_t
     unmatched = tuple(s for s in st.t if s not in st.whole and s not in st.parts)
     absent = tuple(n for n in order if n not in st.matches)
     return Suggestion(matches, unmatched, absent, "columns" if st.batch_t else "rows",

@@ -138,5 +138,17 @@ def test_suggest_needs_a_params_file_and_something_of_x_s_width():
         suggest_map({"a": np.ones((2, 2))}, {"L1.W": np.ones((4, 2)), "L1.b": np.ones(2)})
 
 
+def test_a_float32_port_is_matched_at_float32_rounding():
+    rng = np.random.default_rng(5)
+    t, P = canonical_step(rng, [30, 20, 10], 16, "relu", "mean")
+    # what a float32 port computes: the same step, each tensor rounded to float32
+    port = {"X": t["x"].T.astype(np.float32), "Y": t["y"].T.astype(np.float32)}
+    port |= {n: t[c].T.astype(np.float32) for n, c in (("Z1", "L1.z"), ("A1", "L1.a"), ("Z2", "L2.z"),
+                                                        ("A2", "probs"), ("dZ2", "L2.dz"), ("dW2", "L2.dW"))}
+    s = suggest_map(port, P)
+    assert {m.name for m in s.matches if m.numeric} == {"x", "y", "L1.z", "L1.a", "L2.z", "probs", "L2.dz", "L2.dW"}
+    assert (s.batch, s.weights) == ("columns", "out,in") and not s.unmatched
+
+
 def test_fits_is_the_map_reshape_rule():
     assert fits((3, 1), (3,)) and fits((1,), ()) and fits((1, 4), (4,)) and not fits((2, 3), (3, 2))
