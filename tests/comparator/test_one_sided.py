@@ -80,5 +80,8 @@ def test_cli_only_ignore_and_json_one_sided(tmp_path, capsys):
     assert "error nothing-compared: no tensor name is recorded by both sides among those --only/--ignore select" in out
     assert "--only/--ignore pattern 'L9.*' matches no tensor name" in out
     assert main(["diff", str(a), str(b), "--only", "L9.*", "--format", "html", "-o", str(tmp_path / "r.html")]) == 1
+    assert main(["diff", str(a), str(b), "--format", "html", "-o", str(tmp_path / "r.html")]) == 1
+    assert "<p class='note'>recorded by A only, not compared: L1.da (B does not record it)</p>" \
+        in (tmp_path / "r.html").read_text()
     assert main(["diff", "--impls", "numpy,python", "mnist14-relu", "--only", "x"]) == 2
     assert "--only applies to two existing traces" in capsys.readouterr().err
