@@ -40,6 +40,7 @@ from memstate.comparator.metrics import (TensorMetrics, bit_identical, element_e
                                         tensor_metrics)
 from memstate.names import param_names
 from memstate.comparator.tolerance import Tolerance, Tolerances, min_passing
+from memstate.formats.map import LayoutMap
 from memstate.formats.trace import EndedEarly, open_trace
 
 #: How many failing operations are kept in full (all of them are counted).
@@ -474,7 +475,7 @@ def header_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None = None,
                 tolerances: Tolerances | None = None, *, scenario: Any = None, params_source: str | None = None,
-                diagnose: bool = True) -> CheckResult:
+                diagnose: bool = True, layout: LayoutMap | None = None) -> CheckResult:
     """Walk a trace step by step, recompute every recorded tensor from its recorded inputs, and compare.
 
     `params`: the parameters in force at step 0 (the params file the run started from); without them the
@@ -483,11 +484,13 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
     widened to each operation's rounding bound (`op_tolerance`, `compare_op`). `scenario`: a
     memstate.runner.scenario.Scenario whose layers, activation, loss reduction and learning rate are the spec the
     trace is checked against; without one, the scenario the header names (when it loads and has the trace's
-    layers), else the header's own settings, else what the trace shows. Raises MemstateError for unreadable input (a bad trace or params file).
+    layers), else the header's own settings, else what the trace shows. `layout`: a layout map for a
+    foreign port's trace (memstate.formats.map; the header's `meta.map` applies without it). Raises MemstateError for unreadable input (a bad trace or params file).
     """
     began = time.perf_counter()
     tolerances = tolerances if tolerances is not None else Tolerances()
-    with blas_threads(), open_trace(path) as reader, closing(read_ahead(reader.steps(), reader.encoding)) as ahead:
+    with blas_threads(), open_trace(path, layout) as reader, \
+            closing(read_ahead(reader.steps(), reader.encoding)) as ahead:
         meta = dict(reader.meta)
         st = _State(tolerances, meta, diagnose, roots=CheckRoots(meta, diagnose))
         source = "scenario"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from memstate import __version__
+from memstate.cli.maps import add_map_option, load_map
 from memstate.errors import MemstateError
 
 EPILOG = """\
@@ -27,9 +28,10 @@ the workflow:
   memstate diff numpy.memstate.jsonl port.memstate.jsonl     # two runs: where do they part, and why?
   memstate run mnist14-relu --impl 'cmd:node port.js {params} {batches} {trace}' -o port.memstate.jsonl
                                                              # or let memstate drive the port (docs/ports-cmd.md)
+  memstate map --suggest port.jsonl --params start.params.json -o port.map.toml   # a port in its own layout
   memstate bisect story-global-max --lockstep                # long runs: replay only what matters
 
-formats: docs/format.md   scenarios: memstate scenarios   implementations: memstate impls
+formats: docs/format.md   ports: docs/ports.md   scenarios: memstate scenarios   implementations: memstate impls
 
 exit codes (every command):
   0    success: the traces agree, the check is clean
@@ -134,7 +136,7 @@ def add_jobs_option(p: argparse.ArgumentParser, what: str) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     from memstate.formats.convert import convert_trace
 
-    steps = convert_trace(args.source, args.dest, b64=args.b64, jobs=_jobs(args))
+    steps = convert_trace(args.source, args.dest, b64=args.b64, jobs=_jobs(args), layout=load_map(args.map))
     print(f"converted {steps} steps: {args.source} -> {args.dest}")
     return 0
 
@@ -142,7 +144,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from memstate.report.summary import render, summarize
 
-    print(render(summarize(args.trace), points=args.points))
+    print(render(summarize(args.trace, load_map(args.map)), points=args.points))
     return 0
 
 
@@ -189,9 +191,14 @@ oracle:
   A counts only if B's error to C exceeds K (--oracle-factor, 10) times A's
   error to C plus one rounding.
 exit status: 0 the traces agree, 1 they diverge, 2 usage or input error, 3 a bug (see --debug).
+names: a tensor only one side records is a note (one_sided in JSON), not a
+  divergence; --only / --ignore PATTERNS (fnmatch, comma-separated, repeatable)
+  choose the names compared. --map-a / --map-b FILE read a foreign port's trace
+  through its layout map (docs/ports.md; a header meta.map applies by itself).
 examples:
   memstate diff numpy.memstate.jsonl python.memstate.jsonl
   memstate diff a.memstate.jsonl b.memstate.jsonl --format json -o r.json
+  memstate diff ref.memstate.jsonl port.jsonl --map-b port.map.toml --only 'L*.dW,L*.db'
   memstate diff --impls numpy,python,jax mnist14-relu --steps 20
   memstate diff --impls numpy,jax mnist14-relu --variant jax:log=raw
 """
@@ -234,6 +241,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     tolerances = tolerances_from_specs(args.tol_rules, rtol=args.rtol, atol=args.atol,
                                        oracle_factor=args.oracle_factor)
     if args.impls:
+        for option, value in (("--map-a", args.map_a), ("--map-b", args.map_b), ("--only", args.only),
+                              ("--ignore", args.ignore)):
+            if value:
+                raise MemstateError(f"{option} applies to two existing traces, not to --impls")
         return _diff_impls(args, tolerances)
     impl_only = [o for o, v in (("--steps", args.steps), ("--variant", args.variant), ("--params", args.params),
                                 ("--keep", args.keep), ("--impl-timeout", args.impl_timeout)) if v]
@@ -244,11 +255,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
                             "To run implementations instead: memstate diff --impls numpy,python SCENARIO")
     if args.max_steps is not None and args.max_steps < 1:
         raise MemstateError(f"--max-steps {args.max_steps}: give a positive number of steps")
-    from memstate.comparator.compare import compare
+    from memstate.comparator.compare import compare, name_filter
+    from memstate.formats.trace import open_trace
 
     render = _diff_renderer(args.format)
-    comparison = compare(args.inputs[0], args.inputs[1], tolerances=tolerances, oracle=args.oracle,
-                         max_steps=args.max_steps, jobs=_jobs(args))
+    a, b = args.inputs
+    comparison = compare(open_trace(a, load_map(args.map_a)) if args.map_a else a,
+                         open_trace(b, load_map(args.map_b)) if args.map_b else b,
+                         tolerances=tolerances, oracle=args.oracle, max_steps=args.max_steps,
+                         names=name_filter(args.only, args.ignore), jobs=_jobs(args))
     first = comparison.first_divergence
     summary = comparison.verdict + (f" at step {first.step}, {first.name or 'the whole step'}" if first else "")
     _diff_emit(render(comparison), args.output, summary)
@@ -291,9 +306,11 @@ parameters in force: at step 0 the --params file (without it those checks are sk
 activation, loss reduction, learning rate: from --scenario, else the trace header, else inferred.
 tolerances: as for diff (--rtol, --atol, --tol, --ulp), in the trace's own dtype.
 exit status: 0 clean, 1 a wrong operation or a failed invariant, 2 usage or input error, 3 a bug.
+a foreign port's trace: --map FILE (its layout map, docs/ports.md), or a map in its header (meta.map).
 examples:
   memstate run mnist14-relu --params start.params.json --steps 50 -o run.memstate.jsonl
   memstate check run.memstate.jsonl --params start.params.json
+  memstate check port.jsonl --map port.map.toml --params start.params.json
   memstate check mine.memstate.jsonl --params start.params.json --format html -o check.html
 """
 
@@ -310,7 +327,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     params = read_params(args.params).tensors if args.params else None
     _jobs(args)  # check reads one step ahead; its steps depend on each other (docs/scale.md)
     result = check_trace(args.trace, params=params, tolerances=tolerances, scenario=scenario,
-                         params_source=str(args.params) if args.params else None)
+                         params_source=str(args.params) if args.params else None, layout=load_map(args.map))
     if result.steps == 0:
         raise MemstateError(f"{args.trace}: no complete step to check")
     if result.operations == 0 and result.ok:
@@ -439,12 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", type=Path, help="*.memstate.jsonl or *.memstate (a directory)")
     p.add_argument("--b64", action="store_true", help="JSONL output: base64 tensors instead of decimal lists")
     add_jobs_option(p, "processes that encode a binary source's steps into JSONL")
+    add_map_option(p, side="the source")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("show", help="summarise a trace: header, tensors, loss curve",
                        description="Print a trace's header, the tensors recorded per step, and its loss curve.")
     p.add_argument("trace", type=Path)
     p.add_argument("--points", type=int, default=10, help="how many loss values to print (default 10)")
+    add_map_option(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("diff", help="compare two traces: where do they first part ways, and why?",
@@ -458,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle-factor", type=float, default=10.0, metavar="K",
                    help="with --oracle: blame B only beyond K times A's error to the oracle (default 10)")
     add_tolerance_options(p)
+    add_map_option(p, "--map-a", "map_a", "trace A")
+    add_map_option(p, "--map-b", "map_b", "trace B")
+    p.add_argument("--only", action="append", default=[], metavar="PATTERNS",
+                   help="compare only tensors matching these fnmatch patterns (comma-separated, repeatable; "
+                   "e.g. 'L*.dW,L*.db')")
+    p.add_argument("--ignore", action="append", default=[], metavar="PATTERNS",
+                   help="do not compare tensors matching these patterns (comma-separated, repeatable)")
     p.add_argument("--max-steps", type=int, metavar="N", help="compare only the first N steps")
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
@@ -485,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "parameters in force)")
     p.add_argument("--scenario", metavar="FILE", help="a scenario (.toml or bundled name) whose activation, loss "
                    "reduction and learning rate replace the trace header's")
+    add_map_option(p)
     add_tolerance_options(p)
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
@@ -528,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     from memstate.cli.sweep import add_parser as add_sweep
 
     add_sweep(sub)
+
+    from memstate.cli import maps
+    maps.add_parser(sub)
 
     p = sub.add_parser("scenarios", help="list the bundled scenarios and what each shows")
     p.set_defaults(func=cmd_scenarios)

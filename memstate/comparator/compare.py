@@ -19,9 +19,11 @@ from __future__ import annotations
 import os
 import re
 from array import array
+from collections.abc import Sequence
 from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ from memstate.comparator.metrics import (TensorMetrics, bit_identical, completed
                                         dtype_name, identical_metrics, identical_summary,
                                         max_abs_error, summary_metrics, tensor_metrics, within_tolerance)
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
+from memstate.formats.map import CANONICAL
 from memstate.formats.trace import EndedEarly, Step, TraceReader, ended_early, open_trace
 
 TraceLike = str | os.PathLike | TraceReader
@@ -98,7 +101,11 @@ class TensorComparison:
 
 @dataclass(frozen=True)
 class StepComparison:
-    """One step on both sides: its tensors in A's dataflow order, and the names only one side recorded."""
+    """One step on both sides: its tensors in A's dataflow order, and the names only one side recorded.
+
+    A name one side records and the other does not is a note (`Comparison.one_sided`), not a failure: ports
+    record different subsets of the canonical tensors. A step one side cut short (a crash) fails.
+    """
 
     step: int
     tensors: tuple[TensorComparison, ...]
@@ -109,8 +116,7 @@ class StepComparison:
 
     @property
     def passed(self) -> bool:
-        return (all(self.tensors) and not self.only_a and not self.only_b
-                and self.complete_a and self.complete_b)
+        return all(self.tensors) and self.complete_a and self.complete_b
 
     @property
     def worst(self) -> TensorComparison | None:
@@ -151,8 +157,8 @@ class TensorSeries:
 class Finding:
     """Something structural: a missing step or name, a crash, a shape or dtype difference; compressed per name."""
 
-    kind: str  # missing-step, extra-steps, truncated, incomplete, missing-name, shape-mismatch, dtype-mismatch,
-    #            order, oracle-missing, excused, unused-rule, stop, eval-one-sided
+    kind: str  # missing-step, extra-steps, truncated, incomplete, nothing-compared, shape-mismatch, dtype-mismatch,
+    #            order, oracle-missing, excused, unused-rule, not-canonical, stop, eval-one-sided
     severity: str  # error (makes the traces diverge), warning, info
     message: str
     side: str | None = None  # "a", "b", or None for both/neither
@@ -163,6 +169,44 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class OneSided:
+    """A tensor name that only one side records (in complete steps): not compared, never a divergence."""
+
+    name: str
+    recorded_by: str  # "a" or "b"
+    first_step: int
+    last_step: int
+    steps: int  # complete steps in which only that side records it
+
+
+@dataclass(frozen=True)
+class NameFilter:
+    """Which tensor names a comparison looks at: fnmatch patterns as in --tol (`--only`, `--ignore`)."""
+
+    only: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.only or self.ignore)
+
+    def keeps(self, name: str) -> bool:
+        """Whether `name` is compared: it matches an --only pattern (when any) and no --ignore pattern."""
+        if self.only and not any(fnmatchcase(name, p) for p in self.only):
+            return False
+        return not any(fnmatchcase(name, p) for p in self.ignore)
+
+    def unused(self, names: set[str]) -> list[str]:
+        """Patterns that matched none of `names` (a typo?)."""
+        return [p for p in (*self.only, *self.ignore) if not any(fnmatchcase(n, p) for n in names)]
+
+
+def name_filter(only: Sequence[str] = (), ignore: Sequence[str] = ()) -> NameFilter:
+    """A NameFilter from option values, each a pattern or a comma-separated list of patterns."""
+    def split(values: Sequence[str]) -> tuple[str, ...]:
+        return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+    return NameFilter(split(only), split(ignore))
+
+
 class TraceInfo:
     """What was read of one trace."""
 
@@ -245,6 +289,8 @@ class Comparison:
     meta_diff: tuple[MetaChange, ...]
     curves: Curves | None = None  # the training view: loss and eval.* curves, stops (memstate.comparator.curves)
     root_causes: tuple = ()  # memstate.diagnose.roots.RootCause: every independent cause, the first divergence first
+    one_sided: tuple[OneSided, ...] = ()  # names only one side records: notes, not divergences
+    names: NameFilter = NameFilter()  # the --only / --ignore patterns applied
 
     @property
     def diagnoses(self) -> tuple:
@@ -388,10 +434,14 @@ def _has_summary(s: StepComparison) -> bool:
 class _Comparer:
     """The mutable state of one comparison; `compare` feeds it aligned steps and asks for the result."""
 
-    def __init__(self, tolerances: Tolerances, readers: dict[str, TraceReader], detail: str = "shown"):
+    def __init__(self, tolerances: Tolerances, readers: dict[str, TraceReader], detail: str = "shown",
+                 names: NameFilter = NameFilter()):
         self.tol = tolerances
         self.detail = detail  # "shown": full metrics for the steps the report shows; "full": for every step
         self.readers = readers
+        self.filter = names
+        self.all_names: set[str] = set()  # every name seen, before filtering (to report unused patterns)
+        self.sided: dict[str, OneSided] = {}
         self.findings = _Findings()
         self.overview = _Buckets()
         self.series: dict[str, _Buckets] = {}
@@ -422,6 +472,10 @@ class _Comparer:
         """Judge one step both sides have; `computed` is its tensors already judged (by a worker process)."""
         k = sa.index
         names_a, names_b = list(sa.tensors), list(sb.tensors)
+        if self.filter:
+            self.all_names.update(names_a, names_b)
+            names_a = [n for n in names_a if self.filter.keeps(n)]
+            names_b = [n for n in names_b if self.filter.keeps(n)]
         set_a, set_b = set(names_a), set(names_b)
         only_a = tuple(n for n in names_a if n not in set_b)
         only_b = tuple(n for n in names_b if n not in set_a)
@@ -429,13 +483,21 @@ class _Comparer:
         only_a, only_b = self._blind_stops(only_a, "b", sb), self._blind_stops(only_b, "a", sa)
         if computed is None:
             # summaries: the steps the report shows are completed in _keep (detail "full": every step, the long way)
-            computed = judge_step(sa, sb, self.tol, "full" if self.detail == "full" else "summary")
+            ja, jb = (sa, sb) if not self.filter else (Step(k, {n: sa.tensors[n] for n in names_a}, sa.complete),
+                                                       Step(k, {n: sb.tensors[n] for n in names_b}, sb.complete))
+            computed = judge_step(ja, jb, self.tol, "full" if self.detail == "full" else "summary")
+        elif self.filter:
+            computed = tuple(tc for tc in computed if tc.name in set_a and tc.name in set_b)
         tensors = [self._tensor(tc, sa.tensors[tc.name], sb.tensors[tc.name], sc) for tc in computed]
         common_b = [n for n in names_b if n in set_a]
         if common_b != [n for n in names_a if n in set_b]:
             self.findings.add("order", "info", "B records the tensors in a different order than A "
                               "(compared by name; the first divergence follows A's order)", "b", None, k)
         self._structure(k, sa, sb, only_a, only_b)
+        if not tensors and sa.complete and sb.complete and (names_a or names_b):
+            side = "B" if names_a else "A"
+            self._missing_step(k, f"{side} records none of the other side's tensors in step {k} (a step with "
+                               "nothing in common is a missing step)")
         result = StepComparison(k, tuple(tensors), only_a, only_b, sa.complete, sb.complete)
         if _has_summary(result):
             self.pending[k] = (sa, sb)
@@ -516,9 +578,10 @@ class _Comparer:
             for name in missing:
                 if name.startswith(STOP_PREFIX):
                     continue  # the stop finding says how the runs stop
-                other = "A" if side == "b" else "B"
-                self.findings.add("missing-name", "error", f"{side.upper()} has no {name}, which {other} "
-                                  "records", side, name, k)
+                has = "a" if side == "b" else "b"
+                old = self.sided.get(name)
+                self.sided[name] = OneSided(name, has, k, k, 1) if old is None or old.recorded_by != has else \
+                    replace(old, last_step=k, steps=old.steps + 1)
         for side, step in (("a", sa), ("b", sb)):
             if not step.complete:
                 self._incomplete(side, step, same_crash=_same_crash(sa, sb))
@@ -571,6 +634,8 @@ class _Comparer:
             earlier = [by_name[n] for n in names_a[:pos] if n in by_name]
             if t is None:
                 side, step = ("b", sb) if name in result.only_a else ("a", sa)
+                if step.complete and not name.startswith(STOP_PREFIX):
+                    continue  # recorded by one side only: a note, not a divergence (a stop is: runs stop apart)
                 crash = "" if step.complete else f" (its step {step.index} is incomplete: the run crashed)"
                 detail = _stop_detail(result.step, names_a, names_b) if name.startswith(STOP_PREFIX) else \
                     f"{side.upper()} has no {name} in step {result.step}{crash}"
@@ -661,6 +726,22 @@ class _Comparer:
         for rule in self.tol.unused_rules(self.names):
             self.findings.add("unused-rule", "warning", f"{rule.text} matches no tensor name; names are e.g. "
                               f"{', '.join(sorted(self.names)[:4])}")
+        for pattern in self.filter.unused(self.all_names):
+            self.findings.add("unused-rule", "warning", f"--only/--ignore pattern {pattern!r} matches no tensor "
+                              f"name; names are e.g. {', '.join(sorted(self.all_names)[:4])}")
+        for side in ("a", "b"):
+            odd = [o.name for o in self.sided.values() if o.recorded_by == side and not CANONICAL.match(o.name)]
+            if odd:
+                self.findings.add("not-canonical", "warning", f"{side.upper()} records names that are not canonical "
+                                  f"({', '.join(odd[:6])}{', ...' if len(odd) > 6 else ''}), so they are not compared: "
+                                  "read it through a layout map (--map-a/--map-b, docs/ports.md)", side)
+        if self.compared and not self.names:
+            why = ("no tensor name is recorded by both sides" + (" among those --only/--ignore select" if self.filter
+                                                                 else ""))
+            self.findings.add("nothing-compared", "error", f"{why}: nothing was compared (a layout map, "
+                              "--map-a/--map-b, gives a port's tensors their canonical names)")
+            if self.first is None and self.head:
+                self._missing_step(self.head[0].step, f"{why}: nothing was compared")
         findings = tuple(self.findings.items.values())
         diverge = self.first is not None or any(f.severity == "error" for f in findings)
         first = self.first
@@ -687,6 +768,8 @@ class _Comparer:
             meta_diff=meta_diff(self.readers["a"].meta, self.readers["b"].meta),
             curves=curves if curves.present else None,
             root_causes=self.roots.result() if self.roots is not None else (),
+            one_sided=tuple(self.sided.values()),
+            names=self.filter,
         )
 
     def _check_lengths(self) -> None:
@@ -781,9 +864,12 @@ def _range_judge(readers: dict[str, TraceReader], tolerances: Tolerances, jobs: 
 
 
 def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None, oracle: TraceLike | None = None,
-            max_steps: int | None = None, detail: str = "shown", jobs: int = 1) -> Comparison:
+            max_steps: int | None = None, detail: str = "shown", jobs: int = 1,
+            names: NameFilter | None = None) -> Comparison:
     """Compare trace B against reference trace A (paths or open readers), step by step, in bounded memory.
 
+    `names`: compare only the tensors it keeps (--only/--ignore). A name recorded by one side only is listed
+    in `one_sided`, not a divergence; a step one side lacks or cut short still is.
     detail="shown" computes ULPs, cosine and elementwise rel for tensors out of tolerance and for the steps
     the Comparison keeps; detail="full" computes them for every tensor (slower; the result is the same).
     jobs > 1 judges the steps of two binary traces in that many worker processes (memstate.comparator.parallel)
@@ -798,7 +884,7 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
         readers = {"a": _open(a, stack), "b": _open(b, stack)}
         if oracle is not None:
             readers["oracle"] = _open(oracle, stack)
-        comparer = _Comparer(tolerances, readers, detail)
+        comparer = _Comparer(tolerances, readers, detail, names if names is not None else NameFilter())
         judge = _range_judge(readers, tolerances, jobs, max_steps, stack)
         # workers read the data; this process maps the files and touches only what the report needs
         its = {side: read_ahead(r.steps(include_incomplete=True, mapped=True, populate=judge is None), r.encoding)

@@ -17,9 +17,11 @@ import tempfile
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from memstate.errors import FormatError, MemstateError
 from memstate.formats.lock import lock_trace
+from memstate.formats.map import LayoutMap
 from memstate.formats.readahead import read_ahead
 from memstate.formats.recorder import JsonlWriter, encoding_for, open_writer, terminator
 from memstate.formats.tensorjson import dumps_record
@@ -31,13 +33,14 @@ MIN_BYTES = 16 << 20  # a smaller binary source is encoded in-process: starting 
 
 
 def convert_trace(src: str | os.PathLike, dst: str | os.PathLike, *, b64: bool = False,
-                  encoding: str | None = None, jobs: int = 1) -> int:
+                  encoding: str | None = None, jobs: int = 1, layout: LayoutMap | None = None) -> int:
     """Copy trace `src` to `dst` (encoding from dst's path unless given); returns the number of complete steps.
 
     Bits are kept exactly, except that JSONL "data" spells every NaN as "nan": pass b64=True to keep NaN payloads.
     A trailing incomplete step is carried over, still without its terminator; so is the run id. jobs > 1
     encodes a binary source of at least MIN_BYTES (16 MiB) into JSONL in that many processes; the file is
-    the same.
+    the same. With a layout map (given, or the header's `meta.map`) the destination is the canonical trace:
+    mapped tensors, header without the map and with `mapped_from` saying where it came from.
     """
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
@@ -46,7 +49,7 @@ def convert_trace(src: str | os.PathLike, dst: str | os.PathLike, *, b64: bool =
     with lock_trace(dst):
         tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
-            count = _copy(src, tmp, encoding, b64, jobs)
+            count = _copy(src, tmp, encoding, b64, jobs, layout)
             replace_trace(tmp, dst)
         except BaseException:
             remove_trace(tmp)
@@ -54,26 +57,34 @@ def convert_trace(src: str | os.PathLike, dst: str | os.PathLike, *, b64: bool =
     return count
 
 
-def _copy(src: Path, dst: Path, encoding: str, b64: bool, jobs: int) -> int:
-    with open_trace(src) as reader, \
-            open_writer(dst, reader.meta, encoding, b64=b64, run_id=reader.run_id) as writer:
-        if (jobs > 1 and reader.encoding == "binary" and isinstance(writer, JsonlWriter)
-                and files_hold(reader.path.iterdir(), MIN_BYTES)):
-            return _parallel_to_jsonl(reader, writer, b64, jobs)
-        count = 0
-        steps = read_ahead(reader.steps(include_incomplete=True, mapped=reader.encoding == "binary"), reader.encoding)
-        try:
-            for step in steps:
-                writer.begin_step(step.index)
-                for name, arr in step.tensors.items():
-                    writer.write_tensor(name, arr)
-                if step.complete:
-                    writer.end_step()
-                    count += 1
-                else:
-                    writer.abort_step()
-        finally:
-            steps.close()
+def _copy(src: Path, dst: Path, encoding: str, b64: bool, jobs: int, layout: LayoutMap | None) -> int:
+    with open_trace(src, layout) as reader:
+        meta = reader.meta
+        if reader.layout is not None:
+            meta = {**meta, "mapped_from": {"trace": str(src), "map": reader.layout.source}}
+        with open_writer(dst, meta, encoding, b64=b64, run_id=reader.run_id) as writer:
+            return _copy_steps(reader, writer, b64, jobs)
+
+
+def _copy_steps(reader: TraceReader, writer: Any, b64: bool, jobs: int) -> int:
+    """Every step, the trailing incomplete one included (left without its terminator); returns complete steps."""
+    if (jobs > 1 and reader.layout is None and reader.encoding == "binary" and isinstance(writer, JsonlWriter)
+            and files_hold(reader.path.iterdir(), MIN_BYTES)):
+        return _parallel_to_jsonl(reader, writer, b64, jobs)
+    count = 0
+    steps = read_ahead(reader.steps(include_incomplete=True, mapped=reader.encoding == "binary"), reader.encoding)
+    try:
+        for step in steps:
+            writer.begin_step(step.index)
+            for name, arr in step.tensors.items():
+                writer.write_tensor(name, arr)
+            if step.complete:
+                writer.end_step()
+                count += 1
+            else:
+                writer.abort_step()
+    finally:
+        steps.close()
     return count
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from memstate.errors import FormatError
+from memstate.formats.map import LayoutMap, apply_map, parse_map
 from memstate.formats.params import check_envelope
 from memstate.formats.stepfile import BadStepFile, read_safetensors
 from memstate.formats.bigline import STREAM_BYTES, BadData, LineTooLong, max_line_bytes, parse_big_record, read_line
@@ -94,14 +95,19 @@ def step_file_name(index: int) -> str:
     return f"step-{index:08d}.safetensors"
 
 
-def open_trace(path: str | os.PathLike) -> TraceReader:
-    """Open a trace for streaming; a directory is the binary encoding, a file is JSONL."""
-    return TraceReader(path)
+def open_trace(path: str | os.PathLike, layout: LayoutMap | None = None) -> TraceReader:
+    """Open a trace for streaming; a directory is the binary encoding, a file is JSONL.
+
+    `layout`: a layout map (memstate.formats.map) turning a foreign port's tensors into canonical ones; without
+    it, the map the header carries under `meta.map`, if any.
+    """
+    return TraceReader(path, layout)
 
 
-def read_trace(path: str | os.PathLike, include_incomplete: bool = False) -> list[Step]:
+def read_trace(path: str | os.PathLike, include_incomplete: bool = False,
+               layout: LayoutMap | None = None) -> list[Step]:
     """All steps of a (small) trace in memory."""
-    with open_trace(path) as reader:
+    with open_trace(path, layout) as reader:
         return list(reader.steps(include_incomplete=include_incomplete))
 
 
@@ -109,6 +115,8 @@ class TraceReader:
     """A trace opened for reading: the header is read on open, steps are streamed on iteration.
 
     Each iteration reads the trace from its first step again; `incomplete` is set when one reaches the end.
+    With a layout map (given, or the header's `meta.map`) every step is yielded in canonical names and layout;
+    `meta` then lacks the "map" key and `layout` holds the map.
     """
 
     path: Path
@@ -117,8 +125,9 @@ class TraceReader:
     run_id: str | None  # the writer's run id (docs/format.md), None in traces written without one
     incomplete: Step | None
     ended_early: EndedEarly | None  # set when an iteration reaches the end
+    layout: LayoutMap | None
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, layout: LayoutMap | None = None):
         self.path = Path(path)
         if not self.path.exists():
             dangling = " (a symbolic link to a missing file)" if self.path.is_symlink() else ""
@@ -140,6 +149,12 @@ class TraceReader:
         line = None if self.encoding == "binary" else 1
         self.meta = _header_meta(doc, where, self.encoding, line)
         self.run_id = _run_id(doc, where, line)
+        self.layout = layout
+        if layout is None and "map" in self.meta:
+            self.layout = parse_map(self.meta["map"], f"{self.path}: header meta.map")
+        if self.layout is not None:
+            self.meta = {k: v for k, v in self.meta.items() if k != "map"}
+            self._layers = _declared_layers(self.meta)
 
     def __iter__(self) -> Iterator[Step]:
         return self.steps()
@@ -165,6 +180,9 @@ class TraceReader:
         count, first, last, stopped = 0, None, None, False
         try:
             for step in source:
+                if self.layout is not None:
+                    step = Step(step.index, apply_map(self.layout, step.tensors, step.index, layers=self._layers,
+                                                      strict=step.complete), step.complete)
                 if step.complete:
                     count, first, last = count + 1, step.index if first is None else first, step.index
                     stopped = any(name.startswith(STOP_PREFIX) for name in step.tensors)
@@ -205,6 +223,14 @@ def _run_id(doc: dict[str, Any], path: object, line: int | None) -> str | None:
     if run_id is not None and (not isinstance(run_id, str) or not run_id):
         raise FormatError(path, f'header "run_id" must be a non-empty string, got {json.dumps(run_id)}', line=line)
     return run_id
+
+
+def _declared_layers(meta: dict[str, Any]) -> list[int] | None:
+    """The layer widths a header declares (meta.layers or meta.settings.layers), if it does."""
+    settings = meta.get("settings")
+    layers = meta.get("layers", settings.get("layers") if isinstance(settings, dict) else None)
+    ok = isinstance(layers, list) and len(layers) >= 2 and all(type(n) is int and n > 0 for n in layers)
+    return layers if ok else None
 
 
 def _header_meta(doc: Any, path: object, encoding: str, line: int | None) -> dict[str, Any]:

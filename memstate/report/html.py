@@ -250,6 +250,13 @@ def _findings(c: Comparison) -> list[str]:
     return rows
 
 
+def _one_sided(c: Comparison) -> list[str]:
+    """The text report's notes on names one side records (not compared, not a divergence), one paragraph each."""
+    notes = " ".join(report_text._one_sided(c)).split("note: ") if c.one_sided or c.names else []
+    paras = [f"<p class='note'>{esc(' '.join(n.split()))}</p>" for n in notes if n.strip()]
+    return ["<h2 id='one-sided'>Names compared</h2>", *paras] if paras else []
+
+
 def _meta(c: Comparison) -> list[str]:
     parts = ["<h2 id='meta'>Metadata differences</h2>"]
     if not c.meta_diff:
@@ -400,6 +407,7 @@ def render(c: Comparison) -> str:
     body += training.html_section(c)
     body += _charts(c)
     body += _error_table(c)
+    body += _one_sided(c)
     body += _findings(c)
     body += _meta(c)
     body += _tolerances(c)

@@ -122,6 +122,8 @@ def to_dict(c: Comparison) -> dict:
         "meta_diff": [jsonable(m) for m in c.meta_diff],
         "findings": [jsonable(f) for f in c.findings],
         "training": training.to_dict(c),
+        "one_sided": [jsonable(o) for o in c.one_sided],
+        "names": {"only": list(c.names.only), "ignore": list(c.names.ignore)},
     })
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memstate.formats.map import LayoutMap
 from memstate.formats.trace import EndedEarly, open_trace
 
 
@@ -25,9 +26,9 @@ class TraceSummary:
     ended_early: EndedEarly | None = None
 
 
-def summarize(path: str | Path) -> TraceSummary:
-    """Stream a trace once and collect what a person wants to see first."""
-    with open_trace(path) as trace:
+def summarize(path: str | Path, layout: LayoutMap | None = None) -> TraceSummary:
+    """Stream a trace once and collect what a person wants to see first (through `layout` when given)."""
+    with open_trace(path, layout) as trace:
         count, first, last = 0, None, None
         tensors: tuple[tuple[str, tuple[int, ...], str], ...] = ()
         losses: list[tuple[int, float]] = []

@@ -202,6 +202,26 @@ def _findings(c: Comparison) -> list[str]:
     return lines
 
 
+def _one_sided(c: Comparison) -> list[str]:
+    """Names only one side records: not compared, and not a divergence (ports record different subsets)."""
+    lines: list[str] = []
+    if c.names:
+        chosen = [f"--only {','.join(c.names.only)}"] if c.names.only else []
+        chosen += [f"--ignore {','.join(c.names.ignore)}"] if c.names.ignore else []
+        lines += ["", f"compared only the tensors {' '.join(chosen)} selects"]
+    for side in ("a", "b"):
+        names = [o for o in c.one_sided if o.recorded_by == side]
+        if not names:
+            continue
+        other = "B" if side == "a" else "A"
+        listed = ", ".join(o.name + ("" if o.steps == c.steps_compared else f" (steps {o.first_step}.."
+                                     f"{o.last_step}, {o.steps} times)") for o in names)
+        lines += [""] if not lines else []
+        lines += _wrap(f"note: recorded by {side.upper()} only, not compared: {listed} ({other} does not record "
+                       f"{'them' if len(names) > 1 else 'it'})", "", "")
+    return lines
+
+
 def _meta(c: Comparison) -> list[str]:
     if not c.meta_diff:
         return []
@@ -292,6 +312,7 @@ def render(c: Comparison) -> str:
         lines += _first(c, c.first_divergence)
     lines += _diagnoses(c)
     lines += training.text_lines(c)
+    lines += _one_sided(c)
     lines += _findings(c)
     lines += _meta(c)
     lines += _tolerances(c)

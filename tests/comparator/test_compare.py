@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from memstate.impls.numpy_mlp import NumpyMLP
-from memstate.comparator.compare import AROUND, HEAD_STEPS, MAX_BUCKETS, TAIL_STEPS, compare, compare_tensors
+from memstate.comparator.compare import AROUND, HEAD_STEPS, MAX_BUCKETS, TAIL_STEPS, compare, compare_tensors, name_filter
 from memstate.errors import MemstateError
 from memstate.formats.params import read_params
 from memstate.formats.recorder import Recorder, open_writer
@@ -198,18 +198,56 @@ def tensors(k: int, names=("x", "L1.z", "L1.a", "loss")) -> dict[str, np.ndarray
     return {n: rng.normal(size=(2, 3)) if n != "loss" else np.array(rng.normal()) for n in names}
 
 
-def test_missing_names_are_findings(tmp_path):
+def test_names_one_side_records_are_notes_not_divergences(tmp_path):
     a = write(tmp_path / "a.memstate.jsonl", {k: tensors(k) for k in range(5)})
-    b = write(tmp_path / "b.memstate.jsonl", {k: {**tensors(k, ("x", "L1.a", "loss")), "extra": np.ones(2)}
-                                              for k in range(5)})
+    b = write(tmp_path / "b.memstate.jsonl", {k: {**{n: v for n, v in tensors(k).items() if n != "L1.z"},
+                                                  "extra": np.ones(2)} for k in range(5)})
     c = compare(a, b)
-    assert c.verdict == "diverge"
+    assert c.verdict == "agree" and c.first_divergence is None
+    sided = {o.name: o for o in c.one_sided}
+    assert (sided["L1.z"].recorded_by, sided["L1.z"].first_step, sided["L1.z"].last_step, sided["L1.z"].steps) \
+        == ("a", 0, 4, 5)
+    assert sided["extra"].recorded_by == "b" and sided["extra"].steps == 5
+    assert not any(x.severity == "error" for x in c.findings)
+    assert c.steps[0].only_a == ("L1.z",) and c.steps[0].only_b == ("extra",) and c.steps[0].passed
+    assert [t.name for t in c.steps[0].tensors] == ["x", "L1.a", "loss"]
+
+
+def test_a_wrong_tensor_after_a_one_sided_name_is_the_first_divergence(tmp_path):
+    a = write(tmp_path / "a.memstate.jsonl", {k: tensors(k) for k in range(3)})
+    b = write(tmp_path / "b.memstate.jsonl", {k: {n: v + (k == 1) * (n == "loss") for n, v in tensors(k).items()
+                                                  if n != "L1.a"} for k in range(3)})
+    c = compare(a, b)
     f = c.first_divergence
-    assert (f.kind, f.step, f.name) == ("missing", 0, "L1.z") and "B has no L1.z" in f.detail
-    found = {(x.kind, x.side, x.name): x for x in c.findings}
-    assert found[("missing-name", "b", "L1.z")].count == 5 and found[("missing-name", "b", "L1.z")].severity == "error"
-    assert (found[("missing-name", "a", "extra")].first_step, found[("missing-name", "a", "extra")].last_step) == (0, 4)
-    assert c.steps[0].only_a == ("L1.z",) and c.steps[0].only_b == ("extra",)
+    assert (c.verdict, f.kind, f.step, f.name) == ("diverge", "values", 1, "loss")
+    assert [o.name for o in c.one_sided] == ["L1.a"]
+
+
+def test_only_and_ignore_choose_the_names_compared(tmp_path):
+    a = write(tmp_path / "a.memstate.jsonl", {k: tensors(k) for k in range(3)})
+    b = write(tmp_path / "b.memstate.jsonl", {k: {n: v * (1 + (n == "L1.z")) for n, v in tensors(k).items()}
+                                              for k in range(3)})
+    assert compare(a, b).first_divergence.name == "L1.z"
+    c = compare(a, b, names=name_filter(ignore=["L1.z"]))
+    assert c.verdict == "agree" and "L1.z" not in {t.name for t in c.steps[0].tensors} and not c.one_sided
+    c = compare(a, b, names=name_filter(only=["x,L1.*"], ignore=["L1.z"]))
+    assert c.verdict == "agree" and [t.name for t in c.steps[0].tensors] == ["x", "L1.a"]
+    c = compare(a, b, names=name_filter(only=["L9.*"]))
+    assert c.verdict == "diverge" and {x.kind for x in c.findings} >= {"nothing-compared", "unused-rule"}
+
+
+def test_a_step_one_side_lacks_still_diverges(tmp_path):
+    a = write(tmp_path / "a.memstate.jsonl", {k: tensors(k) for k in range(4)})
+    b = write(tmp_path / "b.memstate.jsonl", {k: tensors(k) if k != 1 else {} for k in range(4)})
+    c = compare(a, b)
+    f = c.first_divergence
+    assert (c.verdict, f.kind, f.step, f.name) == ("diverge", "missing", 1, None) and "B records none" in f.detail
+    assert c.divergent_steps == 1
+    crash = write(tmp_path / "c.memstate.jsonl", {k: tensors(k) for k in range(2)},
+                  crash=(2, {"x": tensors(2)["x"]}))
+    c = compare(a, crash)
+    f = c.first_divergence
+    assert (c.verdict, f.kind, f.step, f.name) == ("diverge", "missing", 2, "L1.z")
 
 
 def test_shape_mismatch_is_a_finding_and_diagnosed(tmp_path):

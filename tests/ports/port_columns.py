@@ -1,0 +1,235 @@
+"""port_columns.py -- a 2-layer MLP in the "Andrew Ng course" style: one sample per COLUMN.
+
+    python3 port_columns.py PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K]
+
+Written without memstate: stdlib only. Reads a memstate params file and batches file, trains with plain SGD
+and writes a memstate JSONL trace in its own names and layout (meta has only impl and dtype):
+
+    X [n0,B]  Y [C,B]  Z1 A1 [n1,B]  Z2 A2 [C,B] (A2 = softmax probs)
+    dZ2 [C,B] = A2 - Y      (NOT divided by m; m = B for loss_reduction "mean", 1 for "sum")
+    dW2 [C,n1] = dZ2 @ A1.T / m     db2 [C,1] = sum(dZ2, axis=1) / m
+    dZ1 [n1,B] = W2.T @ dZ2 * g'(Z1) (also not divided)   dW1 [n1,n0]   db1 [n1,1]
+    W1 [n1,n0] b1 [n1,1] W2 [C,n1] b2 [C,1]   (updated; W stored out,in; b a column)
+
+No loss and no dA1 are recorded. Mapping to canonical names: port_columns.map.toml (mean) or
+port_columns.sum.map.toml (sum: dZ has no 1/m factor then).
+
+Bugs (--bug, only on steps >= --bug-from-step K): softmax-global-sum, softmax-global-max, bias-grad-scalar,
+grad-not-zeroed, momentum, weight-decay, round8, loss-mean-over-classes (dZ2 = (A2 - Y)/C, so that
+dZ2/m is still the loss gradient), output-sigmoid. Not log-zero-replaced: no loss is computed here.
+"""
+import base64, json, math, struct, sys
+
+NF = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+def die(msg):
+    sys.stderr.write("%s: error: %s\n" % (sys.argv[0], msg))
+    sys.exit(2)
+
+def need(ok, msg):
+    if not ok:
+        die(msg)
+
+def values(t, where):
+    """Flat float64 list of a memstate tensor object ("data" or "b64"; float64 or float32)."""
+    need(isinstance(t, dict) and isinstance(t.get("shape"), list) and t.get("dtype") in ("float64", "float32")
+         and all(type(d) is int and d >= 0 for d in t["shape"]) and ("data" in t) != ("b64" in t),
+         where + ": bad tensor object (shape, dtype, exactly one of data/b64)")
+    n, f32 = math.prod(t["shape"]), t["dtype"] == "float32"
+    try:
+        if "b64" in t:
+            raw = base64.b64decode(t["b64"], validate=True)
+            need(len(raw) == n * (4 if f32 else 8), where + ": b64 byte count does not match the shape")
+            return list(struct.unpack("<%d%s" % (n, "f" if f32 else "d"), raw))
+        need(isinstance(t["data"], list) and len(t["data"]) == n, where + ": data length does not match the shape")
+        v = [NF[e] if isinstance(e, str) else float(e) if type(e) in (int, float) and not math.isinf(e)
+             else die("%s: bad data value %r" % (where, e)) for e in t["data"]]
+        return [struct.unpack("<f", struct.pack("<f", e))[0] for e in v] if f32 else v
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        die("%s: bad tensor data (%s)" % (where, e))
+
+def load(path, jsonl=False):
+    bad = lambda c: die("%s: non-standard JSON token %s" % (path, c))
+    try:
+        text = open(path, encoding="utf-8").read()
+        lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+        return [json.loads(l, parse_constant=bad) for l in lines] if jsonl else json.loads(text, parse_constant=bad)
+    except (OSError, ValueError) as e:
+        die("cannot read %s: %s" % (path, e))
+
+def read_batches(path):
+    """(settings, [(step, B, x_flat, y_flat)]) from a memstate batches file."""
+    recs = load(path, jsonl=True)
+    h = recs[0] if recs else None
+    need(isinstance(h, dict) and h.get("format") == "memstate.trace" and h.get("version") == 1,
+         path + ": not a memstate.trace version 1 file")
+    st = h["meta"].get("settings") if isinstance(h.get("meta"), dict) else None
+    L, lr = (st.get("layers"), st.get("learning_rate")) if isinstance(st, dict) else (None, None)
+    need(isinstance(L, list) and len(L) == 3 and all(type(n) is int and n > 0 for n in L)
+         and st.get("activation") in ("relu", "sigmoid") and st.get("loss_reduction") in ("mean", "sum")
+         and type(lr) in (int, float) and math.isfinite(lr),
+         path + ": meta.settings needs layers [n0, n1, n2], activation, loss_reduction and learning_rate")
+    steps, cur, last = [], None, -1
+    for no, r in enumerate(recs[1:], 2):
+        where = "%s, line %d" % (path, no)
+        need(isinstance(r, dict) and type(r.get("step")) is int and r["step"] > last
+             and (cur is None or r["step"] == cur[0]), where + ": not a record, or step out of order")
+        if r.get("end") is True:
+            got = cur[1] if cur else {}
+            need("x" in got and "y" in got, "%s: step %d lacks x or y" % (where, r["step"]))
+            (xs, x), (ys, y) = got["x"], got["y"]
+            need(len(xs) == 2 and xs[0] > 0 and xs[1] == L[0] and ys == [xs[0], L[2]],
+                 "%s: x %s and y %s do not fit layers %s" % (where, xs, ys, L))
+            steps.append((r["step"], xs[0], x, y))
+            cur, last = None, r["step"]
+        else:
+            cur = cur or (r["step"], {})
+            need(isinstance(r.get("name"), str) and r["name"] not in cur[1], where + ": missing or repeated name")
+            cur[1][r["name"]] = (r.get("shape"), values(r, where))
+    need(steps, path + ": no complete step")
+    return st, steps
+
+def read_params(path, L):
+    """{name: flat list} of L1.W [n0,n1], L1.b, L2.W [n1,n2], L2.b from a memstate params file."""
+    d = load(path)
+    need(isinstance(d, dict) and d.get("format") == "memstate.params" and d.get("version") == 1
+         and isinstance(d.get("tensors"), list), path + ": not a memstate.params version 1 file")
+    got = {t.get("name"): t for t in d["tensors"] if isinstance(t, dict)}
+    out = {}
+    for name, shape in (("L1.W", [L[0], L[1]]), ("L1.b", [L[1]]), ("L2.W", [L[1], L[2]]), ("L2.b", [L[2]])):
+        need(name in got and got[name].get("shape") == shape, "%s: needs %s with shape %s" % (path, name, shape))
+        out[name] = values(got[name], "%s, tensor %s" % (path, name))
+    return out
+
+def parse_args(supported):
+    pos, bug, start, it = [], None, "0", iter(sys.argv[1:])
+    for a in it:
+        if a in ("--bug", "--bug-from-step"):
+            bug, start = (next(it, ""), start) if a == "--bug" else (bug, next(it, ""))
+        else:
+            pos.append(a)
+    need(len(pos) == 3 and not any(p.startswith("-") for p in pos),
+         "usage: %s PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K]" % sys.argv[0])
+    need(start.lstrip("-").isdigit(), "--bug-from-step needs an integer")
+    need(bug is None or bug in supported, "unsupported bug %r (supported: %s)" % (bug, ", ".join(supported)))
+    return pos[0], pos[1], pos[2], bug, int(start)
+
+def open_trace(path, impl):
+    try:
+        f = open(path, "w", encoding="utf-8")
+    except OSError as e:
+        die("cannot write %s: %s" % (path, e))
+    f.write(json.dumps({"format": "memstate.trace", "version": 1, "meta": {"impl": impl, "dtype": "float64"}}) + "\n")
+    return f
+
+def write_step(f, k, recs):
+    """One step's records (name, scalar | vector | matrix as list of rows) and its terminator, in one write."""
+    fmt = lambda v: "nan" if v != v else "inf" if v == math.inf else "-inf" if v == -math.inf else v
+    out = []
+    for name, v in recs:
+        shape = [] if not isinstance(v, list) else [len(v), len(v[0])] if isinstance(v[0], list) else [len(v)]
+        data = [v] if not shape else [e for r in v for e in r] if len(shape) == 2 else v
+        out.append(json.dumps({"step": k, "name": name, "shape": shape, "dtype": "float64",
+                               "data": [fmt(e) for e in data]}))
+    f.write("\n".join(out + [json.dumps({"step": k, "end": True})]) + "\n")
+    f.flush()
+
+# maths with IEEE results where Python would raise
+def exp_(v):
+    try:
+        return math.exp(v)
+    except OverflowError:
+        return math.inf
+
+def div(a, b):
+    try:
+        return a / b
+    except ZeroDivisionError:
+        return math.nan if a != a or a == 0 else math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+def sigmoid(z):
+    return 1.0 / (1.0 + exp_(-z)) if z >= 0 else exp_(z) / (1.0 + exp_(z))
+
+def tot(it):
+    s = 0.0
+    for v in it:
+        s += v
+    return s
+
+
+log_ = lambda v, zero=-math.inf: v if v != v else zero if v == 0 else math.nan if v < 0 else math.log(v)
+vmax = lambda v: math.nan if any(t != t for t in v) else max(v)
+ew = lambda f, *ms: [ew(f, *t) for t in zip(*ms)] if isinstance(ms[0], list) else f(*ms)
+flat = lambda m: [v for r in m for v in r]
+rows = lambda f, r, c: [f[i * c:(i + 1) * c] for i in range(r)]
+T = lambda m: [list(c) for c in zip(*m)]
+mm = lambda a, b: (lambda bt: [[tot(x * y for x, y in zip(r, c)) for c in bt] for r in a])(T(b))
+r8 = lambda v: round(v, 8) if math.isfinite(v) else v
+
+BUGS = ("softmax-global-sum", "softmax-global-max", "bias-grad-scalar", "grad-not-zeroed", "momentum",
+        "weight-decay", "round8", "loss-mean-over-classes", "output-sigmoid")
+
+
+def main():
+    pp, bp, tp, bug, start = parse_args(BUGS)
+    st, steps = read_batches(bp)
+    n0, n1, n2 = st["layers"]
+    lr, relu, m0 = float(st["learning_rate"]), st["activation"] == "relu", st["loss_reduction"] == "mean"
+    P = read_params(pp, st["layers"])
+    W1, b1 = T(rows(P["L1.W"], n0, n1)), [[v] for v in P["L1.b"]]
+    W2, b2 = T(rows(P["L2.W"], n1, n2)), [[v] for v in P["L2.b"]]
+    f = open_trace(tp, "port_columns")
+    g = lambda Z: ew((lambda z: 0.0 if z <= 0 else z) if relu else sigmoid, Z)
+    prev, V, rounded = None, None, False
+    for k, B, xf, yf in steps:
+        on = lambda name: bug == name and k >= start
+        if on("round8") and not rounded:
+            W1, b1, W2, b2 = (ew(r8, p) for p in (W1, b1, W2, b2))
+            rounded = True
+        X, Y = T(rows(xf, B, n0)), T(rows(yf, B, n2))
+        m = B if m0 else 1
+        # forward
+        Z1 = [[v + bj[0] for v in r] for r, bj in zip(mm(W1, X), b1)]
+        A1 = g(Z1)
+        Z2 = [[v + bj[0] for v in r] for r, bj in zip(mm(W2, A1), b2)]
+        if on("output-sigmoid"):
+            A2 = ew(sigmoid, Z2)
+        else:
+            cols, top = T(Z2), vmax(flat(Z2))
+            E = [[exp_(v - (top if on("softmax-global-max") else vmax(c))) for v in c] for c in cols]
+            everything = tot(flat(E))
+            A2 = T([[div(v, everything if on("softmax-global-sum") else tot(c)) for v in c] for c in E])
+        # backward
+        C = n2 if on("loss-mean-over-classes") else 1
+        dZ2 = [[(a - y) / C for a, y in zip(ra, ry)] for ra, ry in zip(A2, Y)]
+        dW2 = [[v / m for v in r] for r in mm(dZ2, T(A1))]
+        db2 = [[tot(r) / m] for r in dZ2]
+        if on("bias-grad-scalar"):
+            db2 = [[tot(flat(dZ2)) / m] for _ in range(n2)]
+        gp = [[(1.0 if z > 0 else 0.0) if relu else a * (1.0 - a) for z, a in zip(rz, ra)] for rz, ra in zip(Z1, A1)]
+        dZ1 = ew(lambda d, q: d * q, mm(T(W2), dZ2), gp)
+        dW1 = [[v / m for v in r] for r in mm(dZ1, T(X))]
+        db1 = [[tot(r) / m] for r in dZ1]
+        grads = [dW1, db1, dW2, db2]
+        if on("grad-not-zeroed") and prev:
+            grads = [ew(lambda a, b: a + b, d, p) for d, p in zip(grads, prev)]
+        prev = grads
+        dW1, db1, dW2, db2 = grads
+        # update
+        params = [W1, b1, W2, b2]
+        if on("momentum"):
+            V = [ew(lambda v, d: 0.9 * v + d, v, d) for v, d in zip(V or ew(lambda p: 0.0, grads), grads)]
+            params = [ew(lambda p, v: p - lr * v, p, v) for p, v in zip(params, V)]
+        elif on("weight-decay"):
+            params = [ew((lambda p, d: p - lr * (d + 1e-2 * p)) if i % 2 == 0 else (lambda p, d: p - lr * d), p, d)
+                      for i, (p, d) in enumerate(zip(params, grads))]
+        else:
+            params = [ew(lambda p, d: p - lr * d, p, d) for p, d in zip(params, grads)]
+        W1, b1, W2, b2 = params
+        write_step(f, k, [("X", X), ("Y", Y), ("Z1", Z1), ("A1", A1), ("Z2", Z2), ("A2", A2), ("dZ2", dZ2),
+                          ("dW2", dW2), ("db2", db2), ("dZ1", dZ1), ("dW1", dW1), ("db1", db1),
+                          ("W1", W1), ("b1", b1), ("W2", W2), ("b2", b2)])
+
+
+if __name__ == "__main__":
+    main()
