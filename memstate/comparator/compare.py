@@ -207,6 +207,7 @@ def name_filter(only: Sequence[str] = (), ignore: Sequence[str] = ()) -> NameFil
     return NameFilter(split(only), split(ignore))
 
 
+@dataclass(frozen=True)
 class TraceInfo:
     """What was read of one trace."""
 
