@@ -75,15 +75,18 @@ def _a_prev(i: int) -> str:
 
 def rules(settings: Settings) -> dict[str, list[Rule]]:
     """The rules of an `n_layers` network, by tensor name; the first rule whose inputs are recorded applies."""
-    n = settings.n_layers
-    act = settings.activation
-    red = settings.reduction
-    lr = settings.lr
     out: dict[str, list[Rule]] = {}
+    for family in (_forward_rules, _loss_rules, _backward_rules, _update_rules):
+        for rule in family(settings):
+            out.setdefault(rule.name, []).append(rule)
+    return out
 
-    def add(rule: Rule) -> None:
-        out.setdefault(rule.name, []).append(rule)
 
+def _forward_rules(settings: Settings) -> list[Rule]:
+    """z = a_prev @ W + b and a = act(z), layer by layer."""
+    n, act = settings.n_layers, settings.activation
+    out: list[Rule] = []
+    add = out.append
     for i in range(1, n + 1):
         ap, W, b = _a_prev(i), f"L{i}.W", f"L{i}.b"
 
@@ -101,7 +104,14 @@ def rules(settings: Settings) -> dict[str, list[Rule]]:
                 return v, np.abs(v) + (np.abs(z) if act == "sigmoid" else 0)
 
             add(Rule(f"L{i}.a", f"{act}(L{i}.z)", (f"L{i}.z",), (), lambda t: 4, _quiet(a_fn), ("activation",)))
+    return out
 
+
+def _loss_rules(settings: Settings) -> list[Rule]:
+    """probs = softmax(logits), the loss, and the output layer's dz = (probs - y) (/ B)."""
+    n, red = settings.n_layers, settings.reduction
+    out: list[Rule] = []
+    add = out.append
     zl = f"L{n}.z"
 
     def probs_fn(t, p):
@@ -143,7 +153,14 @@ def rules(settings: Settings) -> dict[str, list[Rule]]:
     div = " / B" if red == "mean" else ""
     add(Rule(f"L{n}.dz", f"(probs - y){div}", ("probs", "y"), (), lambda t: 4, _quiet(out_dz_fn),
              ("reduction",), invariant="output-dz-is-probs-minus-y"))
+    return out
 
+
+def _backward_rules(settings: Settings) -> list[Rule]:
+    """dW, db, da and the hidden dz, from the output layer down."""
+    n, act = settings.n_layers, settings.activation
+    out: list[Rule] = []
+    add = out.append
     for i in range(n, 0, -1):
         ap, dz = _a_prev(i), f"L{i}.dz"
 
@@ -181,7 +198,14 @@ def rules(settings: Settings) -> dict[str, list[Rule]]:
 
             add(Rule(f"L{i}.dz", f"L{i}.da * {act}'(L{i}.z)", (f"L{i}.da", f"L{i}.z", f"L{i}.a"), (),
                      lambda t: 4, _quiet(dz_fn), ("activation",)))
+    return out
 
+
+def _update_rules(settings: Settings) -> list[Rule]:
+    """The SGD updates W' = W - lr * dW of every parameter."""
+    n, lr = settings.n_layers, settings.lr
+    out: list[Rule] = []
+    add = out.append
     for i in range(1, n + 1):
         for kind in ("W", "b"):
             name, grad = f"L{i}.{kind}", f"L{i}.d{kind}"
