@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,9 +27,10 @@ import numpy as np
 from memstate.check import recompute as rc
 from memstate.check.infer import Spec, declared, header_scenario, lr_consistency
 from memstate.check.invariants import invariants
+from memstate.check.plan import NEEDED, Plan, Unreachable, plan_step
 from memstate.check.opcompare import compare_op, op_tolerance
-from memstate.check.result import (INVARIANTS, REFERENCE_PATH, CheckResult, Finding, Inferred, NameStats,
-                                   OpCheck)
+from memstate.check.result import (INVARIANTS, REFERENCE_PATH, CheckResult, Coverage, Finding, Inferred,
+                                   NameStats, OpCheck, Unverified)
 from memstate.check.state import State, note_text
 from memstate.check.step import check_step, full_step, reference_meta
 from memstate.comparator.compare import Comparison, ToleranceUse, TraceInfo, TensorSeries
@@ -95,6 +96,7 @@ class _Walk:
     prev_params: dict[str, np.ndarray] | None = None
     settings: rc.Settings | None = None
     rules: dict[str, list[rc.Rule]] | None = None
+    plan_cache: dict[tuple, dict[str, Plan | Unreachable]] = field(default_factory=dict)
 
     def step(self, k: int, t: Mapping[str, np.ndarray]) -> None:
         """Check step k: its parameters in force, what it shows of the settings, then every operation."""
@@ -114,14 +116,25 @@ class _Walk:
             self.prev_index, self.prev_params = k, None
             return
         in_force, in_force_from = self._in_force(k, t, n_layers)
-        self.spec.observe(k, t, n_layers, self.dtype, in_force)
+        self.spec.observe(k, t, n_layers, self.dtype)
+        derivation = self.spec.fit_step(k, t, n_layers, in_force, self.dtype) if in_force is not None else None
         new = self.spec.settings(n_layers)
         if new != self.settings or self.rules is None:
             self.settings, self.rules = new, rc.rules(new)
-        check_step(st, k, t, in_force, in_force_from, self.settings, self.rules, keep=self.count == 1)
+        check_step(st, k, t, in_force, in_force_from, self.settings, self._plans(t, in_force is not None),
+                   keep=self.count == 1, derivation=derivation)
         names = param_names(n_layers)
         self.prev_params = {n: t[n] for n in names} if all(n in t for n in names) else None
         self.prev_index = k
+
+    def _plans(self, t: Mapping[str, np.ndarray], params_known: bool) -> dict[str, Plan | Unreachable]:
+        """The step's plans, computed once per (recorded names, parameters known, settings)."""
+        key = (tuple(t), params_known, self.settings)
+        plans = self.plan_cache.get(key)
+        if plans is None:
+            assert self.rules is not None and self.settings is not None
+            plans = self.plan_cache[key] = plan_step(frozenset(t), self.rules, params_known, self.settings)
+        return plans
 
     def _in_force(self, k: int, t: Mapping[str, np.ndarray], n_layers: int
                   ) -> tuple[dict[str, np.ndarray] | None, str]:
@@ -182,8 +195,9 @@ def _finish(walk: _Walk, path: Path, encoding: str, meta: dict[str, Any], incomp
     notes += tuple(note_text(f"not checked ({why}): {', '.join(names)}", list(steps))
                    for why, (names, steps) in st.skips.items())
     findings = tuple(st.findings.values())
+    coverage = _coverage(st, walk.count)
     comparison = _comparison(walk, path, encoding, meta, incomplete, learning_rate, first_divergence, findings,
-                             notes)
+                             notes, coverage)
     return CheckResult(
         path=path, encoding=encoding, meta=meta, n_layers=walk.n_layers, dtype=walk.dtype, steps=walk.count,
         first_step=walk.first_step, last_step=walk.last_step, incomplete_step=incomplete,
@@ -193,14 +207,24 @@ def _finish(walk: _Walk, path: Path, encoding: str, meta: dict[str, Any], incomp
         worst=st.worst, first_failure=st.first_failure, first_divergence=first_divergence,
         first_finding=st.first_finding, failures=tuple(st.failures), n_failures=st.n_failures,
         failing_steps=st.failing_steps, findings=findings, diagnoses=diagnoses, notes=notes,
-        unchecked=tuple(st.unchecked), tolerances=st.tolerances, comparison=comparison,
+        unchecked=tuple(st.unchecked), tolerances=st.tolerances, comparison=comparison, coverage=coverage,
+        lr_fits=spec.lr_fit.per_name(learning_rate.value),
         seconds=time.perf_counter() - began,
     )
 
 
+def _coverage(st: State, steps: int) -> Coverage:
+    """What was verified of what the trace records, and each gap with its reason and what would close it."""
+    gaps = [Unverified(name, why, len(ks), min(ks), NEEDED.get(needs, ""))
+            for (name, why), (needs, ks) in st.unverified.items()]
+    gaps.sort(key=lambda u: (u.first_step, u.name))
+    per_step = next(iter(st.per_step)) if len(st.per_step) == 1 else None
+    return Coverage(st.recorded, st.verified, steps, per_step, tuple(gaps))
+
+
 def _comparison(walk: _Walk, path: Path, encoding: str, meta: dict[str, Any], incomplete: int | None,
                 learning_rate: Inferred, first_divergence: Any, findings: tuple[Finding, ...],
-                notes: tuple[str, ...]) -> Comparison:
+                notes: tuple[str, ...], coverage: Coverage) -> Comparison:
     """The result in the comparator's terms (side A = the recomputation, side B = the trace)."""
     st, spec, count = walk.st, walk.spec, walk.count
     ok = st.n_failures == 0 and not findings
@@ -219,7 +243,9 @@ def _comparison(walk: _Walk, path: Path, encoding: str, meta: dict[str, Any], in
         overview=tuple(st.overview.items),
         series=tuple(TensorSeries(n, tuple(b.items)) for n, b in st.series.items()),
         findings=tuple(_compare_finding(f) for f in findings)
-        + tuple(CompareFinding("not-checked", "info", n) for n in notes),
+        + tuple(CompareFinding("not-checked", "info", n) for n in notes)
+        + tuple(CompareFinding("not-verified", "warning", f"{u.name}: {u.why}", "b", u.name, u.first_step, None,
+                               u.steps) for u in coverage.unverified),
         meta_diff=(),
     )
 

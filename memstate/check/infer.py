@@ -16,6 +16,7 @@ import numpy as np
 
 from memstate.check import recompute as rc
 from memstate.check.result import Finding, Inferred
+from memstate.check.plan import Derivation, Plan, reach
 from memstate.check.state import State
 from memstate.errors import MemstateError
 from memstate.names import param_names
@@ -93,6 +94,7 @@ class Spec:
     lr_fit: rc.LrFit = field(default_factory=rc.LrFit)
     act_seen: bool = False
     red_seen: bool = False
+    dz_factor: float | None = None  # c in L{n}.dz = c * (probs - y) when the reduction has no name
 
     @classmethod
     def from_declared(cls, decl: Mapping[str, tuple[Any, str]]) -> "Spec":
@@ -103,9 +105,8 @@ class Spec:
                                           f"recompute (it knows {', '.join(rc.ACTIVATIONS)})")
         return cls(activation, setting(decl.get("reduction")), setting(decl.get("lr")))
 
-    def observe(self, k: int, t: Mapping[str, np.ndarray], n_layers: int, dtype: str | None,
-                in_force: Mapping[str, np.ndarray] | None) -> None:
-        """Infer what step k shows that no earlier step did, and fit the learning rate to its updates."""
+    def observe(self, k: int, t: Mapping[str, np.ndarray], n_layers: int, dtype: str | None) -> None:
+        """Infer the activation and the loss reduction from the first step that shows each."""
         if not self.act_seen:
             inferred, errors = rc.infer_activation(t, n_layers, np.dtype(dtype or "float64"))
             if inferred is not None or n_layers == 1:
@@ -113,39 +114,138 @@ class Spec:
                 self.activation = with_inference(self.activation, inferred,
                                                  activation_evidence(inferred, errors, k) if inferred is not None
                                                  else "one layer: no hidden activation")
-        if not self.red_seen and (f"L{n_layers}.dz" in t or "loss" in t):
+        if not self.red_seen and any(n in t for n in (f"L{n_layers}.dz", "loss", f"L{n_layers}.dW",
+                                                      f"L{n_layers}.db")):
+            inferred, how, factor = rc.infer_reduction(t, n_layers)
+            if inferred is None and factor is None and f"L{n_layers}.dz" not in t and "loss" not in t:
+                return  # gradients without probs - y to compare with: a later step may show it
             self.red_seen = True
-            inferred, how = rc.infer_reduction(t, n_layers)
             self.reduction = with_inference(self.reduction, inferred, f"step {k}: {how}")
-        if in_force is not None:
-            for pname in param_names(n_layers):
-                grad = pname.replace(".", ".d")
-                if pname in t and grad in t:
-                    self.lr_fit.add(k, pname, in_force[pname], t[pname], t[grad])
+            if self.reduction.value is None and factor is not None:
+                self.dz_factor = factor
+
+    def settings(self, n_layers: int) -> rc.Settings:
+        return rc.Settings(n_layers, self.activation.value, self.reduction.value, self.learning_rate.value,
+                           self.dz_factor)
+
+    def fit_step(self, k: int, t: Mapping[str, np.ndarray], n_layers: int, in_force: Mapping[str, np.ndarray],
+                 dtype: str | None) -> Derivation | None:
+        """Fit the learning rate to step k's recorded updates, with each gradient as recorded or, when it is
+        not, derived from the nearest recorded tensors (then returned, to be reused by the step's checks).
+        Settings the derivation needs and nothing showed (an activation, mean or sum) are chosen here: the
+        candidate under which the most per-tensor fits agree."""
+        updates = [n for n in param_names(n_layers) if n in t]
+        if all(n.replace(".", ".d") in t for n in updates):
+            for n in updates:
+                self.lr_fit.add(k, n, in_force[n], t[n], t[n.replace(".", ".d")])
+            self._adopt_lr(dtype)
+            return None
+        tried = [_try_settings(s, k, t, updates, in_force) for s in self._candidates(n_layers)]
+        best = max(tried, key=lambda c: self._score(c))
+        if len(tried) > 1:
+            self._adopt_search(best, tried, k)
+        for f in best.fits:
+            self.lr_fit.add(k, f.name, in_force[f.name], t[f.name], best.grads[f.name])
+        self._adopt_lr(dtype)
+        return best.derivation
+
+    def _adopt_lr(self, dtype: str | None) -> None:
         if self.learning_rate.value is None and self.lr_fit.lr is not None:
             self.learning_rate = Inferred(rc.nice_lr(self.lr_fit.lr, dtype), "fitted")
 
-    def settings(self, n_layers: int) -> rc.Settings:
-        return rc.Settings(n_layers, self.activation.value, self.reduction.value, self.learning_rate.value)
+    def _candidates(self, n_layers: int) -> list[rc.Settings]:
+        """The settings to try: each unknown activation (relu, shifted-relu, sigmoid) and reduction (mean, sum)."""
+        acts = list(rc.ACTIVATIONS) if self.activation.value is None and n_layers > 1 else [self.activation.value]
+        reds = ["mean", "sum"] if self.reduction.value is None and self.dz_factor is None else \
+            [self.reduction.value]
+        return [rc.Settings(n_layers, a, r, None, self.dz_factor) for a in acts for r in reds]
+
+    def _score(self, c: "_Candidate") -> tuple[int, int, float]:
+        """More agreeing fits first; then agreement with a declared learning rate; then a tighter group."""
+        lr, group = rc.consensus(c.fits)
+        declared_lr = self.learning_rate.value
+        agrees = int(lr is not None and declared_lr is not None
+                     and abs(lr - declared_lr) <= 1e-6 * abs(declared_lr))
+        spread = (max(f.lr for f in group) - min(f.lr for f in group)) / abs(lr) if group and lr else np.inf
+        return len(group), agrees, -spread
+
+    def _adopt_search(self, best: "_Candidate", tried: list["_Candidate"], k: int) -> None:
+        """Take the settings the search chose, with the evidence of every candidate."""
+        listing = "; ".join(f"{c.label}: {len(rc.consensus(c.fits)[1])} of {len(c.fits)} updates agree"
+                            for c in tried)
+        s = best.settings
+        if self.activation.value is None and s.activation is not None:
+            self.act_seen = True
+            self.activation = Inferred(s.activation, "inferred", s.activation,
+                                       f"step {k}: the updates, derived through each activation ({listing})")
+        if self.reduction.value is None and s.reduction is not None:
+            self.red_seen = True
+            same = [c for c in tried if c.settings.activation == s.activation and c.settings.reduction != s.reduction]
+            tie = bool(same) and self._score(same[0])[:2] == self._score(best)[:2]
+            why = (" (mean and sum are told apart only by a declared learning rate: sum with lr / B fits as well)"
+                   if tie else "")
+            self.reduction = Inferred(s.reduction, "inferred", s.reduction,
+                                      f"step {k}: the updates, derived with each reduction{why}")
+
+
+@dataclass
+class _Candidate:
+    """Step k's gradients and per-tensor learning-rate fits under one choice of settings."""
+
+    settings: rc.Settings
+    label: str
+    grads: dict[str, np.ndarray]
+    fits: list[rc.TensorFit]
+    derivation: Derivation | None
+
+
+def _try_settings(s: rc.Settings, k: int, t: Mapping[str, np.ndarray], updates: list[str],
+                  in_force: Mapping[str, np.ndarray]) -> _Candidate:
+    """Derive the gradients the updates need under settings `s`, and fit lr to each update."""
+    rules = rc.rules(s)
+    d = Derivation(t, in_force)
+    grads: dict[str, np.ndarray] = {}
+    for n in updates:
+        g = n.replace(".", ".d")
+        if g in t:
+            grads[n] = t[g]
+            continue
+        plan = reach(g, frozenset(t), rules, True, s)
+        if isinstance(plan, Plan):
+            try:
+                d.evaluate(plan)
+                d.derived[g] = np.asarray(plan.rule.fn(d, in_force)[0], dtype=np.float64)
+            except (ValueError, IndexError):  # shapes that do not fit: the checks say so
+                continue
+            grads[n] = d.derived[g]
+    fits = [f for n, g in grads.items() if (f := rc.fit_one(k, n, in_force[n], t[n], g)) is not None]
+    label = ", ".join(v for v in (s.activation, s.reduction) if v)
+    return _Candidate(s, label, grads, fits, d)
 
 
 def lr_consistency(st: State, lr: Inferred, fit: rc.LrFit, dtype: str | None) -> Inferred:
-    """The learning rate with the fit over every update; an inconsistent fit is a finding."""
-    if fit.lr is None:
+    """The learning rate with the consensus of the per-tensor fits; a fit that disagrees is a finding at
+    that tensor (the odd one out), never a reason to move the consensus."""
+    consensus = fit.lr
+    if consensus is None:
         return replace(lr, evidence="not fitted: no step had both its parameters in force and a finite, non-zero "
                                     "gradient")
-    fitted = rc.nice_lr(fit.lr, dtype)
-    worst, at = fit.consistency()
+    fitted = rc.nice_lr(consensus, dtype)
+    checked = lr.value if lr.value is not None else fitted
+    worst, at = fit.consistency(checked)
     consistent = worst <= 1.0
-    where = f"; worst {at[1]} at step {at[0]}, {worst:.3g}x its rounding allowance" if at and not consistent else ""
-    evidence = (f"W' = W - lr * dW fitted over {fit.count} parameter updates: lr = {fit.lr:.17g}, per-tensor "
-                f"fits {fit.lo:.9g} to {fit.hi:.9g}{where}")
+    odd = [name for name, _, _, _, _, agrees in fit.per_name(checked) if not agrees]
+    where = (f"; the odd one{'s' * (len(odd) > 1)} out: {', '.join(odd)} (worst {at[1]} at step {at[0]}, "
+             f"{worst:.3g}x its rounding allowance)" if at and not consistent else "")
+    evidence = (f"W' = W - lr * dW fitted per tensor over {fit.count} parameter updates: consensus lr = "
+                f"{consensus:.17g} (the median of the agreeing fits), per-tensor fits {fit.lo:.9g} to "
+                f"{fit.hi:.9g}{where}")
     if lr.source == "fitted":  # the value the updates were checked with: the fit of the first fitted step
         lr = Inferred(lr.value, "fitted", fitted, evidence, consistent and fitted == lr.value)
     else:
-        agrees = abs(fit.lr - lr.value) <= rc.lr_precision(dtype) * abs(lr.value)
+        agrees = abs(consensus - lr.value) <= rc.lr_precision(dtype) * abs(lr.value)
         lr = replace(lr, inferred=fitted, evidence=evidence, consistent=consistent and agrees)
-    if not consistent:
-        st.find(Finding("inference", "lr-consistent", at[0] if at else None, at[1] if at else None,
+    if not consistent and at is not None:
+        st.find(Finding("inference", "lr-consistent", at[0], at[1],
                         f"no single learning rate explains the parameter updates: {evidence}"))
     return lr

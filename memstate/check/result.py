@@ -105,6 +105,42 @@ class NameStats:
 
 
 @dataclass(frozen=True)
+class Unverified:
+    """A recorded tensor that could not be checked (in `steps` steps from `first_step`), why, and what would help."""
+
+    name: str
+    why: str
+    steps: int
+    first_step: int
+    needs: str = ""  # what to do, e.g. "pass the params file the run started from with --params"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Recorded tensors (x and y excluded: inputs) against those verified by an operation, over every step."""
+
+    recorded: int = 0
+    verified: int = 0
+    steps: int = 0
+    per_step: int | None = None  # recorded tensors per step, when every step records the same number
+    unverified: tuple[Unverified, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.verified == self.recorded and not self.unverified
+
+    def line(self) -> str:
+        """"verified 16 of 16 recorded tensors in every step", or how many were not and where."""
+        if self.complete and self.per_step is not None:
+            return f"verified {self.per_step} of {self.per_step} recorded tensors in every step"
+        text = f"verified {self.verified} of {self.recorded} recorded tensors over {self.steps} steps"
+        if self.complete:
+            return text
+        names = ", ".join(dict.fromkeys(u.name for u in self.unverified))
+        return f"{text}; not verified: {names}"
+
+
+@dataclass(frozen=True)
 class CheckResult:
     path: Path
     encoding: str
@@ -135,11 +171,19 @@ class CheckResult:
     unchecked: tuple[str, ...]  # recorded names no rule covers
     tolerances: Tolerances
     comparison: Comparison  # the result in the comparator's terms (what the JSON report renders)
+    coverage: Coverage = Coverage()  # what was verified of what the trace records
+    lr_fits: tuple[tuple[str, float, float, float, int, bool], ...] = ()  # per parameter: (name, median lr,
+    #   lowest, highest, updates fitted, agrees with the consensus)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.n_failures == 0 and not self.findings
+        """CLEAN: nothing failed, and every recorded tensor was verified."""
+        return self.n_failures == 0 and not self.findings and self.coverage.complete
+
+    @property
+    def verified_all(self) -> bool:
+        return self.coverage.complete
 
     @property
     def first(self) -> tuple[int | None, str | None] | None:

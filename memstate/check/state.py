@@ -55,11 +55,17 @@ class State:
     series: dict[str, _Buckets] = field(default_factory=dict)
     full_steps: list[StepComparison] = field(default_factory=list)  # the first step and the first failing one
     last_kept: tuple[int, list[Op]] | None = None  # the last step's operations (reported in full too)
+    recorded: int = 0  # recorded tensors other than x and y, over every step
+    verified: int = 0  # of those, checked by an operation
+    per_step: set[int] = field(default_factory=set)  # recorded tensors per step (one value: the same each step)
+    unverified: dict[tuple[str, str], tuple[str, list[int]]] = field(default_factory=dict)  # (name, why) -> needs, steps
 
     def note(self, text: str, step: int) -> None:
         self.notes.setdefault(text, []).append(step)
 
-    def skip(self, k: int, name: str, why: str) -> None:
+    def skip(self, k: int, name: str, why: str, needs: str = "") -> None:
+        """A recorded tensor that could not be checked at step k: a note, and a gap in the coverage."""
+        self.unverified.setdefault((name, why), (needs, []))[1].append(k)
         names, steps = self.skips.setdefault(why, ({}, {}))
         names.setdefault(name)
         steps.setdefault(k)

@@ -9,6 +9,7 @@ import numpy as np
 
 from memstate.check import recompute as rc
 from memstate.check.invariants import INVARIANT_NAMES, inputs_finite_for_invariants, invariants, nonfinite
+from memstate.check.plan import Derivation, Plan, Unreachable
 from memstate.check.opcompare import _Cmp, compare_op, op_tolerance, tensor_comparison
 from memstate.check.result import MAX_FAILURES, Finding, NameStats, OpCheck
 from memstate.check.state import Op, State
@@ -16,8 +17,6 @@ from memstate.comparator.compare import FirstDivergence, StepComparison, _Bucket
 from memstate.comparator.localize import localize
 from memstate.comparator.tolerance import Tolerance
 
-SETTING_WHY = {"activation": "the activation is unknown (not relu, shifted-relu or sigmoid)",
-               "reduction": "the loss reduction is unknown", "lr": "the learning rate is unknown"}
 
 
 class _StepTally:
@@ -31,22 +30,39 @@ class _StepTally:
 
 
 def check_step(st: State, k: int, t: Mapping[str, np.ndarray], in_force: Mapping[str, np.ndarray] | None,
-               in_force_from: str, settings: rc.Settings, rules: dict[str, list[rc.Rule]], keep: bool) -> None:
-    """Check every recorded tensor of one step, in dataflow order."""
+               in_force_from: str, settings: rc.Settings, plans: Mapping[str, Plan | Unreachable],
+               keep: bool, derivation: Derivation | None = None) -> None:
+    """Check every recorded tensor of one step, in dataflow order: by its own operation when its inputs are
+    recorded, else through the composition from the nearest recorded tensors (`plans`)."""
     names = list(t)
     tally = _StepTally()
+    recorded = 0
     for pos, name in enumerate(names):
         violated = _invariants(st, k, name, t, settings.n_layers)
-        if name == "x":
+        if name in ("x", "y"):
             continue
-        rule = _rule(st, k, name, t, rules, in_force, settings)
-        if rule is None:
+        recorded += 1
+        plan = plans.get(name)
+        if plan is None:
+            st.unchecked.setdefault(name)
+            st.skip(k, name, "not a canonical name, so no operation gives it", "canonical")
             continue
-        late = [i for i in rule.inputs if names.index(i) > pos]
-        if late:
-            st.note(f"{name} is recorded before {', '.join(late)}, which it is computed from "
-                    "(docs/format.md asks for dataflow order)", k)
-        _check_op(st, k, name, pos, names, t, rule, in_force or {}, in_force_from, settings, violated, tally)
+        if isinstance(plan, Unreachable):
+            st.skip(k, name, plan.why, plan.needs)
+            continue
+        if plan.direct:
+            late = [i for i in plan.rule.inputs if names.index(i) > pos]
+            if late:
+                st.note(f"{name} is recorded before {', '.join(late)}, which it is computed from "
+                        "(docs/format.md asks for dataflow order)", k)
+            view: Mapping[str, np.ndarray] = t
+        else:
+            derivation = derivation or Derivation(t, in_force or {})
+            view = derivation
+        st.verified += 1
+        _check_op(st, k, name, pos, names, t, view, plan, in_force or {}, in_force_from, settings, violated, tally)
+    st.recorded += recorded
+    st.per_step.add(recorded)
     if tally.failed:
         st.failing_steps += 1
         st.last_failing_step = k
@@ -68,28 +84,6 @@ def _invariants(st: State, k: int, name: str, t: Mapping[str, np.ndarray], n_lay
     return violated
 
 
-def _rule(st: State, k: int, name: str, t: Mapping[str, np.ndarray], rules: dict[str, list[rc.Rule]],
-          in_force: Mapping[str, np.ndarray] | None, settings: rc.Settings) -> rc.Rule | None:
-    """The rule that recomputes `name` from what step k records, or None (a skip with its reason)."""
-    candidates = rules.get(name)
-    if not candidates:
-        if name != "y":
-            st.unchecked.setdefault(name)
-        return None
-    rule = next((r for r in candidates if all(i in t for i in r.inputs)), None)
-    if rule is None:
-        st.skip(k, name, f"{', '.join(i for i in candidates[0].inputs if i not in t)} not recorded")
-        return None
-    if rule.params and in_force is None:
-        st.skip(k, name, "the parameters in force are unknown")
-        return None
-    unknown = rule.missing_settings(settings)
-    if unknown:
-        st.skip(k, name, "; ".join(SETTING_WHY[u] for u in unknown))
-        return None
-    return rule
-
-
 def _compare(st: State, name: str, value: np.ndarray, ref: np.ndarray, scale: np.ndarray, terms: int) -> _Cmp:
     """The comparison of one operation under its (cached) tolerance; full metrics for the worst so far."""
     key = (name, value.dtype.name, terms)
@@ -106,32 +100,58 @@ def _compare(st: State, name: str, value: np.ndarray, ref: np.ndarray, scale: np
     return c
 
 
+def _recompute(plan: Plan, view: Mapping[str, np.ndarray], p: Mapping[str, np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray, str]:
+    """The plan's value and scale; a shape that does not fit the operation is a message, not a traceback."""
+    try:
+        if isinstance(view, Derivation):
+            view.evaluate(plan)
+        ref, scale = plan.rule.fn(view, p)
+        return ref, scale, ""
+    except (ValueError, IndexError) as exc:  # numpy's shape errors: matmul, broadcast, reshape
+        shapes = ", ".join(f"{n} {list(np.shape(view[n]))}" for n in plan.leaves if n in view)
+        shapes += "".join(f", {n} in force {list(np.shape(p[n]))}" for n in plan.params if n in p)
+        return np.empty(0), np.empty(0), (f"{plan.name} cannot be computed as {plan.rule.formula} from {shapes}: "
+                                          f"{exc}; is a tensor stored in another layout (W as [fan_out, fan_in], "
+                                          f"biases as [n, 1])? see docs/ports.md")
+
+
 def _check_op(st: State, k: int, name: str, pos: int, names: list[str], t: Mapping[str, np.ndarray],
-              rule: rc.Rule, p: Mapping[str, np.ndarray], in_force_from: str, settings: rc.Settings,
-              violated: list[tuple[str, str]], tally: _StepTally) -> None:
-    """Recompute one operation, compare it, and record the outcome."""
-    value = t[name]
-    ref, scale = rule.fn(t, p)
-    c = _compare(st, name, value, ref, scale, rule.terms(t))
+              view: Mapping[str, np.ndarray], plan: Plan, p: Mapping[str, np.ndarray], in_force_from: str,
+              settings: rc.Settings, violated: list[tuple[str, str]], tally: _StepTally) -> None:
+    """Recompute one operation (or composition), compare it, and record the outcome."""
+    value, rule = t[name], plan.rule
+    ref, scale, problem = _recompute(plan, view, p)
+    if problem:
+        c = _Cmp(False, None, np.inf, np.inf, np.inf, None, None, None,
+                 op_tolerance(st.tolerances, name, value.dtype, 1), problem)
+        st.operations += 1
+    else:
+        c = _compare(st, name, value, ref, scale, plan.terms(view))
     bad = [code for code, _ in violated]
-    if nonfinite(value) and rc.inputs_finite(rule, t, p):
+    if not problem and nonfinite(value) and _leaves_finite(plan, t, p):
         st.find(Finding("invariant", "nan-from-finite", k, name,
                         f"{name} has {nonfinite(value)} nan/inf values although "
-                        f"{', '.join(rule.inputs + rule.params)} are finite"))
+                        f"{', '.join(plan.leaves + plan.params)} are finite"))
         bad.append("nan-from-finite")
     st.invariant_checks += 1
-    if rule.invariant:
+    if rule.invariant and plan.direct:
         st.invariant_checks += 1
         if not c.ok:
             st.find(Finding("invariant", rule.invariant, k, name, f"{name} is not {rule.formula}"))
             bad.append(rule.invariant)
-    op = OpCheck(k, name, rule.formula, rule.inputs, rule.params, in_force_from if rule.params else "",
+    op = OpCheck(k, name, plan.formula, plan.leaves, plan.params, in_force_from if plan.params else "",
                  value.dtype.name, tuple(value.shape), c.ok, c.metrics, c.max_abs, c.max_rel, c.ratio, c.index,
                  c.rec, c.ref, c.tolerance, c.message, tuple(bad))
     _tally(st, k, op, c, tally)
-    tally.kept.append(Op(name, ref, value, scale, c.tolerance))
+    if not problem:
+        tally.kept.append(Op(name, ref, value, scale, c.tolerance))
     if not c.ok:
-        _failure(st, k, op, rule, ref, value, scale, t, pos, names, settings, tally)
+        _failure(st, k, op, plan, ref, value, scale, t, pos, names, settings, tally)
+
+
+def _leaves_finite(plan: Plan, t: Mapping[str, np.ndarray], p: Mapping[str, np.ndarray]) -> bool:
+    return all(np.isfinite(t[n]).all() for n in plan.leaves) and all(np.isfinite(p[n]).all() for n in plan.params)
 
 
 def _tally(st: State, k: int, op: OpCheck, c: _Cmp, tally: _StepTally) -> None:
@@ -149,7 +169,7 @@ def _tally(st: State, k: int, op: OpCheck, c: _Cmp, tally: _StepTally) -> None:
         st.worst = op
 
 
-def _failure(st: State, k: int, op: OpCheck, rule: rc.Rule, ref: np.ndarray, value: np.ndarray,
+def _failure(st: State, k: int, op: OpCheck, plan: Plan, ref: np.ndarray, value: np.ndarray,
              scale: np.ndarray, t: Mapping[str, np.ndarray], pos: int, names: list[str], settings: rc.Settings,
              tally: _StepTally) -> None:
     """A failing operation: counted, kept, and (the first) turned into the first divergence and its context."""
@@ -158,15 +178,15 @@ def _failure(st: State, k: int, op: OpCheck, rule: rc.Rule, ref: np.ndarray, val
     st.n_failures += 1
     if len(st.failures) < MAX_FAILURES:
         st.failures.append(op)
-    detail = op.message or (f"{name} is not {rule.formula}: {op.n_out} of {value.size} elements out of "
+    detail = op.message or (f"{name} is not {plan.formula}: {op.n_out} of {value.size} elements out of "
                             f"tolerance, max rel error {op.max_rel:.3g}")
     if st.first_finding is None or (st.first_finding.step, st.first_finding.name) == (k, name):
         st.first_finding = Finding("operation", "shape" if op.message else "mismatch", k, name, detail)
     if st.first_failure is None:
         tally.first_here = True
         st.first_failure = op
-        st.first_divergence = divergence(k, name, rule, ref, value, scale, op.tolerance, names[:pos])
-        if st.diagnose:
+        st.first_divergence = divergence(k, name, plan, ref, value, scale, op.tolerance, names[:pos], op.message)
+        if st.diagnose and not op.message.endswith("see docs/ports.md"):
             st.first_context = _context(k, name, ref, value, t, pos, st.meta, settings,
                                         st.history + [(k, max(tally.worst_rel, op.max_rel))])
     elif st.first_failure.step == k:
@@ -178,16 +198,18 @@ def full_step(k: int, kept: list[Op]) -> StepComparison:
     return StepComparison(k, tuple(tensor_comparison(k, o.name, o.ref, o.value, o.scale, o.tol)[0] for o in kept))
 
 
-def divergence(k: int, name: str, rule: rc.Rule, ref: np.ndarray, value: np.ndarray, scale: np.ndarray,
-               tol: Tolerance, inputs: list[str]) -> FirstDivergence:
+def divergence(k: int, name: str, plan: Plan, ref: np.ndarray, value: np.ndarray, scale: np.ndarray,
+               tol: Tolerance, inputs: list[str], problem: str = "") -> FirstDivergence:
     """The first failing operation as the comparator's FirstDivergence (A = recomputed, B = the trace)."""
     tc, errors, fail = tensor_comparison(k, name, ref, value, scale, tol)
     agree = True if inputs else None  # recomputed from B's own inputs: they agree by construction
+    if problem:
+        return FirstDivergence("shape", k, name, problem, tensor=tc, inputs=tuple(inputs), inputs_agree=agree)
     if errors is None or fail is None:
-        return FirstDivergence("shape", k, name, f"{name} has shape {list(value.shape)}, but {rule.formula} has "
+        return FirstDivergence("shape", k, name, f"{name} has shape {list(value.shape)}, but {plan.formula} has "
                                f"shape {list(np.shape(ref))}", tensor=tc, inputs=tuple(inputs), inputs_agree=agree)
     where = localize(np.asarray(ref, dtype=np.float64), value, errors, fail)
-    return FirstDivergence("values", k, name, f"{name} is not {rule.formula}: it differs in {where.n_out} of "
+    return FirstDivergence("values", k, name, f"{name} is not {plan.formula}: it differs in {where.n_out} of "
                            f"{where.size} elements ({where.pattern})", tensor=tc, where=where, inputs=tuple(inputs),
                            inputs_agree=agree, error_grid=error_grid(errors.abs))
 

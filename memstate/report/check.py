@@ -39,6 +39,11 @@ def verdict(r: CheckResult) -> str:
         return (f"CLEAN: {r.operations} operations recomputed from their recorded inputs, every one within "
                 f"tolerance; {r.invariant_checks} invariant checks hold")
     f = r.first_finding
+    if f is None:  # nothing wrong was found, but not everything recorded could be checked
+        cov = r.coverage
+        needs = list(dict.fromkeys(u.needs for u in cov.unverified if u.needs))
+        return (f"NOT VERIFIED: no wrong operation, but {cov.recorded - cov.verified} of {cov.recorded} recorded "
+                f"tensors could not be checked" + (f"; to check them: {'; '.join(needs)}" if needs else ""))
     where = f"step {f.step}, {f.name}" if f.step is not None else "the trace"
     if f.kind == "operation" and r.first_divergence is not None:
         return f"FAIL at {where}: {r.first_divergence.detail}"
@@ -58,9 +63,10 @@ def _worst_line(w: OpCheck | None) -> list[str]:
 def _summary(r: CheckResult) -> list[str]:
     lines = [verdict(r), _trace_line(r)]
     lines.append("  A = recomputed in float64 by the reference (impls/numpy_mlp.py's operations) from B = the "
-                 "trace's recorded inputs" if not r.ok else "")
+                 "trace's recorded inputs" if r.first_finding is not None else "")
     lines = [x for x in lines if x]
-    if r.ok:
+    lines += _wrap(r.coverage.line())
+    if r.ok or r.first_finding is None:
         per = r.operations // r.steps if r.steps else 0
         lines += _wrap(f"verified {r.operations} operations in {r.steps} steps ({per} per step) and "
                        f"{r.invariant_checks} invariants; {_speed(r)}")
@@ -153,6 +159,7 @@ def _settings(r: CheckResult) -> list[str]:
     lines += _setting("activation", r.activation)
     lines += _setting("loss reduction", r.reduction)
     lines += _setting("learning rate", r.learning_rate)
+    lines += _lr_fits(r)
     lines += _wrap(f"{'step 0 params':<15} {r.params_source}")
     return lines
 
@@ -167,6 +174,31 @@ def _verified(r: CheckResult) -> list[str]:
                      f"{_ratio(s.worst_ratio):>7}  {'' if s.worst_step is None else s.worst_step}")
     if r.unchecked:
         lines += _wrap(f"recorded but not checked (no rule for them): {', '.join(r.unchecked)}")
+    return lines
+
+
+def _coverage(r: CheckResult) -> list[str]:
+    """Each recorded tensor that could not be verified: where, why, and what would let check reach it."""
+    if not r.coverage.unverified:
+        return []
+    lines = ["", "not verified (recorded, but no operation could reach them):"]
+    groups: dict[tuple, list[str]] = {}
+    for u in r.coverage.unverified:
+        groups.setdefault((u.first_step, u.steps, u.why, u.needs), []).append(u.name)
+    for (first, steps, why, needs), names in groups.items():
+        where = f"step {first}" if steps == 1 else f"{steps} steps from step {first}"
+        lines += _wrap(f"{', '.join(names)} at {where}: {why}" + (f"; to check: {needs}" if needs else ""))
+    return lines
+
+
+def _lr_fits(r: CheckResult) -> list[str]:
+    """The per-tensor learning-rate fits behind the consensus, the odd ones out marked."""
+    if not r.lr_fits or len(r.lr_fits) < 2:
+        return []
+    lines = ["  per-tensor fits of W' = W - lr * dW (median over the steps; * = disagrees with the lr checked):"]
+    for name, med, lo, hi, n, agrees in r.lr_fits:
+        span = f" (from {lo:.9g} to {hi:.9g})" if lo != hi else ""
+        lines.append(f"    {'' if agrees else '*'}{name:<6} {med:.9g}{span} over {n} update{'s' * (n != 1)}")
     return lines
 
 
@@ -185,6 +217,7 @@ def render(r: CheckResult) -> str:
     lines += _first(r)
     lines += report_text._diagnoses(r.comparison)
     lines += _findings(r)
+    lines += _coverage(r)
     lines += _settings(r)
     lines += _notes(r)
     lines += _verified(r)
@@ -229,6 +262,11 @@ def check_dict(r: CheckResult) -> dict:
                      "params_at_step_0": r.params_source},
         "by_name": {n: s for n, s in r.by_name.items()},
         "unchecked": list(r.unchecked),
+        "coverage": {"recorded": r.coverage.recorded, "verified": r.coverage.verified, "steps": r.coverage.steps,
+                     "per_step": r.coverage.per_step, "complete": r.coverage.complete, "line": r.coverage.line(),
+                     "unverified": [u for u in r.coverage.unverified]},
+        "lr_fits": [{"name": n, "median": m, "lowest": lo, "highest": hi, "updates": c, "agrees": a}
+                    for n, m, lo, hi, c, a in r.lr_fits],
         "notes": list(r.notes),
         "invariants": INVARIANTS,
         "seconds": r.seconds,
