@@ -107,16 +107,20 @@ class _Walk:
         if self.dtype is None and t:
             self.dtype = next(iter(t.values())).dtype.name
         if self.n_layers is None:
-            self.n_layers = rc.n_layers_of(list(t))
+            self.n_layers = rc.n_layers_of(list(t) + list(self.start or ()))
         n_layers = self.n_layers
         if n_layers is None:
-            st.note("no L{i}.z or L{i}.W names: not an MLP trace in the canonical names; nothing checked", k)
+            st.note("no L{i}.z, L{i}.W or L{i}.dz names and no params file: the number of layers is unknown; "
+                    "nothing checked", k)
             for name in t:
                 st.unchecked.setdefault(name)
+                if name not in ("x", "y"):
+                    st.recorded += 1
+                    st.skip(k, name, "the number of layers is unknown", "layers")
             self.prev_index, self.prev_params = k, None
             return
         in_force, in_force_from = self._in_force(k, t, n_layers)
-        self.spec.observe(k, t, n_layers, self.dtype)
+        self.spec.observe(k, t, n_layers, self.dtype, in_force)
         derivation = self.spec.fit_step(k, t, n_layers, in_force, self.dtype) if in_force is not None else None
         new = self.spec.settings(n_layers)
         if new != self.settings or self.rules is None:
@@ -195,7 +199,7 @@ def _finish(walk: _Walk, path: Path, encoding: str, meta: dict[str, Any], incomp
     notes += tuple(note_text(f"not checked ({why}): {', '.join(names)}", list(steps))
                    for why, (names, steps) in st.skips.items())
     findings = tuple(st.findings.values())
-    coverage = _coverage(st, walk.count)
+    coverage = _coverage(st, walk.count, walk.first_step)
     comparison = _comparison(walk, path, encoding, meta, incomplete, learning_rate, first_divergence, findings,
                              notes, coverage)
     return CheckResult(
@@ -213,9 +217,11 @@ def _finish(walk: _Walk, path: Path, encoding: str, meta: dict[str, Any], incomp
     )
 
 
-def _coverage(st: State, steps: int) -> Coverage:
+def _coverage(st: State, steps: int, first_step: int | None) -> Coverage:
     """What was verified of what the trace records, and each gap with its reason and what would close it."""
-    gaps = [Unverified(name, why, len(ks), min(ks), NEEDED.get(needs, ""))
+    later = "the trace records every step and every updated parameter (L{i}.W, L{i}.b) in each"
+    gaps = [Unverified(name, why, len(ks), min(ks), later if needs == "params" and min(ks) != first_step
+                       else NEEDED.get(needs, ""))
             for (name, why), (needs, ks) in st.unverified.items()]
     gaps.sort(key=lambda u: (u.first_step, u.name))
     per_step = next(iter(st.per_step)) if len(st.per_step) == 1 else None

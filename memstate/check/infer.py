@@ -105,10 +105,12 @@ class Spec:
                                           f"recompute (it knows {', '.join(rc.ACTIVATIONS)})")
         return cls(activation, setting(decl.get("reduction")), setting(decl.get("lr")))
 
-    def observe(self, k: int, t: Mapping[str, np.ndarray], n_layers: int, dtype: str | None) -> None:
+    def observe(self, k: int, t: Mapping[str, np.ndarray], n_layers: int, dtype: str | None,
+                in_force: Mapping[str, np.ndarray] | None = None) -> None:
         """Infer the activation and the loss reduction from the first step that shows each."""
         if not self.act_seen:
-            inferred, errors = rc.infer_activation(t, n_layers, np.dtype(dtype or "float64"))
+            inferred, errors = rc.infer_activation(_with_logits(t, n_layers, in_force), n_layers,
+                                                   np.dtype(dtype or "float64"))
             if inferred is not None or n_layers == 1:
                 self.act_seen = True
                 self.activation = with_inference(self.activation, inferred,
@@ -186,6 +188,28 @@ class Spec:
                    if tie else "")
             self.reduction = Inferred(s.reduction, "inferred", s.reduction,
                                       f"step {k}: the updates, derived with each reduction{why}")
+
+
+def _with_logits(t: Mapping[str, np.ndarray], n_layers: int, in_force: Mapping[str, np.ndarray] | None
+                 ) -> Mapping[str, np.ndarray]:
+    """The step's tensors, plus each hidden L{i}.z that is not recorded but whose L{i}.a is, derived from the
+    recorded layer input and the parameters in force (a dense layer needs no activation), so that the
+    activation can be inferred from (z, a) pairs all the same."""
+    missing = [i for i in range(1, n_layers) if f"L{i}.a" in t and f"L{i}.z" not in t]
+    if not missing or in_force is None:
+        return t
+    settings = rc.Settings(n_layers)
+    rules = rc.rules(settings)
+    d = Derivation(t, in_force)
+    for i in missing:
+        plan = reach(f"L{i}.z", frozenset(t), rules, True, settings)
+        if isinstance(plan, Plan):
+            try:
+                d.evaluate(plan)
+                d.derived[f"L{i}.z"] = np.asarray(plan.rule.fn(d, in_force)[0], dtype=np.float64)
+            except (ValueError, IndexError):  # shapes that do not fit: the checks say so
+                continue
+    return d
 
 
 @dataclass

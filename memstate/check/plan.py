@@ -28,6 +28,7 @@ NEEDED = {"params": "pass the params file the run started from with --params",
           "activation": "declare the activation (--scenario, or `activation` in the trace header)",
           "reduction": "declare the loss reduction (--scenario, or `loss_reduction` in the trace header)",
           "lr": "declare the learning rate (--scenario, or `learning_rate` in the trace header)",
+          "layers": "pass --params or --scenario, or declare `layers` in the trace header",
           "canonical": "record it under its canonical name, or map it (docs/ports.md)"}
 
 

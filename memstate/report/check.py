@@ -215,7 +215,8 @@ def render(r: CheckResult) -> str:
     """The text report."""
     lines = _summary(r)
     lines += _first(r)
-    lines += report_text._diagnoses(r.comparison)
+    if r.diagnoses or r.first_failure is None or not r.first_failure.message:  # a shape problem says what to do
+        lines += report_text._diagnoses(r.comparison)
     lines += _findings(r)
     lines += _coverage(r)
     lines += _settings(r)
