@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from memstate.check import recompute as rc
-from memstate.check.infer import Spec, declared, header_scenario, lr_consistency
+from memstate.check.infer import Spec, declared, header_scenario, lr_consistency, search_activation
 from memstate.check.invariants import invariants
 from memstate.check.plan import NEEDED, Plan, Unreachable, plan_step
 from memstate.check.opcompare import compare_op, op_tolerance
@@ -122,6 +122,8 @@ class _Walk:
         in_force, in_force_from = self._in_force(k, t, n_layers)
         self.spec.observe(k, t, n_layers, self.dtype, in_force)
         derivation = self.spec.fit_step(k, t, n_layers, in_force, self.dtype) if in_force is not None else None
+        if not self.spec.act_seen:
+            search_activation(self.spec, k, t, n_layers, in_force, st.tolerances)
         new = self.spec.settings(n_layers)
         if new != self.settings or self.rules is None:
             self.settings, self.rules = new, rc.rules(new)

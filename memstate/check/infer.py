@@ -9,6 +9,7 @@ or not. The inference maths is in memstate.check.recompute; this module decides 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -16,7 +17,8 @@ import numpy as np
 
 from memstate.check import recompute as rc
 from memstate.check.result import Finding, Inferred
-from memstate.check.plan import Derivation, Plan, reach
+from memstate.check.opcompare import compare_op, op_tolerance
+from memstate.check.plan import Derivation, Plan, Unreachable, plan_step, reach
 from memstate.check.state import State
 from memstate.errors import MemstateError
 from memstate.names import param_names
@@ -116,9 +118,13 @@ class Spec:
                 self.activation = with_inference(self.activation, inferred,
                                                  activation_evidence(inferred, errors, k) if inferred is not None
                                                  else "one layer: no hidden activation")
-        if not self.red_seen and any(n in t for n in (f"L{n_layers}.dz", "loss", f"L{n_layers}.dW",
-                                                      f"L{n_layers}.db")):
-            inferred, how, factor = rc.infer_reduction(t, n_layers)
+        backward = [n for n in t if n == "loss" or BACKWARD.match(n)]
+        if not self.red_seen and backward:
+            a_prev = "x" if n_layers == 1 else f"L{n_layers - 1}.a"
+            view = _derived(t, ["probs", a_prev], rc.Settings(n_layers, self.activation.value), in_force)
+            inferred, how, factor = rc.infer_reduction(view, n_layers)
+            if inferred is None and factor is None:
+                inferred, how = _backward_vote(t, backward, n_layers, self.activation.value, in_force, how)
             if inferred is None and factor is None and f"L{n_layers}.dz" not in t and "loss" not in t:
                 return  # gradients without probs - y to compare with: a later step may show it
             self.red_seen = True
@@ -190,26 +196,93 @@ class Spec:
                                       f"step {k}: the updates, derived with each reduction{why}")
 
 
+BACKWARD = re.compile(r"^L\d+\.(dz|dW|db|da)$")
+FORWARD = re.compile(r"^(x|y|probs|L\d+\.(z|a))$")
+
+
+def _backward_vote(t: Mapping[str, np.ndarray], backward: list[str], n_layers: int, activation: str | None,
+                   in_force: Mapping[str, np.ndarray] | None, how: str) -> tuple[str | None, str]:
+    """The reduction from any recorded gradient: every backward tensor is linear in the output layer's dz,
+    so each recorded one, against the same tensor derived from the recorded forward pass with a summed loss,
+    gives c (1/B: mean, 1: sum). The gradients vote; one wrong gradient cannot decide alone."""
+    forward = {n: v for n, v in t.items() if FORWARD.match(n)}
+    settings = rc.Settings(n_layers, activation, "sum")
+    view = _derived(forward, [n for n in backward if n != "loss"], settings, in_force)
+    if view is forward:
+        return None, how
+    batch = next((v.shape[0] for n, v in forward.items() if n in ("x", "y") and v.ndim == 2), 1)
+    ratios = [(n, r) for n in backward if n in view and n not in forward
+              and (r := rc.ratio_of(t[n], np.asarray(view[n]))) is not None]
+    if not ratios:
+        return None, how
+    red, text, _ = rc.vote(ratios, batch)
+    return red, text.replace("(probs - y)", "its value derived with a summed loss")
+
+
 def _with_logits(t: Mapping[str, np.ndarray], n_layers: int, in_force: Mapping[str, np.ndarray] | None
                  ) -> Mapping[str, np.ndarray]:
     """The step's tensors, plus each hidden L{i}.z that is not recorded but whose L{i}.a is, derived from the
     recorded layer input and the parameters in force (a dense layer needs no activation), so that the
     activation can be inferred from (z, a) pairs all the same."""
-    missing = [i for i in range(1, n_layers) if f"L{i}.a" in t and f"L{i}.z" not in t]
-    if not missing or in_force is None:
+    missing = [f"L{i}.z" for i in range(1, n_layers) if f"L{i}.a" in t and f"L{i}.z" not in t]
+    return _derived(t, missing, rc.Settings(n_layers), in_force)
+
+
+def _derived(t: Mapping[str, np.ndarray], names: list[str], settings: rc.Settings,
+             in_force: Mapping[str, np.ndarray] | None) -> Mapping[str, np.ndarray]:
+    """The step's tensors plus those of `names` that are not recorded but can be derived under `settings`."""
+    missing = [n for n in names if n not in t]
+    if not missing:
         return t
-    settings = rc.Settings(n_layers)
     rules = rc.rules(settings)
-    d = Derivation(t, in_force)
-    for i in missing:
-        plan = reach(f"L{i}.z", frozenset(t), rules, True, settings)
+    d = Derivation(t, in_force or {})
+    for name in missing:
+        plan = reach(name, frozenset(t), rules, in_force is not None, settings)
         if isinstance(plan, Plan):
             try:
                 d.evaluate(plan)
-                d.derived[f"L{i}.z"] = np.asarray(plan.rule.fn(d, in_force)[0], dtype=np.float64)
+                d.derived[name] = np.asarray(plan.rule.fn(d, d.p)[0], dtype=np.float64)
             except (ValueError, IndexError):  # shapes that do not fit: the checks say so
                 continue
     return d
+
+
+def search_activation(spec: Spec, k: int, t: Mapping[str, np.ndarray], n_layers: int,
+                      in_force: Mapping[str, np.ndarray] | None, tolerances: Any) -> None:
+    """When nothing showed the activation and a recorded tensor cannot be reached without it (L1.z recorded
+    but not L1.a), take the candidate under which the most of those tensors check within tolerance, with
+    every candidate's count as evidence; none passing leaves it unknown (and those tensors unverified)."""
+    if spec.activation.value is not None or n_layers < 2:
+        return
+    base = spec.settings(n_layers)
+    blocked = [n for n, p in plan_step(frozenset(t), rc.rules(base), in_force is not None, base).items()
+               if isinstance(p, Unreachable) and p.needs == "activation"]
+    if not blocked:
+        return
+    counts: dict[str, int] = {}
+    for act in rc.ACTIVATIONS:
+        s = replace(base, activation=act)
+        plans = plan_step(frozenset(t), rc.rules(s), in_force is not None, s)
+        d = Derivation(t, in_force or {})
+        counts[act] = sum(_passes(t[n], p, d, tolerances) for n in blocked if isinstance(p := plans[n], Plan))
+    best = max(counts, key=lambda a: counts[a])
+    if counts[best] == 0 or list(counts.values()).count(counts[best]) > 1:
+        return
+    listing = ", ".join(f"{a} {c} of {len(blocked)}" for a, c in counts.items())
+    spec.act_seen = True
+    spec.activation = Inferred(best, "inferred", best, f"step {k}: the recorded tensors that need the activation "
+                                                       f"({', '.join(blocked)}) check with {listing}")
+
+
+def _passes(value: np.ndarray, plan: Plan, d: Derivation, tolerances: Any) -> bool:
+    """Whether `value` is its plan's result within the comparator's tolerance."""
+    try:
+        d.evaluate(plan)
+        ref, scale = plan.rule.fn(d, d.p)
+    except (ValueError, IndexError):
+        return False
+    tol = op_tolerance(tolerances, plan.name, value.dtype, plan.terms(d))
+    return compare_op(value, ref, scale, tol, full=False).ok
 
 
 @dataclass

@@ -293,11 +293,11 @@ def infer_reduction(t: Tensors, n_layers: int) -> tuple[str | None, str, float |
         a = t.get("x" if n == 1 else f"L{n - 1}.a")
         for name, base in ((f"L{n}.dz", diff), (f"L{n}.dW", None if a is None else _quiet_matmul(a, diff)),
                            (f"L{n}.db", diff.sum(axis=0))):
-            r = _ratio(t.get(name), base)
+            r = ratio_of(t.get(name), base)
             if r is not None:
                 ratios.append((name, r))
-    if ratios:
-        return _vote(ratios, probs.shape[0])
+    if ratios and probs is not None:
+        return vote(ratios, probs.shape[0])
     z, loss = t.get(f"L{n}.z"), t.get("loss")
     if z is not None and loss is not None and y is not None and loss.size == 1 and z.shape == y.shape:
         per = -np.sum(f64(y) * ref.log_softmax(f64(z)), axis=1)
@@ -315,7 +315,7 @@ def _quiet_matmul(a: np.ndarray, d: np.ndarray) -> np.ndarray | None:
         return a.T @ d if a.ndim == 2 and a.shape[0] == d.shape[0] else None
 
 
-def _ratio(value: np.ndarray | None, base: np.ndarray | None) -> float | None:
+def ratio_of(value: np.ndarray | None, base: np.ndarray | None) -> float | None:
     """c in value = c * base (least squares over the finite elements), or None."""
     if value is None or base is None or value.shape != base.shape:
         return None
@@ -325,7 +325,7 @@ def _ratio(value: np.ndarray | None, base: np.ndarray | None) -> float | None:
     return float(np.sum(v[ok] * base[ok]) / denom) if denom > 0 else None
 
 
-def _vote(ratios: list[tuple[str, float]], batch: int) -> tuple[str | None, str, float | None]:
+def vote(ratios: list[tuple[str, float]], batch: int) -> tuple[str | None, str, float | None]:
     """The reduction most of the output layer's gradients name; dz's own factor when none names one."""
     named = [(name, r, _reduction_from_ratio(r, batch, f"{name} = {r:.6g} * (probs - y)")) for name, r in ratios]
     votes = [red for _, _, (red, _) in named if red is not None]
