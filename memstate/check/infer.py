@@ -118,8 +118,10 @@ class Spec:
                 self.activation = with_inference(self.activation, inferred,
                                                  activation_evidence(inferred, errors, k) if inferred is not None
                                                  else "one layer: no hidden activation")
+        if self.red_seen:
+            return
         backward = [n for n in t if n == "loss" or BACKWARD.match(n)]
-        if not self.red_seen and backward:
+        if backward:
             a_prev = "x" if n_layers == 1 else f"L{n_layers - 1}.a"
             view = _derived(t, ["probs", a_prev], rc.Settings(n_layers, self.activation.value), in_force)
             inferred, how, factor = rc.infer_reduction(view, n_layers)

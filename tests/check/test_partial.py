@@ -8,6 +8,7 @@ traces with names dropped."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,13 @@ def test_without_params_the_minimal_port_is_not_verified_and_says_what_is_needed
     out = capsys.readouterr().out
     assert out.startswith("NOT VERIFIED: no wrong operation, but 4 of 20 recorded tensors could not be checked")
     assert "--params" in out.splitlines()[0] and "not verified (recorded, but no operation could reach them)" in out
+    report = tmp_path / "r.json"
+    assert main(["check", str(trace), "--format", "json", "-o", str(report)]) == 1
+    doc = json.loads(report.read_text())["check"]
+    assert doc["ok"] is False and doc["verdict"].startswith("NOT VERIFIED")
+    assert doc["coverage"]["complete"] is False and (doc["coverage"]["recorded"], doc["coverage"]["verified"]) == (20, 16)
+    assert [u["name"] for u in doc["coverage"]["unverified"]] == list(PARAMS)
+    assert {f["name"]: f["agrees"] for f in doc["lr_fits"]} == dict.fromkeys(PARAMS, True)
 
 
 # ---------------------------------------------------------------- what a foreign port exposes
@@ -249,7 +257,7 @@ CANONICAL = ("L1.z", "L1.a", "L2.z", "probs", "loss", "L2.dz", "L2.dW", "L2.db",
              "L1.db") + PARAMS
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kept=st.sets(st.sampled_from(CANONICAL), min_size=1), victim=st.integers(0, 100))
 def test_any_subset_of_names_checks_clean_and_finds_a_corrupted_tensor(tmp_path, kept, victim):
     """Whatever subset is recorded (x and y always): a clean trace never fails, step 0 is fully verified
