@@ -293,3 +293,31 @@ def test_any_subset_of_names_checks_clean_and_finds_a_corrupted_tensor(tmp_path,
     if r.coverage.unverified and any(u.name == name and u.first_step <= 1 for u in r.coverage.unverified):
         return  # the victim itself could not be reached at step 1 (its parameters in force are unknown)
     assert first(r) == (1, name), (kept, name, r.first_finding)
+
+
+@pytest.mark.parametrize("impl, scenario_name, steps", [
+    ("numpy", "mnist14-relu-f32", 17),  # 68 update fits: the consensus over many fits (their median)
+    ("jax", "mnist14-relu-f32", 3),
+    ("python", "mnist14-relu", 2),
+])
+@pytest.mark.parametrize("keep", ["no-backward", "only-updates"])
+def test_other_implementations_partial_traces_check_clean_with_margin(tmp_path, impl, scenario_name, steps, keep):
+    """Derived intermediates are float64; the trace's were rounded in its own dtype, summed in its own order
+    (or by autodiff): the compositions stay far inside their tolerance."""
+    from memstate.errors import MemstateError
+    from memstate.runner.registry import get_impl
+
+    if impl == "jax":
+        pytest.importorskip("jax")
+    try:
+        get_impl(impl)
+    except (ImportError, MemstateError) as exc:
+        pytest.skip(f"implementation {impl} is not available: {exc}")
+    s = load_scenario(scenario_name)
+    params = {k: v.astype(s.dtype) for k, v in init_params((196, 32, 10), "he", 0).items()}
+    path = tmp_path / "t.memstate"
+    run(s, impl, steps=steps, out=path, params=params, evaluate=False)
+    wanted = (lambda k, n: n not in HIDDEN) if keep == "no-backward" else (lambda k, n: n in ("x", "y") + PARAMS)
+    r = check_trace(drop(path, tmp_path / "p.memstate", wanted), params=params)
+    assert r.ok and r.coverage.complete, (r.first_finding, r.coverage)
+    assert r.worst.ratio < 0.1 and r.learning_rate.value == 0.1
