@@ -2,9 +2,11 @@
 
 A canonical trace records every operation's inputs and outputs, so each recorded tensor can be re-derived
 from the tensors it depends on *as recorded* (memstate.check.recompute) and compared on the spot: a bug shows
-at the operation that makes it, with no drift and no second run. Parameters in force at step 0 come from
-a params file (or are unknown: the checks that need them are skipped with a note); at step k > 0 they are
-the updated parameters recorded at step k - 1 (unknown again when step k - 1 is not in the trace).
+at the operation that makes it, with no drift and no second run. A tensor whose inputs are not recorded
+(a partial trace) is checked through the composition of the operations between it and the nearest
+recorded tensors (memstate.check.plan). Parameters in force at step 0 come from a params file; at step
+k > 0 they are the updated parameters recorded at step k - 1. What cannot be reached (parameters unknown,
+a setting nothing shows) is listed in the result's coverage with why, and the result is then not CLEAN.
 
 What the trace does not say (its header's `activation`, `loss_reduction`, `learning_rate`, or a scenario
 given with it) is inferred and reported. Reference-free invariants are checked too. The first failing
@@ -121,7 +123,7 @@ class _Walk:
             return
         in_force, in_force_from = self._in_force(k, t, n_layers)
         self.spec.observe(k, t, n_layers, self.dtype, in_force)
-        derivation = self.spec.fit_step(k, t, n_layers, in_force, self.dtype) if in_force is not None else None
+        derivation = self.spec.fit_step(k, t, n_layers, in_force, self.dtype, st.tolerances) if in_force is not None else None
         if not self.spec.act_seen:
             search_activation(self.spec, k, t, n_layers, in_force, st.tolerances)
         new = self.spec.settings(n_layers)

@@ -133,13 +133,15 @@ class Spec:
             self.reduction = with_inference(self.reduction, inferred, f"step {k}: {how}")
             if self.reduction.value is None and factor is not None:
                 self.dz_factor = factor
+                self.reduction = replace(self.reduction, evidence=self.reduction.evidence + (
+                    f"; L{n_layers}.dz is checked as the proportionality dz = c * (probs - y), c = {factor:.6g}"))
 
     def settings(self, n_layers: int) -> rc.Settings:
         return rc.Settings(n_layers, self.activation.value, self.reduction.value, self.learning_rate.value,
                            self.dz_factor)
 
     def fit_step(self, k: int, t: Mapping[str, np.ndarray], n_layers: int, in_force: Mapping[str, np.ndarray],
-                 dtype: str | None) -> Derivation | None:
+                 dtype: str | None, tolerances: Any = None) -> Derivation | None:
         """Fit the learning rate to step k's recorded updates, with each gradient as recorded or, when it is
         not, derived from the nearest recorded tensors (then returned, to be reused by the step's checks).
         Settings the derivation needs and nothing showed (an activation, mean or sum) are chosen here: the
@@ -151,6 +153,9 @@ class Spec:
             self._adopt_lr(dtype)
             return None
         tried = [_try_settings(s, k, t, updates, in_force) for s in self._candidates(n_layers)]
+        if len(tried) > 1 and tolerances is not None:  # the other recorded tensors break ties (mean vs sum)
+            for c in tried:
+                c.others = _others_passing(c, t, n_layers, tolerances)
         best = max(tried, key=lambda c: self._score(c))
         if len(tried) > 1:
             self._adopt_search(best, tried, k)
@@ -170,14 +175,15 @@ class Spec:
             [self.reduction.value]
         return [rc.Settings(n_layers, a, r, None, self.dz_factor) for a in acts for r in reds]
 
-    def _score(self, c: "_Candidate") -> tuple[int, int, float]:
-        """More agreeing fits first; then agreement with a declared learning rate; then a tighter group."""
+    def _score(self, c: "_Candidate") -> tuple[int, int, int, float]:
+        """More agreeing fits first; then agreement with a declared learning rate; then more of the other
+        recorded tensors checking (the loss or a gradient tells mean from sum); then a tighter group."""
         lr, group = rc.consensus(c.fits)
         declared_lr = self.learning_rate.value
         agrees = int(lr is not None and declared_lr is not None
                      and abs(lr - declared_lr) <= 1e-6 * abs(declared_lr))
         spread = (max(f.lr for f in group) - min(f.lr for f in group)) / abs(lr) if group and lr else np.inf
-        return len(group), agrees, -spread
+        return len(group), agrees, c.others, -spread
 
     def _adopt_search(self, best: "_Candidate", tried: list["_Candidate"], k: int) -> None:
         """Take the settings the search chose, with the evidence of every candidate."""
@@ -191,7 +197,7 @@ class Spec:
         if self.reduction.value is None and s.reduction is not None:
             self.red_seen = True
             same = [c for c in tried if c.settings.activation == s.activation and c.settings.reduction != s.reduction]
-            tie = bool(same) and self._score(same[0])[:2] == self._score(best)[:2]
+            tie = bool(same) and self._score(same[0])[:3] == self._score(best)[:3]
             why = (" (mean and sum are told apart only by a declared learning rate: sum with lr / B fits as well)"
                    if tie else "")
             self.reduction = Inferred(s.reduction, "inferred", s.reduction,
@@ -296,6 +302,19 @@ class _Candidate:
     grads: dict[str, np.ndarray]
     fits: list[rc.TensorFit]
     derivation: Derivation | None
+    others: int = 0  # recorded tensors other than the updates that check under these settings
+
+
+def _others_passing(c: _Candidate, t: Mapping[str, np.ndarray], n_layers: int, tolerances: Any) -> int:
+    """How many recorded tensors besides x, y and the updates check under the candidate's settings."""
+    if c.derivation is None:
+        return 0
+    params = set(param_names(n_layers))
+    others = frozenset(n for n in t if n not in params and n not in ("x", "y"))
+    if not others:
+        return 0
+    plans = plan_step(frozenset(t), rc.rules(c.settings), True, c.settings)
+    return sum(_passes(t[n], p, c.derivation, tolerances) for n in others if isinstance(p := plans.get(n), Plan))
 
 
 def _try_settings(s: rc.Settings, k: int, t: Mapping[str, np.ndarray], updates: list[str],

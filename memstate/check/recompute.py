@@ -57,7 +57,7 @@ class Rule:
     def missing_settings(self, s: Settings) -> list[str]:
         """The settings this rule needs that are unknown (an activation "other" is unknown too)."""
         return [k for k in self.needs if getattr(s, k) in (None, "other")
-                and not (k == "reduction" and self.name.endswith(".dz") and s.dz_factor is not None)]
+                and not (k == "reduction" and s.dz_factor is not None)]
 
 
 def f64(a: np.ndarray) -> np.ndarray:
@@ -125,25 +125,27 @@ def _loss_rules(settings: Settings) -> list[Rule]:
     add(Rule("probs", f"softmax({zl}), each row's max subtracted", (zl,), (), lambda t: t[zl].shape[-1] + 4,
              _quiet(probs_fn)))
 
+    factor = settings.dz_factor if red is None else None  # an unnamed reduction: c * the summed loss
+
     def loss_fn(t, p):
         z, y = f64(t[zl]), f64(t["y"])
-        v = ref.cross_entropy(z, ref.softmax(z), y, "safe", red)
+        v = ref.cross_entropy(z, ref.softmax(z), y, "safe", red or "sum") * (1.0 if factor is None else factor)
         terms = np.abs(y) * (np.abs(z) + np.abs(z).max(axis=1, keepdims=True) + np.log(z.shape[1]))
-        scale = terms.sum() / (z.shape[0] if red == "mean" else 1)
+        scale = terms.sum() * (abs(factor) if factor is not None else 1 / z.shape[0] if red == "mean" else 1)
         return v, np.asarray(abs(float(v)) + scale)
 
     def loss_from_probs_fn(t, p):
         pr, y = f64(t["probs"]), f64(t["y"])
         terms = np.where(y != 0, y * np.log(pr), 0.0)
-        total = -np.sum(terms) / (pr.shape[0] if red == "mean" else 1)
-        return np.asarray(total), np.asarray(abs(total) + np.abs(terms).sum() + 1.0)
+        c = abs(factor) if factor is not None else 1 / pr.shape[0] if red == "mean" else 1
+        total = -np.sum(terms) * (c if factor is None else factor)
+        return np.asarray(total), np.asarray(abs(total) + np.abs(terms).sum() * c + 1.0)
 
-    add(Rule("loss", f"{red} cross-entropy of log_softmax({zl}) against y", (zl, "y"), (),
+    how = red if factor is None else f"{factor:.6g} * the summed"
+    add(Rule("loss", f"{how} cross-entropy of log_softmax({zl}) against y", (zl, "y"), (),
              lambda t: t[zl].size + 4, _quiet(loss_fn), ("reduction",)))
-    add(Rule("loss", f"{red} cross-entropy of probs against y", ("probs", "y"), (),
+    add(Rule("loss", f"{how} cross-entropy of probs against y", ("probs", "y"), (),
              lambda t: t["probs"].size + 4, _quiet(loss_from_probs_fn), ("reduction",)))
-
-    factor = settings.dz_factor if red is None else None
 
     def out_dz_fn(t, p):
         pr, y = f64(t["probs"]), f64(t["y"])

@@ -145,7 +145,8 @@ def _setting(label: str, s: Inferred, unit: str = "") -> list[str]:
     elif s.source in ("inferred", "fitted"):
         how = s.source + " from the trace"
     else:
-        how = "not stated by the header, and not shown by the trace"
+        how = "not stated by the header; the trace does not name it" if s.evidence else \
+            "not stated by the header, and not shown by the trace"
     if not s.consistent:
         how += " (INCONSISTENT)"
     lines = _wrap(f"{label:<15} {value}{unit}  {how}")
@@ -295,7 +296,8 @@ def render_html(r: CheckResult) -> str:
     """A self-contained HTML page: verdict, first wrong operation, diagnosis, settings, per-tensor table, and
     the full text report."""
     cls = "clean" if r.ok else "fail"
-    parts = [f"<h1>memstate check: {_h(r.path)}</h1>", f"<p class='{cls}'><b>{_h(verdict(r))}</b></p>"]
+    parts = [f"<h1>memstate check: {_h(r.path)}</h1>", f"<p class='{cls}'><b>{_h(verdict(r))}</b></p>",
+             f"<p>{_h(r.coverage.line())}</p>"]
     op, f = r.first_failure, r.first_divergence
     if op is not None and f is not None:
         parts.append("<h2>First wrong operation</h2><table>")

@@ -186,16 +186,23 @@ def test_one_wrong_update_cannot_move_the_learning_rate_and_is_blamed(tmp_path):
     assert lr_finding.name == "L1.b" and "odd one out: L1.b" in lr_finding.message
 
 
-def test_unnamed_loss_reduction_checks_dz_as_a_proportionality(tmp_path, batches):
+def test_unnamed_loss_reduction_checks_dz_and_loss_as_a_proportionality(tmp_path, batches):
     """loss averaged over B*C entries: dz = (probs - y) / (B C) is neither mean nor sum. dz is checked as
-    c * (probs - y) with c fitted and reported; the loss, which needs a named reduction, is not verified."""
+    c * (probs - y) with c fitted and reported, and the loss as c * the summed loss with the same c (the
+    gradient of c * sum is c * (probs - y)); a loss scaled otherwise than its gradient fails at the loss."""
     trace, params = port(tmp_path, batches, "reference.py", "--bug", "loss-mean-over-classes")
     r = check_trace(trace, params=tensors(params))
-    assert r.reduction.value is None and "0.0833333" in r.reduction.evidence  # 1 / (4 * 3)
-    assert r.by_name["L2.dz"].checked == 5 and r.by_name["L2.dz"].failed == 0
-    assert r.first_finding is None and not r.ok
-    assert {u.name for u in r.coverage.unverified} == {"loss"}
-    assert "loss reduction" in r.coverage.unverified[0].needs
+    assert r.reduction.value is None and "c = 0.0833333" in r.reduction.evidence  # 1 / (4 * 3)
+    assert r.by_name["L2.dz"].checked == 5 and r.by_name["loss"].checked == 5
+    assert r.ok and r.coverage.complete
+
+    with open_trace(trace) as src, Recorder(tmp_path / "mixed.memstate.jsonl", meta=src.meta) as rec:
+        for step in src:
+            with rec.step(step.index):
+                for name, value in step.tensors.items():
+                    rec.record(name, value * 3 if name == "loss" else value)  # the loss averaged over B only
+    r = check_trace(tmp_path / "mixed.memstate.jsonl", params=tensors(params))
+    assert first(r) == (0, "loss") and r.first_failure.formula.startswith("0.0833333 * the summed cross-entropy")
 
 
 def test_transposed_weights_without_params_is_a_finding_not_a_traceback(tmp_path, capsys):
