@@ -123,7 +123,8 @@ class Spec:
         backward = [n for n in t if n == "loss" or BACKWARD.match(n)]
         if backward:
             a_prev = "x" if n_layers == 1 else f"L{n_layers - 1}.a"
-            view = _derived(t, ["probs", a_prev], rc.Settings(n_layers, self.activation.value), in_force)
+            view = t if "probs" in t and a_prev in t else \
+                _derived(t, ["probs", a_prev], rc.Settings(n_layers, self.activation.value), in_force)
             inferred, how, factor = rc.infer_reduction(view, n_layers)
             if inferred is None and factor is None:
                 inferred, how = _backward_vote(t, backward, n_layers, self.activation.value, in_force, how)
@@ -233,7 +234,7 @@ def _with_logits(t: Mapping[str, np.ndarray], n_layers: int, in_force: Mapping[s
     recorded layer input and the parameters in force (a dense layer needs no activation), so that the
     activation can be inferred from (z, a) pairs all the same."""
     missing = [f"L{i}.z" for i in range(1, n_layers) if f"L{i}.a" in t and f"L{i}.z" not in t]
-    return _derived(t, missing, rc.Settings(n_layers), in_force)
+    return _derived(t, missing, rc.Settings(n_layers), in_force) if missing else t
 
 
 def _derived(t: Mapping[str, np.ndarray], names: list[str], settings: rc.Settings,

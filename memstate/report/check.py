@@ -337,11 +337,11 @@ def render_html(r: CheckResult) -> str:
     parts.append(f"<tr><th>step 0 params</th><td colspan='3'>{_h(r.params_source)}</td></tr></table>")
     parts.append(f"<h2>Operations verified ({r.operations})</h2><table><tr><th>tensor</th><th>checked</th>"
                  "<th>failed</th><th>skipped</th><th>worst rel</th><th>x tolerance</th><th>at step</th></tr>")
-    for name, s in r.by_name.items():
-        parts.append(f"<tr class='{'bad' if s.failed else ''}'><td>{_h(name)}</td><td class='n'>{s.checked}</td>"
-                     f"<td class='n'>{s.failed}</td><td class='n'>{s.skipped}</td><td class='n'>{_h(_e(s.worst_rel))}"
-                     f"</td><td class='n'>{_h(_ratio(s.worst_ratio))}</td><td class='n'>"
-                     f"{_h('' if s.worst_step is None else s.worst_step)}</td></tr>")
+    for name, ns in r.by_name.items():
+        parts.append(f"<tr class='{'bad' if ns.failed else ''}'><td>{_h(name)}</td><td class='n'>{ns.checked}</td>"
+                     f"<td class='n'>{ns.failed}</td><td class='n'>{ns.skipped}</td><td class='n'>"
+                     f"{_h(_e(ns.worst_rel))}</td><td class='n'>{_h(_ratio(ns.worst_ratio))}</td><td class='n'>"
+                     f"{_h('' if ns.worst_step is None else ns.worst_step)}</td></tr>")
     parts.append("</table>")
     if r.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_h(n)}</li>" for n in r.notes) + "</ul>")

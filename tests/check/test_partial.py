@@ -328,3 +328,22 @@ def test_other_implementations_partial_traces_check_clean_with_margin(tmp_path, 
     r = check_trace(drop(path, tmp_path / "p.memstate", wanted), params=params)
     assert r.ok and r.coverage.complete, (r.first_finding, r.coverage)
     assert r.worst.ratio < 0.1 and r.learning_rate.value == 0.1
+
+
+def test_a_canonical_trace_derives_nothing(tmp_path, scenario, monkeypatch):
+    """The canonical path stays as fast as it was: every tensor by its own operation, no derivation, no
+    settings search."""
+    from memstate.check import infer, plan
+
+    params = init_params((196, 32, 10), "he", 0)
+    path = tmp_path / "c.memstate"
+    run(scenario, "numpy", steps=3, out=path, params=params, evaluate=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a canonical trace should derive nothing")
+
+    monkeypatch.setattr(plan.Derivation, "evaluate", refuse)
+    monkeypatch.setattr(infer, "_try_settings", refuse)
+    monkeypatch.setattr(infer, "_derived", refuse)
+    r = check_trace(path, params=params)
+    assert r.ok and r.operations == 3 * 16 and r.coverage.line() == "verified 16 of 16 recorded tensors in every step"
