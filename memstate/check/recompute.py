@@ -15,7 +15,7 @@ The inference helpers say what a trace does not: the activation, the loss reduct
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
@@ -38,6 +38,7 @@ class Settings:
     activation: str | None = None
     reduction: str | None = None
     lr: float | None = None
+    dz_factor: float | None = None  # c in L{n}.dz = c * (probs - y), fitted when the reduction has no name
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Rule:
 
     def missing_settings(self, s: Settings) -> list[str]:
         """The settings this rule needs that are unknown (an activation "other" is unknown too)."""
-        return [k for k in self.needs if getattr(s, k) in (None, "other")]
+        return [k for k in self.needs if getattr(s, k) in (None, "other")
+                and not (k == "reduction" and s.dz_factor is not None)]
 
 
 def f64(a: np.ndarray) -> np.ndarray:
@@ -75,15 +77,18 @@ def _a_prev(i: int) -> str:
 
 def rules(settings: Settings) -> dict[str, list[Rule]]:
     """The rules of an `n_layers` network, by tensor name; the first rule whose inputs are recorded applies."""
-    n = settings.n_layers
-    act = settings.activation
-    red = settings.reduction
-    lr = settings.lr
     out: dict[str, list[Rule]] = {}
+    for family in (_forward_rules, _loss_rules, _backward_rules, _update_rules):
+        for rule in family(settings):
+            out.setdefault(rule.name, []).append(rule)
+    return out
 
-    def add(rule: Rule) -> None:
-        out.setdefault(rule.name, []).append(rule)
 
+def _forward_rules(settings: Settings) -> list[Rule]:
+    """z = a_prev @ W + b and a = act(z), layer by layer."""
+    n, act = settings.n_layers, settings.activation
+    out: list[Rule] = []
+    add = out.append
     for i in range(1, n + 1):
         ap, W, b = _a_prev(i), f"L{i}.W", f"L{i}.b"
 
@@ -101,7 +106,14 @@ def rules(settings: Settings) -> dict[str, list[Rule]]:
                 return v, np.abs(v) + (np.abs(z) if act == "sigmoid" else 0)
 
             add(Rule(f"L{i}.a", f"{act}(L{i}.z)", (f"L{i}.z",), (), lambda t: 4, _quiet(a_fn), ("activation",)))
+    return out
 
+
+def _loss_rules(settings: Settings) -> list[Rule]:
+    """probs = softmax(logits), the loss, and the output layer's dz = (probs - y) (/ B)."""
+    n, red = settings.n_layers, settings.reduction
+    out: list[Rule] = []
+    add = out.append
     zl = f"L{n}.z"
 
     def probs_fn(t, p):
@@ -113,37 +125,50 @@ def rules(settings: Settings) -> dict[str, list[Rule]]:
     add(Rule("probs", f"softmax({zl}), each row's max subtracted", (zl,), (), lambda t: t[zl].shape[-1] + 4,
              _quiet(probs_fn)))
 
+    factor = settings.dz_factor if red is None else None  # an unnamed reduction: c * the summed loss
+
     def loss_fn(t, p):
         z, y = f64(t[zl]), f64(t["y"])
-        v = ref.cross_entropy(z, ref.softmax(z), y, "safe", red)
+        v = ref.cross_entropy(z, ref.softmax(z), y, "safe", red or "sum") * (1.0 if factor is None else factor)
         terms = np.abs(y) * (np.abs(z) + np.abs(z).max(axis=1, keepdims=True) + np.log(z.shape[1]))
-        scale = terms.sum() / (z.shape[0] if red == "mean" else 1)
+        scale = terms.sum() * (abs(factor) if factor is not None else 1 / z.shape[0] if red == "mean" else 1)
         return v, np.asarray(abs(float(v)) + scale)
 
     def loss_from_probs_fn(t, p):
         pr, y = f64(t["probs"]), f64(t["y"])
         terms = np.where(y != 0, y * np.log(pr), 0.0)
-        total = -np.sum(terms) / (pr.shape[0] if red == "mean" else 1)
-        return np.asarray(total), np.asarray(abs(total) + np.abs(terms).sum() + 1.0)
+        c = abs(factor) if factor is not None else 1 / pr.shape[0] if red == "mean" else 1
+        total = -np.sum(terms) * (c if factor is None else factor)
+        return np.asarray(total), np.asarray(abs(total) + np.abs(terms).sum() * c + 1.0)
 
-    add(Rule("loss", f"{red} cross-entropy of log_softmax({zl}) against y", (zl, "y"), (),
+    how = red if factor is None else f"{factor:.6g} * the summed"
+    add(Rule("loss", f"{how} cross-entropy of log_softmax({zl}) against y", (zl, "y"), (),
              lambda t: t[zl].size + 4, _quiet(loss_fn), ("reduction",)))
-    add(Rule("loss", f"{red} cross-entropy of probs against y", ("probs", "y"), (),
+    add(Rule("loss", f"{how} cross-entropy of probs against y", ("probs", "y"), (),
              lambda t: t["probs"].size + 4, _quiet(loss_from_probs_fn), ("reduction",)))
 
     def out_dz_fn(t, p):
         pr, y = f64(t["probs"]), f64(t["y"])
-        v = ref.output_grad(pr, y, red)
+        v = ref.output_grad(pr, y, red) if factor is None else (pr - y) * factor
         s = np.abs(pr)
         if zl in t and t[zl].shape == pr.shape:  # an implementation may take probs from log-space
             z = f64(t[zl])
             s = s * (1 + np.abs(z - z.max(axis=1, keepdims=True)))
-        return v, (s + np.abs(y)) * (1.0 / pr.shape[0] if red == "mean" else 1.0)
+        c = abs(factor) if factor is not None else 1.0 / pr.shape[0] if red == "mean" else 1.0
+        return v, (s + np.abs(y)) * c
 
-    div = " / B" if red == "mean" else ""
-    add(Rule(f"L{n}.dz", f"(probs - y){div}", ("probs", "y"), (), lambda t: 4, _quiet(out_dz_fn),
-             ("reduction",), invariant="output-dz-is-probs-minus-y"))
+    formula = f"(probs - y){' / B' if red == 'mean' else ''}" if factor is None else \
+        f"{factor:.6g} * (probs - y) (the factor fitted: the loss reduction is neither mean nor sum)"
+    add(Rule(f"L{n}.dz", formula, ("probs", "y"), (), lambda t: 4, _quiet(out_dz_fn),
+             ("reduction",), invariant="output-dz-is-probs-minus-y" if factor is None else None))
+    return out
 
+
+def _backward_rules(settings: Settings) -> list[Rule]:
+    """dW, db, da and the hidden dz, from the output layer down."""
+    n, act = settings.n_layers, settings.activation
+    out: list[Rule] = []
+    add = out.append
     for i in range(n, 0, -1):
         ap, dz = _a_prev(i), f"L{i}.dz"
 
@@ -181,7 +206,14 @@ def rules(settings: Settings) -> dict[str, list[Rule]]:
 
             add(Rule(f"L{i}.dz", f"L{i}.da * {act}'(L{i}.z)", (f"L{i}.da", f"L{i}.z", f"L{i}.a"), (),
                      lambda t: 4, _quiet(dz_fn), ("activation",)))
+    return out
 
+
+def _update_rules(settings: Settings) -> list[Rule]:
+    """The SGD updates W' = W - lr * dW of every parameter."""
+    n, lr = settings.n_layers, settings.lr
+    out: list[Rule] = []
+    add = out.append
     for i in range(1, n + 1):
         for kind in ("W", "b"):
             name, grad = f"L{i}.{kind}", f"L{i}.d{kind}"
@@ -248,28 +280,63 @@ def infer_activation(t: Tensors, n_layers: int, dtype: np.dtype) -> tuple[str | 
     return (best if errors[best] <= rounding_bound(dtype, 8) else "other"), errors
 
 
-def infer_reduction(t: Tensors, n_layers: int) -> tuple[str | None, str]:
-    """mean or sum: from the output layer's dz against probs - y, else from the loss against per-sample losses.
+def infer_reduction(t: Tensors, n_layers: int) -> tuple[str | None, str, float | None]:
+    """mean or sum, from the first of these the step records: the output layer's dz against probs - y, its
+    dW against a^T (probs - y), its db against the batch sum of probs - y, the loss against the per-sample
+    losses. Several gradients vote (one wrong gradient cannot decide alone).
 
-    Returns (reduction or None, how it was decided).
+    Returns (reduction or None, how it was decided, the fitted factor c of dz = c * (probs - y) or None).
     """
-    dz = t.get(f"L{n_layers}.dz")
+    n = n_layers
     probs, y = t.get("probs"), t.get("y")
-    if dz is not None and probs is not None and y is not None and dz.shape == probs.shape == y.shape:
+    ratios: list[tuple[str, float]] = []
+    if probs is not None and y is not None and probs.shape == y.shape:
         diff = f64(probs) - f64(y)
-        ok = np.isfinite(diff) & np.isfinite(f64(dz))
-        denom = float(np.sum(diff[ok] ** 2))
-        if denom > 0:
-            ratio = float(np.sum(f64(dz)[ok] * diff[ok]) / denom)
-            return _reduction_from_ratio(ratio, dz.shape[0], f"L{n_layers}.dz = {ratio:.6g} * (probs - y)")
-    z, loss = t.get(f"L{n_layers}.z"), t.get("loss")
+        a = t.get("x" if n == 1 else f"L{n - 1}.a")
+        for name, base in ((f"L{n}.dz", diff), (f"L{n}.dW", None if a is None else _quiet_matmul(a, diff)),
+                           (f"L{n}.db", diff.sum(axis=0))):
+            r = ratio_of(t.get(name), base)
+            if r is not None:
+                ratios.append((name, r))
+    if ratios and probs is not None:
+        return vote(ratios, probs.shape[0])
+    z, loss = t.get(f"L{n}.z"), t.get("loss")
     if z is not None and loss is not None and y is not None and loss.size == 1 and z.shape == y.shape:
         per = -np.sum(f64(y) * ref.log_softmax(f64(z)), axis=1)
         total = float(np.sum(per))
         if np.isfinite(total) and total != 0 and np.isfinite(float(loss.reshape(()))):
             ratio = float(loss.reshape(())) / total
-            return _reduction_from_ratio(ratio, z.shape[0], f"loss = {ratio:.6g} * the sum of per-sample losses")
-    return None, "neither the output layer's dz nor the loss could be compared with probs - y"
+            red, how = _reduction_from_ratio(ratio, z.shape[0], f"loss = {ratio:.6g} * the sum of per-sample losses")
+            return red, how, None
+    return None, "neither the output layer's dz nor the loss could be compared with probs - y", None
+
+
+def _quiet_matmul(a: np.ndarray, d: np.ndarray) -> np.ndarray | None:
+    with np.errstate(all="ignore"):
+        a = f64(a)
+        return a.T @ d if a.ndim == 2 and a.shape[0] == d.shape[0] else None
+
+
+def ratio_of(value: np.ndarray | None, base: np.ndarray | None) -> float | None:
+    """c in value = c * base (least squares over the finite elements), or None."""
+    if value is None or base is None or value.shape != base.shape:
+        return None
+    v = f64(value)
+    ok = np.isfinite(base) & np.isfinite(v)
+    denom = float(np.sum(base[ok] ** 2))
+    return float(np.sum(v[ok] * base[ok]) / denom) if denom > 0 else None
+
+
+def vote(ratios: list[tuple[str, float]], batch: int) -> tuple[str | None, str, float | None]:
+    """The reduction most of the output layer's gradients name; dz's own factor when none names one."""
+    named = [(name, r, _reduction_from_ratio(r, batch, f"{name} = {r:.6g} * (probs - y)")) for name, r in ratios]
+    votes = [red for _, _, (red, _) in named if red is not None]
+    if votes:
+        red = max(dict.fromkeys(votes), key=votes.count)
+        how = "; ".join(h for _, _, (_, h) in named)
+        return red, how, None
+    name, r, (_, how) = named[0]
+    return None, how, r if name.endswith(".dz") else None
 
 
 def _reduction_from_ratio(ratio: float, batch: int, how: str) -> tuple[str | None, str]:
@@ -282,57 +349,105 @@ def _reduction_from_ratio(ratio: float, batch: int, how: str) -> tuple[str | Non
     return None, how + f": neither 1/B (B = {batch}) nor 1"
 
 
+@dataclass(frozen=True)
+class TensorFit:
+    """lr fitted to one parameter's update at one step: lr_t = <g, W - W'> / <g, g>, known to `allowance`."""
+
+    step: int
+    name: str
+    lr: float
+    allowance: float
+
+
 @dataclass
 class LrFit:
-    """Least-squares fit of one learning rate to `p_new = p_old - lr * grad`, over every tensor of every step."""
+    """The learning rate of `p_new = p_old - lr * grad`, fitted per tensor and step, and their consensus.
 
-    num: float = 0.0
-    den: float = 0.0
+    Robust: the consensus is the largest group of per-tensor fits that agree within their rounding
+    allowances (the median of the fits on a long trace), so one tensor whose update is wrong (a bias never
+    updated, a momentum term) cannot move it; that tensor is the odd one out.
+    """
+
+    fits: list[TensorFit] = field(default_factory=list)
     count: int = 0
     lo: float = np.inf
     hi: float = -np.inf
-    worst: float = 0.0  # largest |lr_t - lr| / allowance over tensors (consistency when > 1)
-    worst_at: tuple[int, str] | None = None
-    fits: list[tuple[int, str, float, float]] | None = None  # (step, name, lr_t, allowance)
 
     def add(self, step: int, name: str, old: np.ndarray, new: np.ndarray, grad: np.ndarray) -> float | None:
         """Fit lr_t for one tensor of one step; returns it (None when the gradient is all zero)."""
-        dtype = new.dtype
-        old, new, grad = f64(old), f64(new), f64(grad)
-        if old.shape != new.shape or grad.shape != new.shape:
+        f = fit_one(step, name, old, new, grad)
+        if f is None:
             return None
-        ok = np.isfinite(old) & np.isfinite(new) & np.isfinite(grad)
-        g, d = grad[ok], (old - new)[ok]
-        gg = float(g @ g)
-        if not gg > 0:
-            return None
-        lr_t = float(g @ d) / gg
-        # new is rounded to its dtype, so lr_t is known to about eps * (|new| + |lr * grad|) / |grad|
-        eps = EPS.get(np.dtype(dtype), EPS[np.dtype("float32")])
-        allowance = 4 * eps * (float(np.linalg.norm(new[ok])) + abs(lr_t) * np.sqrt(gg)) / np.sqrt(gg)
-        self.num += float(g @ d)
-        self.den += gg
         self.count += 1
-        self.lo, self.hi = min(self.lo, lr_t), max(self.hi, lr_t)
-        if self.fits is None:
-            self.fits = []
+        self.lo, self.hi = min(self.lo, f.lr), max(self.hi, f.lr)
         if len(self.fits) < 100_000:
-            self.fits.append((step, name, lr_t, allowance))
-        return lr_t
+            self.fits.append(f)
+        return f.lr
 
     @property
     def lr(self) -> float | None:
-        return self.num / self.den if self.den > 0 else None
+        return consensus(self.fits)[0]
 
-    def consistency(self) -> tuple[float, tuple[int, str] | None]:
+    def consistency(self, lr: float | None = None) -> tuple[float, tuple[int, str] | None]:
         """Largest |lr_t - lr| / allowance over the fitted tensors, and where (<= 1: one lr explains all)."""
-        lr = self.lr
+        lr = self.lr if lr is None else lr
         worst, at = 0.0, None
-        for step, name, lr_t, allowance in self.fits or []:
-            r = abs(lr_t - lr) / (allowance + abs(lr) * 1e-12)
+        if lr is None:
+            return worst, at
+        for f in self.fits:
+            r = abs(f.lr - lr) / (f.allowance + abs(lr) * 1e-12)
             if r > worst:
-                worst, at = r, (step, name)
+                worst, at = r, (f.step, f.name)
         return worst, at
+
+    def per_name(self, lr: float | None) -> tuple[tuple[str, float, float, float, int, bool], ...]:
+        """Per parameter: (name, median lr_t, lowest, highest, updates fitted, every fit agrees with `lr`)."""
+        by: dict[str, list[TensorFit]] = {}
+        for f in self.fits:
+            by.setdefault(f.name, []).append(f)
+        out = []
+        for name, fs in by.items():
+            v = np.array([f.lr for f in fs])
+            agrees = lr is not None and all(abs(f.lr - lr) <= f.allowance + abs(lr) * 1e-12 for f in fs)
+            out.append((name, float(np.median(v)), float(v.min()), float(v.max()), len(fs), agrees))
+        return tuple(out)
+
+
+def fit_one(step: int, name: str, old: np.ndarray, new: np.ndarray, grad: np.ndarray) -> TensorFit | None:
+    """lr_t for one tensor: least squares of old - new = lr * grad over its finite elements."""
+    dtype = new.dtype
+    old, new, grad = f64(old), f64(new), f64(grad)
+    if old.shape != new.shape or grad.shape != new.shape:
+        return None
+    ok = np.isfinite(old) & np.isfinite(new) & np.isfinite(grad)
+    g, d = grad[ok], (old - new)[ok]
+    gg = float(g @ g)
+    if not gg > 0:
+        return None
+    lr_t = float(g @ d) / gg
+    # new is rounded to its dtype, so lr_t is known to about eps * (|new| + |lr * grad|) / |grad|
+    eps = EPS.get(np.dtype(dtype), EPS[np.dtype("float32")])
+    allowance = 4 * eps * (float(np.linalg.norm(new[ok])) + abs(lr_t) * np.sqrt(gg)) / np.sqrt(gg)
+    return TensorFit(step, name, lr_t, allowance)
+
+
+def consensus(fits: list[TensorFit]) -> tuple[float | None, list[TensorFit]]:
+    """The learning rate most per-tensor fits agree on, and those fits.
+
+    Up to 64 fits: the largest group agreeing with one fit within both allowances (ties: the earlier fit,
+    so a weight outvotes its bias); more: the fits within their allowance of the median. The value is the
+    median of the group.
+    """
+    if not fits:
+        return None, []
+    if len(fits) <= 64:
+        groups = [[g for g in fits if abs(g.lr - f.lr) <= f.allowance + g.allowance + 1e-12 * abs(f.lr)]
+                  for f in fits]
+        group = max(groups, key=len)
+    else:
+        med = float(np.median([f.lr for f in fits]))
+        group = [f for f in fits if abs(f.lr - med) <= f.allowance + 1e-12 * abs(med)] or fits
+    return float(np.median([f.lr for f in group])), group
 
 
 def lr_precision(dtype: str | np.dtype | None) -> float:

@@ -305,8 +305,13 @@ parameters in force: at step 0 the --params file (without it those checks are sk
   at step k the updated parameters the trace records at step k-1.
 activation, loss reduction, learning rate: from --scenario, else the trace header, else inferred.
 tolerances: as for diff (--rtol, --atol, --tol, --ulp), in the trace's own dtype.
-exit status: 0 clean, 1 a wrong operation or a failed invariant, 2 usage or input error, 3 a bug.
+partial traces: a tensor whose inputs are not recorded is checked through the operations between it and
+  the nearest recorded tensors (only x, y and the updated parameters: the whole step is derived, the
+  learning rate fitted). CLEAN only when every recorded tensor was verified; the report's coverage line
+  says how many were, and lists the others with what would let check reach them (e.g. --params).
 a foreign port's trace: --map FILE (its layout map, docs/ports.md), or a map in its header (meta.map).
+exit status: 0 clean, 1 a wrong operation, a failed invariant, or a recorded tensor left unverified,
+  2 usage or input error, 3 a bug (see --debug).
 examples:
   memstate run mnist14-relu --params start.params.json --steps 50 -o run.memstate.jsonl
   memstate check run.memstate.jsonl --params start.params.json
@@ -330,7 +335,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                          params_source=str(args.params) if args.params else None, layout=load_map(args.map))
     if result.steps == 0:
         raise MemstateError(f"{args.trace}: no complete step to check")
-    if result.operations == 0 and result.ok:
+    if result.operations == 0 and result.n_failures == 0 and not result.findings:
         why = "; ".join(result.notes) or "no tensor with a canonical name"
         raise MemstateError(f"{args.trace}: no operation could be checked ({why})")
     text = RENDERERS[args.format](result)

@@ -42,6 +42,11 @@ def verdict(r: CheckResult) -> str:
         return (f"CLEAN: {r.operations} operations recomputed from their recorded inputs, every one within "
                 f"tolerance; {r.invariant_checks} invariant checks hold{early}")
     f = r.first_finding
+    if f is None:  # nothing wrong was found, but not everything recorded could be checked
+        cov = r.coverage
+        needs = list(dict.fromkeys(u.needs for u in cov.unverified if u.needs))
+        return (f"NOT VERIFIED: no wrong operation, but {cov.recorded - cov.verified} of {cov.recorded} recorded "
+                f"tensors could not be checked" + (f"; to check them: {'; '.join(needs)}" if needs else ""))
     where = f"step {f.step}, {f.name}" if f.step is not None else "the trace"
     if f.kind == "operation" and r.first_divergence is not None:
         return f"FAIL at {where}: {r.first_divergence.detail}"
@@ -61,9 +66,10 @@ def _worst_line(w: OpCheck | None) -> list[str]:
 def _summary(r: CheckResult) -> list[str]:
     lines = [verdict(r), _trace_line(r)]
     lines.append("  A = recomputed in float64 by the reference (impls/numpy_mlp.py's operations) from B = the "
-                 "trace's recorded inputs" if not r.ok else "")
+                 "trace's recorded inputs" if r.first_finding is not None else "")
     lines = [x for x in lines if x]
-    if r.ok:
+    lines += _wrap(r.coverage.line())
+    if r.ok or r.first_finding is None:
         per = r.operations // r.steps if r.steps else 0
         lines += _wrap(f"verified {r.operations} operations in {r.steps} steps ({per} per step) and "
                        f"{r.invariant_checks} invariants; {_speed(r)}")
@@ -142,7 +148,8 @@ def _setting(label: str, s: Inferred, unit: str = "") -> list[str]:
     elif s.source in ("inferred", "fitted"):
         how = s.source + " from the trace"
     else:
-        how = "not stated by the header, and not shown by the trace"
+        how = "not stated by the header; the trace does not name it" if s.evidence else \
+            "not stated by the header, and not shown by the trace"
     if not s.consistent:
         how += " (INCONSISTENT)"
     lines = _wrap(f"{label:<15} {value}{unit}  {how}")
@@ -156,6 +163,7 @@ def _settings(r: CheckResult) -> list[str]:
     lines += _setting("activation", r.activation)
     lines += _setting("loss reduction", r.reduction)
     lines += _setting("learning rate", r.learning_rate)
+    lines += _lr_fits(r)
     lines += _wrap(f"{'step 0 params':<15} {r.params_source}")
     return lines
 
@@ -173,6 +181,31 @@ def _verified(r: CheckResult) -> list[str]:
     return lines
 
 
+def _coverage(r: CheckResult) -> list[str]:
+    """Each recorded tensor that could not be verified: where, why, and what would let check reach it."""
+    if not r.coverage.unverified:
+        return []
+    lines = ["", "not verified (recorded, but no operation could reach them):"]
+    groups: dict[tuple, list[str]] = {}
+    for u in r.coverage.unverified:
+        groups.setdefault((u.first_step, u.steps, u.why, u.needs), []).append(u.name)
+    for (first, steps, why, needs), names in groups.items():
+        where = f"step {first}" if steps == 1 else f"{steps} steps from step {first}"
+        lines += _wrap(f"{', '.join(names)} at {where}: {why}" + (f"; to check: {needs}" if needs else ""))
+    return lines
+
+
+def _lr_fits(r: CheckResult) -> list[str]:
+    """The per-tensor learning-rate fits behind the consensus, the odd ones out marked."""
+    if not r.lr_fits or len(r.lr_fits) < 2:
+        return []
+    lines = ["  per-tensor fits of W' = W - lr * dW (median over the steps; * = disagrees with the lr checked):"]
+    for name, med, lo, hi, n, agrees in r.lr_fits:
+        span = f" (from {lo:.9g} to {hi:.9g})" if lo != hi else ""
+        lines.append(f"    {'' if agrees else '*'}{name:<6} {med:.9g}{span} over {n} update{'s' * (n != 1)}")
+    return lines
+
+
 def _notes(r: CheckResult) -> list[str]:
     if not r.notes:
         return []
@@ -186,8 +219,10 @@ def render(r: CheckResult) -> str:
     """The text report."""
     lines = _summary(r)
     lines += _first(r)
-    lines += report_text._diagnoses(r.comparison)
+    if r.diagnoses or r.first_failure is None or not r.first_failure.message:  # a shape problem says what to do
+        lines += report_text._diagnoses(r.comparison)
     lines += _findings(r)
+    lines += _coverage(r)
     lines += _settings(r)
     lines += _notes(r)
     lines += _verified(r)
@@ -233,6 +268,11 @@ def check_dict(r: CheckResult) -> dict:
                      "params_at_step_0": r.params_source},
         "by_name": {n: s for n, s in r.by_name.items()},
         "unchecked": list(r.unchecked),
+        "coverage": {"recorded": r.coverage.recorded, "verified": r.coverage.verified, "steps": r.coverage.steps,
+                     "per_step": r.coverage.per_step, "complete": r.coverage.complete, "line": r.coverage.line(),
+                     "unverified": [u for u in r.coverage.unverified]},
+        "lr_fits": [{"name": n, "median": m, "lowest": lo, "highest": hi, "updates": c, "agrees": a}
+                    for n, m, lo, hi, c, a in r.lr_fits],
         "notes": list(r.notes),
         "invariants": INVARIANTS,
         "seconds": r.seconds,
@@ -260,7 +300,8 @@ def render_html(r: CheckResult) -> str:
     """A self-contained HTML page: verdict, first wrong operation, diagnosis, settings, per-tensor table, and
     the full text report."""
     cls = "clean" if r.ok else "fail"
-    parts = [f"<h1>memstate check: {_h(r.path)}</h1>", f"<p class='{cls}'><b>{_h(verdict(r))}</b></p>"]
+    parts = [f"<h1>memstate check: {_h(r.path)}</h1>", f"<p class='{cls}'><b>{_h(verdict(r))}</b></p>",
+             f"<p>{_h(r.coverage.line())}</p>"]
     op, f = r.first_failure, r.first_divergence
     if op is not None and f is not None:
         parts.append("<h2>First wrong operation</h2><table>")
@@ -300,11 +341,11 @@ def render_html(r: CheckResult) -> str:
     parts.append(f"<tr><th>step 0 params</th><td colspan='3'>{_h(r.params_source)}</td></tr></table>")
     parts.append(f"<h2>Operations verified ({r.operations})</h2><table><tr><th>tensor</th><th>checked</th>"
                  "<th>failed</th><th>skipped</th><th>worst rel</th><th>x tolerance</th><th>at step</th></tr>")
-    for name, s in r.by_name.items():
-        parts.append(f"<tr class='{'bad' if s.failed else ''}'><td>{_h(name)}</td><td class='n'>{s.checked}</td>"
-                     f"<td class='n'>{s.failed}</td><td class='n'>{s.skipped}</td><td class='n'>{_h(_e(s.worst_rel))}"
-                     f"</td><td class='n'>{_h(_ratio(s.worst_ratio))}</td><td class='n'>"
-                     f"{_h('' if s.worst_step is None else s.worst_step)}</td></tr>")
+    for name, ns in r.by_name.items():
+        parts.append(f"<tr class='{'bad' if ns.failed else ''}'><td>{_h(name)}</td><td class='n'>{ns.checked}</td>"
+                     f"<td class='n'>{ns.failed}</td><td class='n'>{ns.skipped}</td><td class='n'>"
+                     f"{_h(_e(ns.worst_rel))}</td><td class='n'>{_h(_ratio(ns.worst_ratio))}</td><td class='n'>"
+                     f"{_h('' if ns.worst_step is None else ns.worst_step)}</td></tr>")
     parts.append("</table>")
     if r.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_h(n)}</li>" for n in r.notes) + "</ul>")

@@ -11,7 +11,8 @@ Its header says only `impl` (no activation, learning rate or loss reduction), so
 
 Bugs (`bug=`): None (correct), "softmax-global-sum" (each exp divided by the whole batch's sum, as with
 `e / np.sum(e)`), "softmax-global-max" (the whole batch's max subtracted: rows far below it underflow to
-0/0 = nan; needs large logits, `weight_scale` ~ 40).
+0/0 = nan; needs large logits, `weight_scale` ~ 40), "bias-never-updated" (L1.b is left as it was: the
+optimiser was never given it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-BUGS = (None, "softmax-global-sum", "softmax-global-max")
+BUGS = (None, "softmax-global-sum", "softmax-global-max", "bias-never-updated")
 
 
 def _number(v: float) -> float | str:
@@ -98,7 +99,8 @@ def train(params: dict[str, np.ndarray], steps: int = 4, batch: int = 5, lr: flo
             dz1 = da1 * (a1 * (1.0 - a1) if activation == "sigmoid" else (z1 > 0).astype(float))
             dW1 = x.T @ dz1
             db1 = dz1.sum(axis=0)
-            W1, b1, W2, b2 = W1 - lr * dW1, b1 - lr * db1, W2 - lr * dW2, b2 - lr * db2
+            W1, b1, W2, b2 = W1 - lr * dW1, b1 - lr * db1 * (bug != "bias-never-updated"), W2 - lr * dW2, \
+                b2 - lr * db2
         out.append([("x", x), ("y", y), ("L1.z", z1), ("L1.a", a1), ("L2.z", z2), ("probs", probs), ("loss", loss),
                     ("L2.dz", dz2), ("L2.dW", dW2), ("L2.db", db2), ("L1.da", da1), ("L1.dz", dz1), ("L1.dW", dW1),
                     ("L1.db", db1), ("L1.W", W1), ("L1.b", b1), ("L2.W", W2), ("L2.b", b2)])

@@ -229,8 +229,12 @@ def test_handmade_global_max_softmax_is_caught_where_it_matters(tmp_path):
 def test_without_params_step_0_skips_what_needs_them(tmp_path):
     trace, _ = check_writer.make(tmp_path, "clean")
     r = check_trace(trace)
-    assert r.ok and r.params_source == "unknown"
+    # nothing is wrong, but step 0's checks that need the parameters could not run: not CLEAN
+    assert not r.ok and r.first_finding is None and r.n_failures == 0 and r.params_source == "unknown"
     assert r.operations == 4 * 16 - 7  # step 0: L1.z, L2.z, L1.da and the four updates need the parameters
+    assert (r.coverage.recorded, r.coverage.verified) == (4 * 16, 4 * 16 - 7)
+    assert {u.name for u in r.coverage.unverified} == {"L1.z", "L2.z", "L1.da", "L1.W", "L1.b", "L2.W", "L2.b"}
+    assert all(u.first_step == 0 and u.steps == 1 and "--params" in u.needs for u in r.coverage.unverified)
     assert any("--params" in n for n in r.notes)
     assert any("parameters in force are unknown" in n and "L1.z" in n for n in r.notes)
     bug, _ = check_writer.make(tmp_path, "gsum", bug="softmax-global-sum")
@@ -240,7 +244,9 @@ def test_without_params_step_0_skips_what_needs_them(tmp_path):
 def test_non_contiguous_steps_skip_with_a_note(tmp_path):
     trace, params = check_writer.make(tmp_path, "every2", steps=6, every=2)
     r = check_trace(trace, params=read_params(params).tensors)
-    assert r.ok and [s.index for s in read_trace(trace)] == [0, 2, 4]
+    assert r.first_finding is None and [s.index for s in read_trace(trace)] == [0, 2, 4]
+    assert not r.ok and {(u.name, u.steps) for u in r.coverage.unverified} == \
+        {(n, 2) for n in ("L1.z", "L2.z", "L1.da", "L1.W", "L1.b", "L2.W", "L2.b")}
     assert any("not contiguous" in n for n in r.notes)
     assert r.by_name["L1.z"].checked == 1 and r.by_name["L1.z"].skipped == 2
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from memstate.check.checker import compare_op, tensor_comparison
+from memstate.check.opcompare import compare_op, tensor_comparison
 from memstate.comparator.tolerance import DEFAULTS
 
 TOL = DEFAULTS["float64"]
