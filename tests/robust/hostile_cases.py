@@ -218,6 +218,8 @@ CASES: list[Case] = [
       enumerate(scenario_cmds({"train = 8000": "train = 9000"}))],
     *[Case(f"scenario-variant-needs-batch-{i}", cmd, 2, ("s.toml", "bias_grad_axis", "batch")) for i, cmd in
       enumerate(scenario_cmds({'eval_every = 100': 'eval_every = 100\n\n[variant]\nbias_grad_axis = "features"'}))],
+    *[Case(f"scenario-5000-digit-integer-{i}", cmd, 2, ("s.toml", "not valid TOML", "4300 digits")) for i, cmd in
+      enumerate(scenario_cmds({"steps = 600": "steps = " + "9" * 5000}))],
     *[Case(f"scenario-epochs-{i}", cmd, 2, ("s.toml", "training.epochs")) for i, cmd in
       enumerate(scenario_cmds({"steps = 600": "epochs = 9223372036854775807"}))],
     # valid traces that used to crash
