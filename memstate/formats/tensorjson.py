@@ -112,7 +112,9 @@ def fast_parse_trusted(raw: bytes, doc: Any) -> bool:
     -0 as 0, is what loads_strict would return; if not, parse `raw` with loads_strict instead.
 
     It is when `raw` has no -0 token and no \\u surrogate escape, and as many `":` key ends as `doc` has
-    keys (a duplicate key, or a key end inside a string, makes them differ: the slow parse decides).
+    keys (a duplicate key, or a key end inside a string, makes them differ: the slow parse decides). When the
+    fast parser fails (bad JSON, NaN, deep nesting, a huge integer), call loads_strict too: its BadJSON is
+    the error readers report.
     """
     if _NEGATIVE_ZERO.search(raw) or _SURROGATE_ESCAPE.search(raw):
         return False
@@ -140,7 +142,7 @@ def _reject_lone_surrogates(doc: Any) -> None:
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                raise BadJSON(f"the string {item!r} holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                raise BadJSON(f"the string {item[:40]!r} holds a lone surrogate (an unpaired \\ud800-\\udfff "
                               "escape), which is not text; write the character itself") from None
 
 
