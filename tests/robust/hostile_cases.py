@@ -165,6 +165,8 @@ CASES: list[Case] = [
     Case("deep-binary-order", binary_damaged(lambda p: _step_file(
         p, "step-00000001.safetensors", {"step": "1", "order": DEEP})), 2,
          ("step-00000001.safetensors", "nested too deeply")),
+    Case("deep-safetensors-header", binary_damaged(lambda p: _bytes(p / "step-00000001.safetensors", _deep_header())),
+         2, ("step-00000001.safetensors", "not a readable safetensors file", "recursion limit")),
     *[Case(f"deep-scenario-{i}", cmd, 2, ("s.toml", "nested too deeply"))
       for i, cmd in enumerate(scenario_cmds("description = 'x'\nx = " + DEEP + "\n"))],
     # names, steps, keys, text
@@ -232,6 +234,11 @@ CASES: list[Case] = [
                                                 _zero_tensor_trace(d, "b.memstate")], 1, ("DIVERGE", "loss")),
     Case("zero-tensor-step-show", lambda d: ["show", _zero_tensor_trace(d, "a.memstate")], 0, ("2 complete steps",)),
 ]
+
+
+def _deep_header() -> bytes:
+    header = b'{"__metadata__": {"step": "1"}, "x": ' + DEEP.encode() + b"}"
+    return len(header).to_bytes(8, "little") + header
 
 
 def _bytes(path: Path, data: bytes) -> Path:
