@@ -224,6 +224,8 @@ CASES: list[Case] = [
       enumerate(scenario_cmds({"steps = 600": "steps = " + "9" * 5000}))],
     *[Case(f"scenario-epochs-{i}", cmd, 2, ("s.toml", "training.epochs")) for i, cmd in
       enumerate(scenario_cmds({"steps = 600": "epochs = 9223372036854775807"}))],
+    *[Case(f"show-points-{n}", lambda d, n=n: ["show", _zero_tensor_trace(d, "a.memstate"), "--points", n], 2,
+           ("--points", "at least 1")) for n in ("0", "-3")],
     # valid traces that used to crash
     Case("zero-tensor-step-diff", lambda d: ["diff", _zero_tensor_trace(d, "a.memstate"),
                                              _zero_tensor_trace(d, "b.memstate.jsonl")], 0, ("AGREE",)),
