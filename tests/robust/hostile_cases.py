@@ -282,3 +282,38 @@ def _checkable_trace(d: Path) -> str:
     path = d / "run.memstate.jsonl"
     assert main(["run", "mnist14-relu", "--steps", "1", "-q", "--no-eval", "-o", str(path)]) == 0
     return str(path)
+
+
+def _checkpoint_runs(d: Path, **changes: object) -> list[str]:
+    """Two checkpoint runs, A with its header's meta changed (None removes a key), as `memstate bisect A B`."""
+    from memstate.cli.main import main
+
+    for name in ("a", "b"):
+        assert main(["run", "mnist14-relu", "--steps", "4", "--checkpoint-every", "2", "-q", "--no-eval", "-o",
+                     str(d / f"{name}.memstate")]) == 0
+    header = d / "a.memstate" / "header.json"
+    doc = json.loads(header.read_text())
+    for key, value in changes.items():
+        if value is None:
+            doc["meta"].pop(key)
+        else:
+            doc["meta"][key] = value
+    header.write_text(json.dumps(doc))
+    return ["bisect", str(d / "a.memstate"), str(d / "b.memstate"), "-q"]
+
+
+CASES += [
+    Case("bisect-header-variant-not-a-table", lambda d: _checkpoint_runs(d, variant="x"), 2,
+         ("a.memstate", "variant", "table")),
+    Case("bisect-header-layers-not-a-list", lambda d: _checkpoint_runs(d, layers=2.5), 2,
+         ("a.memstate", '"layers"', "positive integers")),
+    Case("bisect-header-no-impl", lambda d: _checkpoint_runs(d, impl=None), 2, ("a.memstate", '"impl"')),
+    Case("bisect-step-from-another-run", lambda d: _mixed_checkpoints(d), 2,
+         ("step-00000001.safetensors", "another run")),
+]
+
+
+def _mixed_checkpoints(d: Path) -> list[str]:
+    argv = _checkpoint_runs(d)
+    os.replace(d / "b.memstate" / "step-00000001.safetensors", d / "a.memstate" / "step-00000001.safetensors")
+    return argv[:2] + [argv[1], "-q"]  # A against itself: only A's mix matters
