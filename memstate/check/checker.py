@@ -638,7 +638,8 @@ def _lr_consistency(st: _State, lr: Inferred, fit: rc.LrFit, dtype: str | None) 
 
 def _shapes(rule: Any, t: Mapping[str, np.ndarray], p: Mapping[str, np.ndarray]) -> str:
     """`x [8, 196], L1.W [196, 32]`: the recorded shapes a rule computes from."""
-    return ", ".join(f"{n} {list(np.shape(t[n] if n in t else p.get(n)))}" for n in (*rule.inputs, *rule.params))
+    shapes = [(n, np.shape(t[n])) for n in rule.inputs if n in t] + [(n, np.shape(p[n])) for n in rule.params if n in p]
+    return ", ".join(f"{n} {list(shape)}" for n, shape in shapes)
 
 
 def _start_params(params: Mapping[str, np.ndarray], t: Mapping[str, np.ndarray], n_layers: int
