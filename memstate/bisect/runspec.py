@@ -59,11 +59,16 @@ def spec_from_run(run: CheckpointRun, impl_timeout: float | None = None) -> RunS
     """The run description a checkpoint run's header gives, with its scenario loaded and checked."""
     meta = run.meta
     file = meta.get("scenario_file")
-    source = file if isinstance(file, str) and Path(file).is_file() else meta["scenario"]
+    source = file if isinstance(file, str) and Path(file).is_file() else meta.get("scenario")
+    if not isinstance(source, str) or not source:
+        raise MemstateError(f"{run.path}: its header names no scenario (meta \"scenario\"), so it cannot be replayed")
+    if not isinstance(meta.get("impl"), str):
+        raise MemstateError(f"{run.path}: its header names no implementation (meta \"impl\"), so it cannot be "
+                            "replayed")
     try:
         scenario = load_scenario(source)
     except ScenarioError as exc:
-        raise MemstateError(f"{run.path}: cannot load its scenario {meta['scenario']!r} to replay it: {exc}") from None
+        raise MemstateError(f"{run.path}: cannot load its scenario {source!r} to replay it: {exc}") from None
     variant = Variant.from_mapping(meta.get("variant") or {}, f"{run.path} header variant")
     expected = scenario.meta()
     expected["loss_reduction"] = variant.loss_reduction or expected["loss_reduction"]  # as run.trace_meta says it

@@ -144,6 +144,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from memstate.report.summary import render, summarize
 
+    if args.points < 1:
+        raise MemstateError(f"--points {args.points}: give how many loss values to print, at least 1")
     print(render(summarize(args.trace, load_map(args.map)), points=args.points))
     return 0
 

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from memstate.formats.tensorjson import MAX_ELEMENTS, MAX_NDIM
+
 HEADER_LIMIT = 100_000_000  # the safetensors library's limit on the JSON header
 NUMPY_DTYPES: dict[str, np.dtype] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4")}
 
@@ -57,6 +59,10 @@ def _entry(name: str, info: Any) -> tuple[int, int, str, tuple[int, ...]]:
         raise BadStepFile(f"tensor {name!r} has no dtype")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise BadStepFile(f"tensor {name!r}: shape must be a list of non-negative integers")
+    if len(shape) > MAX_NDIM:  # checked before numpy is asked to describe the array
+        raise BadStepFile(f"tensor {name!r}: shape has {len(shape)} dimensions; at most {MAX_NDIM} are allowed")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise BadStepFile(f"tensor {name!r}: shape {shape} is too large (more than {MAX_ELEMENTS} elements)")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]):
         raise BadStepFile(f"tensor {name!r}: data_offsets must be [start, end] with 0 <= start <= end")

@@ -73,6 +73,8 @@ _NEGATIVE_ZERO = re.compile(rb"-0(?![0-9.eE])")
 # A \uD800-\uDFFF escape: a surrogate, which is only valid as half of a pair.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _KEY_END = re.compile(rb'"\s*:')
+# An integer token of 19 digits or more: orjson reads one beyond 64 bits as a float (1e+20), json as an int.
+_LONG_INTEGER = re.compile(rb"(?<![0-9.eE])-?[0-9]{19,}(?![0-9.eE])")
 
 
 def loads_strict(text: str | bytes) -> Any:
@@ -113,9 +115,11 @@ def fast_parse_trusted(raw: bytes, doc: Any) -> bool:
     -0 as 0, is what loads_strict would return; if not, parse `raw` with loads_strict instead.
 
     It is when `raw` has no -0 token and no \\u surrogate escape, and as many `":` key ends as `doc` has
-    keys (a duplicate key, or a key end inside a string, makes them differ: the slow parse decides).
+    keys (a duplicate key, or a key end inside a string, makes them differ: the slow parse decides). When the
+    fast parser fails (bad JSON, NaN, deep nesting, a huge integer), call loads_strict too: its BadJSON is
+    the error readers report.
     """
-    if _NEGATIVE_ZERO.search(raw) or _SURROGATE_ESCAPE.search(raw):
+    if _NEGATIVE_ZERO.search(raw) or _SURROGATE_ESCAPE.search(raw) or _LONG_INTEGER.search(raw):
         return False
     if b"{" not in raw:  # no object anywhere, so no key (a `":` could only sit inside a string)
         return _KEY_END.search(raw) is None
@@ -145,7 +149,7 @@ def _reject_lone_surrogates(doc: Any) -> None:
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                raise BadJSON(f"the string {item!r} holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                raise BadJSON(f"the string {item[:40]!r} holds a lone surrogate (an unpaired \\ud800-\\udfff "
                               "escape), which is not text; write the character itself") from None
 
 

@@ -59,11 +59,6 @@ class EndedEarly:
             return text + (f" (step {self.unfinished_step} unfinished)" if self.unfinished_step is not None else "")
         return f"ended early: {self.complete_steps} steps, then step {self.unfinished_step} unfinished"
 
-    def as_dict(self) -> dict[str, Any]:
-        """For JSON reports."""
-        return {"complete_steps": self.complete_steps, "declared_steps": self.declared_steps,
-                "unfinished_step": self.unfinished_step, "text": str(self)}
-
 
 def declared_steps(meta: dict[str, Any]) -> int | None:
     """The number of steps a trace's header says its run was to record (meta "steps"), or None."""

@@ -158,7 +158,7 @@ class CheckpointRun:
         path = Path(path)
         with open_trace(path) as trace:
             meta = dict(trace.meta)
-            encoding = trace.encoding
+            encoding, run_id = trace.encoding, trace.run_id
         if META_KEY not in meta:
             raise FormatError(path, f'not a checkpoint run: its header has no "{META_KEY}" (record one with '
                                     "memstate run SCENARIO --checkpoint-every K -o RUN.memstate)")
@@ -166,7 +166,11 @@ class CheckpointRun:
         for key in ("impl", "scenario", "steps", "layers"):
             if key not in meta:
                 raise FormatError(path, f'checkpoint run header has no "{key}"; it cannot be replayed')
-        names = param_names(len(meta["layers"]) - 1)
+        layers = meta["layers"]
+        if not isinstance(layers, list) or len(layers) < 2 or not all(type(n) is int and n >= 1 for n in layers):
+            raise FormatError(path, f'checkpoint run header "layers" must be a list of at least two positive '
+                                    f"integers, got {layers!r:.60}")
+        names = param_names(len(layers) - 1)
         losses: list[float] = []
         accs: list[float] = []
         checkpoints: list[int] = []
@@ -181,6 +185,9 @@ class CheckpointRun:
                     raise FormatError(file, f"checkpoint runs record every step; step {len(losses)} is missing")
                 try:
                     with safe_open(str(file), framework="np") as f:
+                        if (f.metadata() or {}).get("run_id") != run_id:
+                            raise FormatError(file, "written by another run than header.json (its run id "
+                                                    "differs): two runs wrote into this directory")
                         keys = set(f.keys())
                         missing = [n for n in SCALARS if n not in keys]
                         if missing:

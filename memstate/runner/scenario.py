@@ -290,6 +290,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:
         raise ScenarioError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
 
 
 def scenario_from_table(table: Mapping[str, Any], name: str, path: Path | None = None) -> Scenario:

@@ -77,6 +77,8 @@ class Variant:
         """Build a variant from a `[variant]` table, naming the key of any bad entry."""
         known = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
+        if not isinstance(table, Mapping):
+            raise ScenarioError(f"{source}: a variant is a table of KEY = VALUE, got {table!r:.60}")
         for key, value in table.items():
             if key not in known:
                 raise ScenarioError(

