@@ -18,6 +18,8 @@ from memstate.comparator.tolerance import (
     MinTolerance,
     Rule,
     Tolerance,
+    TOL_SYNTAX,
+    ULP_SYNTAX,
     ToleranceError,
     Tolerances,
     ceil_3g,
@@ -206,6 +208,7 @@ def test_parse_errors_name_the_option_the_value_and_the_syntax(parse, spec, mess
     with pytest.raises(ToleranceError) as info:
         parse(spec)
     assert str(info.value).startswith(message)
+    assert str(info.value).endswith(TOL_SYNTAX if parse is parse_tol else ULP_SYNTAX)
 
 
 def test_tolerances_from_specs_keeps_order_globals_and_the_oracle_factor():
