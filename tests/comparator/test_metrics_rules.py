@@ -190,3 +190,42 @@ def test_metrics_equal_a_direct_computation(a, data):
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na > 1e-3 and nb > 1e-3:
         assert m.cosine == pytest.approx(float(np.dot(a, b) / (na * nb)), abs=1e-9)
+
+
+PARALLEL = np.array([-0.12853466294403426, 1.3664634705496859, -0.6651946734866135, 0.3515100700930197,
+                     0.9034701816518086, 0.09401229776087457, -0.7434992493538084, -0.9217253762584194])
+
+
+def test_cosine_of_parallel_vectors_is_clipped_to_one():
+    """dot / sqrt(|a|^2 |b|^2) rounds to 1 + 2.2e-16 for these; a cosine is never outside [-1, 1]."""
+    k = 6.886865646358878
+    assert cosine_similarity(PARALLEL, k * PARALLEL) == 1.0
+    assert cosine_similarity(PARALLEL, -k * PARALLEL) == -1.0
+    assert tensor_metrics(PARALLEL, k * PARALLEL).cosine == 1.0
+
+
+def test_float32_inputs_are_measured_in_float64():
+    a = np.array([1.0, 3.0], dtype=np.float32)
+    b = np.array([1e-8, 3.0 + 2.0 ** -22], dtype=np.float32)
+    e = element_errors(a, b)
+    assert e.abs.tolist() == [1.0 - float(np.float32(1e-8)), 2.0 ** -22]  # float32 subtraction would round to 1.0
+    assert element_errors(b, a).abs.tolist() == e.abs.tolist()
+    x = np.array([1.0, 1e-4], dtype=np.float32)
+    y = np.array([1.0, -1e-4], dtype=np.float32)
+    expected = (1.0 - float(np.float32(1e-4)) ** 2) / (1.0 + float(np.float32(1e-4)) ** 2)
+    assert cosine_similarity(x, y) == pytest.approx(expected, rel=1e-15)
+    assert cosine_similarity(y, x) == pytest.approx(expected, rel=1e-15)
+
+
+def test_ulps_of_a_float64_beyond_float32s_range_are_silent():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = ulp_distance(np.array([1e300, -1e300]), np.array([1.0, 1.0], dtype=np.float32))
+    assert d.tolist() == [float(0x7F800000 - 0x3F800000), float(0x7F800000 + 0x3F800000)]
+
+
+def test_largest_elementwise_rel_error():
+    a = np.arange(6.0)
+    m = tensor_metrics(a, a + 0.5)
+    assert m.max_elem_rel_error == 1.0  # 0 against 0.5
+    assert tensor_metrics(a + 1.0, a + 1.5).max_elem_rel_error == 0.5 / 1.5
