@@ -250,3 +250,55 @@ def test_no_max_has_no_logit_free_fallback():
     good, bad = probs(z), probs(z, "none", "row")
     assert softmax_no_max(ctx(good, bad)) is None
     assert softmax_no_max(ctx(good, bad, z, z)).confidence == 0.95
+
+
+def test_the_correct_side_matches_no_wrong_form():
+    z = Z.copy()
+    c = ctx(probs(z), probs(z, "row", "global"), z, z)
+    assert [softmax_match(c, s) for s in sides(c)] == [None, ("row", "global", True)]
+
+
+def test_float32_global_max_that_only_loses_precision_names_that_row():
+    z = Z.astype(np.float32)
+    z[3] -= np.float32(95.0)  # exp(-98) is a float32 subnormal: no nan, but far from the correct row
+    good, bad = probs(z), probs(z, "global", "row")
+    assert not np.isnan(bad).any() and bad.dtype == np.float32
+    d = softmax_global_max(ctx(good, bad, z, z))
+    assert (d.evidence["rows"], d.evidence["nan_rows"], d.confidence) == ([3], 0, 0.95)
+
+
+def test_fallbacks_need_the_same_shape_on_both_sides():
+    z = Z.copy()
+    good5 = probs(np.vstack([z, z[:1]]))  # five rows that sum to 1
+    far = z.copy()
+    far[3] -= 900.0
+    assert softmax_global_max(ctx(good5, probs(far, "global", "row"))) is None
+    assert softmax_global_sum(ctx(good5, probs(z, "row", "global"))) is None
+    assert softmax_column_sum(ctx(good5, probs(z, "row", "column"))) is None
+
+
+def test_column_sum_fallback_needs_rows_that_do_not_sum_to_one():
+    """A doubly stochastic matrix sums to 1 both ways: a different softmax, not a column-normalised one."""
+    z = Z[:3].copy()
+    doubly = np.array([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]])
+    assert softmax_column_sum(ctx(probs(z), doubly)) is None
+    assert softmax_column_sum(ctx(probs(z), probs(z, "row", "column"))).confidence == 0.75
+
+
+def test_global_max_fallback_counts_every_nan_row():
+    z = Z.copy()
+    z[[0, 3]] -= 900.0
+    z[0, 0] = 3.0  # row 0 keeps the batch max; rows 3 and ... are far below it
+    z[1] -= 900.0
+    good, bad = probs(z), probs(z, "global", "row")
+    d = softmax_global_max(ctx(good, bad))
+    assert (d.evidence["rows"], d.evidence["nan_rows"]) == ([1, 3], 2)
+    assert d.explanation.startswith("Side B's probs have 2 rows (rows [1, 3]) that are all nan or all zero")
+
+
+def test_global_sum_fallback_evidence():
+    z = Z.copy()
+    bad = probs(z, "row", "global")
+    d = softmax_global_sum(ctx(probs(z), bad))
+    assert d.evidence == {"side": "B", "row_sums": bad.sum(axis=1).tolist(), "total_sum": float(bad.sum()),
+                          "batch": 4, "logits_checked": False}
