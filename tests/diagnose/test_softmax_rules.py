@@ -302,3 +302,9 @@ def test_global_sum_fallback_evidence():
     d = softmax_global_sum(ctx(probs(z), bad))
     assert d.evidence == {"side": "B", "row_sums": bad.sum(axis=1).tolist(), "total_sum": float(bad.sum()),
                           "batch": 4, "logits_checked": False}
+
+
+def test_global_sum_fallback_needs_rows_that_do_not_sum_to_one():
+    """One row 1e-7 off the other side's: its matrix and its row both sum to 1, so nothing says global sum."""
+    one = probs(Z[:1].copy())
+    assert softmax_global_sum(ctx(one, one * (1 + 1e-7))) is None
