@@ -214,3 +214,50 @@ def test_nice_lr_and_its_precision():
     assert rc.nice_lr(0.1 * (1 + 1e-9)) == 0.1000000001  # ten digits: the float64 fit knows them
     assert rc.nice_lr(0.1 * (1 + 1e-9), "float32") == 0.1
     assert rc.nice_lr(0.012345678) == 0.012345678
+
+
+def test_layers_from_z_names_alone():
+    assert rc.n_layers_of(["x", "L3.z", "L1.a", "L2.a"]) == 3
+
+
+def test_activation_error_is_silent_on_overflow():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rc.activation_error("sigmoid", np.array([-1000.0, 0.0]), np.array([0.0, 0.5])) == 0.0
+
+
+@pytest.mark.parametrize("dtype, eps", [(np.float64, 2.0 ** -52), (np.float32, 2.0 ** -23), (np.float16, 2.0 ** -23)])
+def test_lr_fit_allowance_is_four_roundings_of_the_update(dtype, eps):
+    old = np.array([1.0, 2.0, 4.0], dtype=dtype)
+    grad = np.array([1.0, -2.0, 0.5], dtype=dtype)
+    new = (old - dtype(0.25) * grad).astype(dtype)
+    fit = rc.LrFit()
+    lr_t = fit.add(3, "L1.b", old, new, grad)
+    g, n = grad.astype(np.float64), new.astype(np.float64)
+    assert lr_t == 0.25
+    expected = 4 * eps * (float(np.linalg.norm(n)) + 0.25 * np.sqrt(g @ g)) / np.sqrt(g @ g)
+    assert fit.fits == [(3, "L1.b", 0.25, pytest.approx(expected, rel=1e-12))]
+    assert rc.lr_precision(dtype) == 100 * eps
+
+
+def test_lr_fit_ignores_nonfinite_elements():
+    fit = rc.LrFit()
+    g = np.array([1.0, 2.0, 3.0, 4.0])
+    old = np.array([1.0, 2.0, np.nan, 7.0])
+    new = np.array([0.9, 1.8, 5.0, np.inf])
+    assert fit.add(0, "w", old, new, g) == pytest.approx(0.1, rel=1e-12)
+    assert fit.add(1, "w", np.array([1.0, 2.0, 3.0]), np.array([0.9, 1.8, 2.0]), np.array([1.0, 2.0, np.nan])) == \
+        pytest.approx(0.1, rel=1e-12)
+
+
+def test_lr_consistency_reports_the_first_of_equally_bad_fits():
+    fit = rc.LrFit(num=0.5, den=1.0, fits=[(0, "a", 0.25, 1e-3), (1, "b", 0.75, 1e-3)])
+    worst, at = fit.consistency()
+    assert at == (0, "a") and worst == 0.25 / (1e-3 + 0.5e-12)
+
+
+def test_nice_lr_precision_is_relative_to_the_rate():
+    assert rc.nice_lr(1000 * (1 + 1e-15)) == 1000.0
+    assert rc.nice_lr(0.0) == 0.0
