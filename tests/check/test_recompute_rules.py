@@ -261,3 +261,18 @@ def test_lr_consistency_reports_the_first_of_equally_bad_fits():
 def test_nice_lr_precision_is_relative_to_the_rate():
     assert rc.nice_lr(1000 * (1 + 1e-15)) == 1000.0
     assert rc.nice_lr(0.0) == 0.0
+
+
+def test_activation_error_of_nan_on_both_sides_is_zero_and_near_zero_is_relative_to_tiny():
+    assert rc.activation_error("relu", np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 0.0
+    assert rc.activation_error("relu", np.array([np.nan, 2.0]), np.array([np.nan, 3.0])) == 0.5
+    tiny = np.finfo(np.float64).tiny
+    assert rc.activation_error("relu", np.array([0.0, 1.0]), np.array([1e-300, 1.0])) == 1e-300 / tiny
+
+
+def test_activation_inference_threshold_is_eight_terms_of_rounding():
+    eps = 2.0 ** -52
+    within = {"L1.z": np.array([[1.0, -1.0]]), "L1.a": np.array([[1.0 + 15 * eps, 0.0]])}
+    beyond = {"L1.z": np.array([[1.0, -1.0]]), "L1.a": np.array([[1.0 + 17 * eps, 0.0]])}
+    assert rc.infer_activation(within, 2, np.dtype("float64"))[0] == "relu"
+    assert rc.infer_activation(beyond, 2, np.dtype("float64"))[0] == "other"
