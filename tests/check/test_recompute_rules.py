@@ -276,3 +276,57 @@ def test_activation_inference_threshold_is_eight_terms_of_rounding():
     beyond = {"L1.z": np.array([[1.0, -1.0]]), "L1.a": np.array([[1.0 + 17 * eps, 0.0]])}
     assert rc.infer_activation(within, 2, np.dtype("float64"))[0] == "relu"
     assert rc.infer_activation(beyond, 2, np.dtype("float64"))[0] == "other"
+
+
+def test_summed_reduction_rules_scale_by_the_batch():
+    t, p = STEPS[0].tensors, PARAMS
+    table = rc.rules(rc.Settings(2, "relu", "sum", 0.1))
+    for rule in table["loss"]:
+        v, s = rule.fn(t, p)
+        assert float(v) == pytest.approx(8 * float(t["loss"]), rel=1e-12), rule.formula
+    mean_scales = [float(r.fn(t, p)[1]) for r in rc.rules(SETTINGS)["loss"]]
+    z = t["L2.z"]
+    terms = np.abs(t["y"]) * (np.abs(z) + np.abs(z).max(axis=1, keepdims=True) + np.log(10))
+    assert float(table["loss"][0].fn(t, p)[1]) == pytest.approx(8 * float(t["loss"]) + terms.sum(), rel=1e-12)
+    assert mean_scales[0] == pytest.approx(float(t["loss"]) + terms.sum() / 8, rel=1e-12)
+    v, s = table["L2.dz"][0].fn(t, p)
+    np.testing.assert_allclose(v, 8 * t["L2.dz"], rtol=1e-12, atol=1e-15)
+    pr = t["probs"]
+    np.testing.assert_allclose(s, pr * (1 + np.abs(z - z.max(axis=1, keepdims=True))) + t["y"], rtol=1e-15)
+    without_z = {k: v for k, v in t.items() if k != "L2.z"}
+    v, s = rc.rules(SETTINGS)["L2.dz"][0].fn(without_z, p)
+    np.testing.assert_allclose(s, (pr + t["y"]) / 8, rtol=1e-15)
+
+
+def test_dense_scale_includes_the_bias():
+    t, p = STEPS[1].tensors, in_force(1)
+    assert np.abs(p["L1.b"]).max() > 0
+    _, s = rc.rules(SETTINGS)["L1.z"][0].fn(t, p)
+    np.testing.assert_array_equal(s, np.abs(t["x"]) @ np.abs(p["L1.W"]) + np.abs(p["L1.b"]))
+
+
+def test_relu_kink_without_a_recorded_dz():
+    z = np.array([[-1.0, 0.0, 2.0]])
+    t = {"L1.z": z, "L1.a": np.maximum(z, 0), "L1.da": np.array([[0.5, 0.25, -1.0]])}
+    v, _ = rc.rules(SETTINGS)["L1.dz"][0].fn(t, {})
+    assert v.tolist() == [[0.0, 0.0, -1.0]]
+
+
+def test_reduction_inference_edge_cases():
+    t = STEPS[0].tensors
+    dz = t["L2.dz"].copy()
+    dz[0, 0] = np.nan  # one non-finite element: the others still decide
+    assert rc.infer_reduction(dict(t, **{"L2.dz": dz}), 2)[0] == "mean"
+    assert rc.infer_reduction(dict(t, **{"L2.dz": dz}), 2)[1].startswith("L2.dz = 0.125")
+    exact = dict(t, probs=t["y"].copy(), **{"L2.dz": np.zeros_like(t["y"])})  # probs == y: dz says nothing
+    assert rc.infer_reduction(exact, 2)[1].startswith("loss = ")
+    one = {"probs": np.array([[0.7, 0.2, 0.1]]), "y": np.array([[1.0, 0.0, 0.0]])}
+    one["L2.dz"] = one["probs"] - one["y"]  # sum of squares 0.14: small, still decides
+    assert rc.infer_reduction(one, 2) == ("mean", "L2.dz = 1 * (probs - y) (batch of 1: mean and sum agree)")
+    neither = "neither the output layer's dz nor the loss could be compared with probs - y"
+    assert rc.infer_reduction({"L2.z": t["L2.z"], "loss": t["loss"]}, 2) == (None, neither)
+    no_labels = {"L2.z": t["L2.z"], "loss": t["loss"], "y": np.zeros_like(t["y"])}  # per-sample losses sum to 0
+    assert rc.infer_reduction(no_labels, 2) == (None, neither)
+    nan_loss = {"L2.z": t["L2.z"], "loss": np.array(np.nan), "y": t["y"]}
+    assert rc.infer_reduction(nan_loss, 2) == (None, neither)
+    assert rc._reduction_from_ratio(1.5, 1, "h") == (None, "h: neither 1/B (B = 1) nor 1")
