@@ -330,3 +330,10 @@ def test_reduction_inference_edge_cases():
     nan_loss = {"L2.z": t["L2.z"], "loss": np.array(np.nan), "y": t["y"]}
     assert rc.infer_reduction(nan_loss, 2) == (None, neither)
     assert rc._reduction_from_ratio(1.5, 1, "h") == (None, "h: neither 1/B (B = 1) nor 1")
+
+
+def test_loss_rule_uses_log_softmax_not_the_log_of_probs():
+    """A label probability that underflows to 0: log_softmax still gives the loss (800), a log of probs cannot."""
+    t = {"L2.z": np.array([[0.0, -800.0]]), "y": np.array([[0.0, 1.0]])}
+    v, _ = rc.rules(SETTINGS)["loss"][0].fn(t, {})
+    assert float(v) == 800.0
