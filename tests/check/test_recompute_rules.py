@@ -337,3 +337,12 @@ def test_loss_rule_uses_log_softmax_not_the_log_of_probs():
     t = {"L2.z": np.array([[0.0, -800.0]]), "y": np.array([[0.0, 1.0]])}
     v, _ = rc.rules(SETTINGS)["loss"][0].fn(t, {})
     assert float(v) == 800.0
+
+
+def test_rules_are_silent_on_zero_probabilities():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v, s = rc.rules(SETTINGS)["loss"][1].fn({"probs": np.array([[0.0, 1.0]]), "y": np.array([[1.0, 0.0]])}, {})
+    assert float(v) == np.inf and float(s) == np.inf
