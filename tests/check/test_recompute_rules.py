@@ -346,3 +346,11 @@ def test_rules_are_silent_on_zero_probabilities():
         warnings.simplefilter("error")
         v, s = rc.rules(SETTINGS)["loss"][1].fn({"probs": np.array([[0.0, 1.0]]), "y": np.array([[1.0, 0.0]])}, {})
     assert float(v) == np.inf and float(s) == np.inf
+
+
+def test_reduction_inference_without_a_scalar_loss():
+    t = STEPS[0].tensors
+    neither = "neither the output layer's dz nor the loss could be compared with probs - y"
+    assert rc.infer_reduction({"L2.z": t["L2.z"], "y": t["y"]}, 2) == (None, neither)
+    per_sample = {"L2.z": t["L2.z"], "y": t["y"], "loss": np.ones(8)}
+    assert rc.infer_reduction(per_sample, 2) == (None, neither)
