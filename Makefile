@@ -1,11 +1,11 @@
-# Two commands: `make demo` runs the main job, `make test` runs the tests.
+# Two commands: `make demo` runs the main job, `make test` runs the tests (`make mutation`: docs/testing.md).
 # Each creates .venv from scratch when it is missing and installs the project with the extras it needs.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test fuzz bench clean
+.PHONY: demo test fuzz bench mutation typecheck docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,17 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	$(PY) -m pytest -q -m fuzz tests/robust
 
+# Mutation testing of the decision code, each module against its own tests (docs/testing.md); minutes, not
+# part of `make test`.
+$(VENV)/.mutation-installed: $(STAMP)
+	@$(PY) -m pip install -e '.[dev,jax,mutation]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	touch $@
+
+mutation: $(VENV)/.mutation-installed
+	$(PY) scripts/mutation.py $(MODULES)
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_impls.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .hypothesis
+	rm -rf $(VENV) out .pytest_cache .hypothesis .mutation

@@ -193,7 +193,8 @@ def softmax_column_sum(ctx: DivergenceContext) -> Diagnosis | None:
 def _describe_no_max(side: Side, z: np.ndarray, m: str, s: str) -> tuple[str, dict]:
     over = np.log(np.finfo(side.raw_dtype if side.raw_dtype.kind == "f" else np.float64).max)
     row_max = z.max(axis=1)
-    rows = _bad_rows(side.x, softmax_form(z, "row", "row"))
+    f32 = side.raw_dtype == np.float32  # judged at float32's precision, as in _describe_global_max
+    rows = _bad_rows(side.x, softmax_form(z, "row", "row"), *((1e-4, 1e-37) if f32 else (1e-9, 1e-290)))
     text = (f"{who(side)}'s probs are exp(z) / sum(exp(z)) with no max subtracted: rows {rows.tolist()} have "
             f"logits up to {fmt(float(row_max.max()))}, above log(max float) = {fmt(float(over))}, so exp "
             f"overflows to inf and inf/inf = nan. Fix: subtract each row's max before exp.")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import check_writer
+from impl_availability import require
 from variant_cases import VARIANTS, variant_id
 from memstate.check import recompute as rc
 from memstate.check.checker import check_trace
@@ -82,15 +83,7 @@ def test_numpy_clean_trace_checks_clean_and_says_what_it_verified(tmp_path, scen
 def test_every_implementation_checks_clean(tmp_path, impl, dtype, steps):
     """The reference recomputes other implementations' operations within rounding: sums in other orders,
     gradients by autodiff through log-softmax, float32 arithmetic."""
-    from memstate.errors import MemstateError
-    from memstate.runner.registry import get_impl
-
-    if impl == "jax":
-        pytest.importorskip("jax")
-    try:
-        get_impl(impl)
-    except (ImportError, MemstateError) as exc:
-        pytest.skip(f"implementation {impl} is not available: {exc}")
+    require(impl)  # skips only jax without the jax package; an implementation that fails to load fails
     scenario = load_scenario("mnist14-relu" if dtype == "float64" else "mnist14-relu-f32")
     path, params = make_trace(tmp_path, scenario, impl, steps=steps)
     r = check_trace(path, params=params)
@@ -173,8 +166,7 @@ def test_global_max_is_caught_at_the_first_step_where_it_matters(tmp_path, scena
 @pytest.mark.parametrize("impl", ["python", "jax"])
 def test_variants_in_other_implementations(tmp_path, scenario, impl, variant, scale, tensor, code):
     """Hand-derived (python) and autodiff (jax) traces of the same bugs are caught at the same operation."""
-    if impl == "jax":
-        pytest.importorskip("jax")
+    require(impl)
     path, params = make_trace(tmp_path, scenario, impl, variant=variant, scale=scale, steps=2)
     r = check_trace(path, params=params)
     assert first(r) == (0, tensor) and codes(r)[0] == code

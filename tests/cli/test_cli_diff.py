@@ -126,7 +126,6 @@ def test_html_without_the_html_report(pair, monkeypatch, capsys):
 
 
 def test_html_report_when_available(pair, tmp_path):
-    pytest.importorskip("memstate.report.html")
     out = tmp_path / "r.html"
     assert main(["diff", str(pair[0]), str(pair[2]), "--format", "html", "-o", str(out)]) == 1
     assert "<html" in out.read_text().lower()
