@@ -736,7 +736,8 @@ class _Comparer:
                 self.findings.add("not-canonical", "warning", f"{side.upper()} records names that are not canonical "
                                   f"({', '.join(odd[:6])}{', ...' if len(odd) > 6 else ''}), so they are not compared: "
                                   "read it through a layout map (--map-a/--map-b, docs/ports.md)", side)
-        if self.compared and not self.names:
+        if self.compared and not self.names and (self.sided or self.filter):  # (steps with no tensor at
+            # all on both sides are valid and agree: nothing to compare, nothing that differs)
             why = ("no tensor name is recorded by both sides" + (" among those --only/--ignore select" if self.filter
                                                                  else ""))
             self.findings.add("nothing-compared", "error", f"{why}: nothing was compared (a layout map, "

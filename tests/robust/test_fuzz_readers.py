@@ -12,6 +12,7 @@ import io
 import json
 import math
 import tempfile
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -157,7 +158,7 @@ def _jsonl_cut(at: int) -> None:
             return
         assert _steps_equal(steps, JSONL_STEPS[:len(steps)])
         # a step is complete once its terminator's closing brace is written (the newline may still be missing)
-        ends = [i + len(b'"end": true}') for i in range(len(JSONL)) if JSONL.startswith(b'"end": true}', i)]
+        ends = [m.end() for m in re.finditer(rb'"end":\s*true}', JSONL)]  # (orjson writes no spaces)
         assert len(ends) == 3 and len(steps) == sum(end <= at for end in ends)
 
 
