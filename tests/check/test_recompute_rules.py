@@ -86,7 +86,8 @@ def test_scales_are_the_magnitudes_of_the_terms():
     v, s = table["loss"][1].fn(t, p)
     terms = np.where(t["y"] != 0, t["y"] * np.log(pr), 0.0)
     assert float(v) == pytest.approx(-terms.sum() / 8, rel=1e-15)
-    assert float(s) == pytest.approx(abs(float(v)) + np.abs(terms).sum() + 1.0, rel=1e-15)
+    # the terms' magnitude carries the reduction's 1/B, as the value does (was unscaled before the rework)
+    assert float(s) == pytest.approx(abs(float(v)) + np.abs(terms).sum() / 8 + 1.0, rel=1e-15)
     v, s = table["loss"][0].fn(t, p)
     expect = np.abs(t["y"]) * (np.abs(z) + np.abs(z).max(axis=1, keepdims=True) + np.log(10))
     assert float(s) == pytest.approx(abs(float(v)) + expect.sum() / 8, rel=1e-15)
@@ -157,23 +158,48 @@ def test_activation_error_and_inference():
     assert rc.infer_activation({"L1.z": z, "L1.a": near}, 2, np.dtype("float64"))[0] == "other"
 
 
+MEAN8 = "0.125 * (probs - y) = 1/B, B = 8"
+
+
 def test_reduction_inference_from_dz_and_from_the_loss():
     t = STEPS[0].tensors
-    assert rc.infer_reduction(t, 2) == ("mean", "L2.dz = 0.125 * (probs - y) = 1/B, B = 8")
-    summed = dict(t, **{"L2.dz": t["L2.dz"] * 8})
-    assert rc.infer_reduction(summed, 2) == ("sum", "L2.dz = 1 * (probs - y)")
-    odd = dict(t, **{"L2.dz": t["L2.dz"] * 3})
-    assert rc.infer_reduction(odd, 2) == (None, "L2.dz = 0.375 * (probs - y): neither 1/B (B = 8) nor 1")
-    no_dz = {k: v for k, v in t.items() if k != "L2.dz"}
-    red, how = rc.infer_reduction(no_dz, 2)
-    assert red == "mean" and how.startswith("loss = 0.125") and how.endswith("= 1/B, B = 8")
-    total = dict(no_dz, loss=np.asarray(float(t["loss"]) * 8))
+    # every output-layer gradient recorded votes: dz against probs - y, dW against a^T (probs - y), db against
+    # the batch sum of probs - y
+    assert rc.infer_reduction(t, 2) == ("mean", f"L2.dz = {MEAN8}; L2.dW = {MEAN8}; L2.db = {MEAN8}", None)
+    only_dz = {k: v for k, v in t.items() if k not in ("L2.dW", "L2.db")}
+    only_dW = {k: v for k, v in t.items() if k not in ("L2.dz", "L2.db")}
+    only_db = {k: v for k, v in t.items() if k not in ("L2.dz", "L2.dW")}
+    assert rc.infer_reduction(only_dW, 2) == ("mean", f"L2.dW = {MEAN8}", None)
+    assert rc.infer_reduction(only_db, 2) == ("mean", f"L2.db = {MEAN8}", None)
+    summed = dict(only_dz, **{"L2.dz": t["L2.dz"] * 8})
+    assert rc.infer_reduction(summed, 2) == ("sum", "L2.dz = 1 * (probs - y)", None)
+    # one wrong gradient is outvoted by the two others; a tie goes to the first gradient (dz)
+    outvoted = dict(t, **{"L2.dz": t["L2.dz"] * 8})
+    assert rc.infer_reduction(outvoted, 2) == (
+        "mean", f"L2.dz = 1 * (probs - y); L2.dW = {MEAN8}; L2.db = {MEAN8}", None)
+    tie = {k: v for k, v in outvoted.items() if k != "L2.db"}
+    assert rc.infer_reduction(tie, 2) == ("sum", f"L2.dz = 1 * (probs - y); L2.dW = {MEAN8}", None)
+    odd = dict(only_dz, **{"L2.dz": t["L2.dz"] * 3})
+    red, how, factor = rc.infer_reduction(odd, 2)
+    assert (red, how) == (None, "L2.dz = 0.375 * (probs - y): neither 1/B (B = 8) nor 1")
+    assert factor == pytest.approx(0.375, rel=1e-12)  # dz's own factor: checked as dz = c * (probs - y)
+    odd_dW = dict(only_dW, **{"L2.dW": t["L2.dW"] * 3})  # no dz: no factor to check it with
+    assert rc.infer_reduction(odd_dW, 2) == (None, "L2.dW = 0.375 * (probs - y): neither 1/B (B = 8) nor 1", None)
+    all_odd = dict(t, **{n: t[n] * 3 for n in ("L2.dz", "L2.dW", "L2.db")})  # none votes: dz's text and factor
+    red, how, factor = rc.infer_reduction(all_odd, 2)
+    assert (red, how, factor) == (None, "L2.dz = 0.375 * (probs - y): neither 1/B (B = 8) nor 1",
+                                  pytest.approx(0.375, rel=1e-12))
+    no_grad = {k: v for k, v in t.items() if k not in ("L2.dz", "L2.dW", "L2.db")}
+    red, how, factor = rc.infer_reduction(no_grad, 2)
+    assert red == "mean" and how.startswith("loss = 0.125") and how.endswith("= 1/B, B = 8") and factor is None
+    total = dict(no_grad, loss=np.asarray(float(t["loss"]) * 8))
     assert rc.infer_reduction(total, 2)[0] == "sum"
     assert rc.infer_reduction({"x": t["x"]}, 2) == (
-        None, "neither the output layer's dz nor the loss could be compared with probs - y")
+        None, "neither the output layer's dz nor the loss could be compared with probs - y", None)
     one = {k: v[:1] for k, v in t.items() if k in ("probs", "y", "L2.dz")}
     one["L2.dz"] = one["probs"] - one["y"]
-    assert rc.infer_reduction(one, 2) == ("mean", "L2.dz = 1 * (probs - y) (batch of 1: mean and sum agree)")
+    assert rc.infer_reduction(one, 2) == (
+        "mean", "L2.dz = 1 * (probs - y) (batch of 1: mean and sum agree)", None)
 
 
 def test_reduction_ratio_thresholds():
@@ -200,9 +226,13 @@ def test_learning_rate_fit_over_steps():
     bad = rc.LrFit()
     bad.add(0, "a", np.ones(3), np.ones(3) - 0.1 * g, g)
     bad.add(1, "b", np.ones(3), np.ones(3) - 0.2 * g, g)
-    assert bad.lr == pytest.approx(0.15) and (bad.lo, bad.hi) == pytest.approx((0.1, 0.2))
+    # consensus, not least squares (which gave 0.15): two disagreeing fits, the earlier one's group wins
+    assert bad.lr == pytest.approx(0.1, rel=1e-12) and (bad.lo, bad.hi) == pytest.approx((0.1, 0.2))
     worst, at = bad.consistency()
-    assert worst > 1e6 and at in ((0, "a"), (1, "b"))
+    assert worst > 1e6 and at == (1, "b")  # b is the odd one out
+    bad.add(2, "c", np.ones(3), np.ones(3) - 0.2 * g, g)  # a second fit at 0.2: the larger group moves it
+    assert bad.lr == pytest.approx(0.2, rel=1e-12) and bad.count == 3
+    assert bad.consistency()[1] == (0, "a")
     assert rc.LrFit().lr is None and rc.LrFit().consistency() == (0.0, None)
 
 
@@ -238,7 +268,7 @@ def test_lr_fit_allowance_is_four_roundings_of_the_update(dtype, eps):
     g, n = grad.astype(np.float64), new.astype(np.float64)
     assert lr_t == 0.25
     expected = 4 * eps * (float(np.linalg.norm(n)) + 0.25 * np.sqrt(g @ g)) / np.sqrt(g @ g)
-    assert fit.fits == [(3, "L1.b", 0.25, pytest.approx(expected, rel=1e-12))]
+    assert fit.fits == [rc.TensorFit(3, "L1.b", 0.25, pytest.approx(expected, rel=1e-12))]
     assert rc.lr_precision(dtype) == 100 * eps
 
 
@@ -253,9 +283,11 @@ def test_lr_fit_ignores_nonfinite_elements():
 
 
 def test_lr_consistency_reports_the_first_of_equally_bad_fits():
-    fit = rc.LrFit(num=0.5, den=1.0, fits=[(0, "a", 0.25, 1e-3), (1, "b", 0.75, 1e-3)])
-    worst, at = fit.consistency()
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.25, 1e-3), rc.TensorFit(1, "b", 0.75, 1e-3)])
+    worst, at = fit.consistency(0.5)  # checked against a given rate: both 0.25 off, the first is reported
     assert at == (0, "a") and worst == 0.25 / (1e-3 + 0.5e-12)
+    worst, at = fit.consistency()  # against the consensus: the earlier fit's group (0.25), b is 0.5 off
+    assert at == (1, "b") and worst == 0.5 / (1e-3 + 0.25e-12)
 
 
 def test_nice_lr_precision_is_relative_to_the_rate():
@@ -322,13 +354,14 @@ def test_reduction_inference_edge_cases():
     assert rc.infer_reduction(exact, 2)[1].startswith("loss = ")
     one = {"probs": np.array([[0.7, 0.2, 0.1]]), "y": np.array([[1.0, 0.0, 0.0]])}
     one["L2.dz"] = one["probs"] - one["y"]  # sum of squares 0.14: small, still decides
-    assert rc.infer_reduction(one, 2) == ("mean", "L2.dz = 1 * (probs - y) (batch of 1: mean and sum agree)")
+    assert rc.infer_reduction(one, 2) == ("mean", "L2.dz = 1 * (probs - y) (batch of 1: mean and sum agree)",
+                                          None)
     neither = "neither the output layer's dz nor the loss could be compared with probs - y"
-    assert rc.infer_reduction({"L2.z": t["L2.z"], "loss": t["loss"]}, 2) == (None, neither)
+    assert rc.infer_reduction({"L2.z": t["L2.z"], "loss": t["loss"]}, 2) == (None, neither, None)
     no_labels = {"L2.z": t["L2.z"], "loss": t["loss"], "y": np.zeros_like(t["y"])}  # per-sample losses sum to 0
-    assert rc.infer_reduction(no_labels, 2) == (None, neither)
+    assert rc.infer_reduction(no_labels, 2) == (None, neither, None)
     nan_loss = {"L2.z": t["L2.z"], "loss": np.array(np.nan), "y": t["y"]}
-    assert rc.infer_reduction(nan_loss, 2) == (None, neither)
+    assert rc.infer_reduction(nan_loss, 2) == (None, neither, None)
     assert rc._reduction_from_ratio(1.5, 1, "h") == (None, "h: neither 1/B (B = 1) nor 1")
 
 
@@ -351,6 +384,6 @@ def test_rules_are_silent_on_zero_probabilities():
 def test_reduction_inference_without_a_scalar_loss():
     t = STEPS[0].tensors
     neither = "neither the output layer's dz nor the loss could be compared with probs - y"
-    assert rc.infer_reduction({"L2.z": t["L2.z"], "y": t["y"]}, 2) == (None, neither)
+    assert rc.infer_reduction({"L2.z": t["L2.z"], "y": t["y"]}, 2) == (None, neither, None)
     per_sample = {"L2.z": t["L2.z"], "y": t["y"], "loss": np.ones(8)}
-    assert rc.infer_reduction(per_sample, 2) == (None, neither)
+    assert rc.infer_reduction(per_sample, 2) == (None, neither, None)
