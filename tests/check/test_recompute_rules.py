@@ -387,3 +387,48 @@ def test_reduction_inference_without_a_scalar_loss():
     assert rc.infer_reduction({"L2.z": t["L2.z"], "y": t["y"]}, 2) == (None, neither, None)
     per_sample = {"L2.z": t["L2.z"], "y": t["y"], "loss": np.ones(8)}
     assert rc.infer_reduction(per_sample, 2) == (None, neither, None)
+
+
+def _fits(values: list[float], allowance: float = 1e-9) -> list[rc.TensorFit]:
+    return [rc.TensorFit(k, f"p{k}", v, allowance) for k, v in enumerate(values)]
+
+
+def test_lr_consensus_largest_group_up_to_64_fits_then_the_median():
+    spread = [0.3 + 0.01 * i for i in range(35)]  # 35 fits that agree with nothing
+    few = _fits([0.1] * 29 + spread)  # 64 fits: the largest agreeing group (29 at 0.1) decides
+    lr, group = rc.consensus(few)
+    assert lr == 0.1 and len(group) == 29
+    many = _fits([0.1] * 30 + spread)  # 65: the fits within their allowance of the median (the 33rd, 0.32)
+    lr, group = rc.consensus(many)
+    assert lr == pytest.approx(0.32, rel=1e-12) and [f.name for f in group] == ["p32"]
+    halves = _fits([0.1] * 33 + [0.2] * 33)  # median 0.15 agrees with none: the median of all fits
+    lr, group = rc.consensus(halves)
+    assert lr == pytest.approx(0.15, rel=1e-12) and len(group) == 66
+    assert rc.consensus([]) == (None, [])
+    # agreement within both allowances: 0.75 - 0.5 = 0.25 = 0.125 + 0.125 agrees, with 0.1249 each it does not
+    assert len(rc.consensus([rc.TensorFit(0, "a", 0.5, 0.125), rc.TensorFit(1, "b", 0.75, 0.125)])[1]) == 2
+    assert len(rc.consensus([rc.TensorFit(0, "a", 0.5, 0.1249), rc.TensorFit(1, "b", 0.75, 0.1249)])[1]) == 1
+
+
+def test_lr_fit_per_name_summary_and_agreement_at_the_allowance():
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.5, 0.25), rc.TensorFit(1, "a", 0.75, 0.25),
+                         rc.TensorFit(0, "b", 1.0, 0.25)])
+    assert fit.per_name(0.5) == (("a", 0.625, 0.5, 0.75, 2, True), ("b", 1.0, 1.0, 1.0, 1, False))
+    assert fit.per_name(0.75) == (("a", 0.625, 0.5, 0.75, 2, True), ("b", 1.0, 1.0, 1.0, 1, True))
+    assert [row[5] for row in fit.per_name(None)] == [False, False]
+    tight = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.75, 0.2499)])
+    assert tight.per_name(0.5)[0][5] is False
+    assert tight.consistency(0.5) == (pytest.approx(0.25 / (0.2499 + 0.5e-12), rel=1e-15), (0, "a"))
+    assert rc.LrFit(fits=[rc.TensorFit(0, "a", 0.5, 0.25)]).consistency(0.5) == (0.0, None)
+
+
+def test_ratio_of_is_least_squares_over_the_finite_elements():
+    assert rc.ratio_of(np.array([2.0, 4.0, np.nan]), np.array([1.0, 2.0, 3.0])) == 2.0
+    assert rc.ratio_of(np.array([2.0, 4.0, 7.0]), np.array([1.0, 2.0, np.inf])) == 2.0
+    assert rc.ratio_of(np.array([1.0, 3.0]), np.array([1.0, 1.0])) == 2.0  # (1 + 3) / (1 + 1)
+    assert rc.ratio_of(np.array([1.0, 2.0]), np.zeros(2)) is None
+    assert rc.ratio_of(np.array([1.0, 2.0]), np.ones(3)) is None
+    assert rc.ratio_of(None, np.ones(2)) is None and rc.ratio_of(np.ones(2), None) is None
+    assert rc.vote([("L2.dW", 0.375)], 8) == (None, "L2.dW = 0.375 * (probs - y): neither 1/B (B = 8) nor 1", None)
+    assert rc.vote([("L2.dz", 0.375)], 8)[2] == 0.375
+    assert rc.vote([("L2.db", 1.0), ("L2.dz", 0.125), ("L2.dW", 0.125)], 8)[0] == "mean"
