@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Lower imports nothing higher. Same rank = may import each other's modules (without a circle).
-RANK = {"errors": 0, "names": 0, "numfmt": 0, "formats": 1, "runner": 2, "impls": 2, "scenarios": 2,
+RANK = {"errors": 0, "names": 0, "numfmt": 0, "blas": 0, "workers": 0, "formats": 1, "runner": 2, "impls": 2, "scenarios": 2,
         "diagnose": 3, "comparator": 4, "check": 5, "bisect": 6, "report": 7, "testing": 8, "cli": 9,
         "__init__": 10, "__main__": 10}
 SOURCES = {"memstate": ROOT / "memstate", "memstate.impls": ROOT / "impls", "memstate.scenarios": ROOT / "scenarios"}

@@ -862,7 +862,7 @@ def _range_judge(readers: dict[str, TraceReader], tolerances: Tolerances, jobs: 
     if len(steps) < 2 or not worth_it(readers["a"].path, steps):
         return None
     return stack.enter_context(RangeJudge(readers["a"].path, readers["b"].path, steps, tolerances, jobs,
-                                          (readers["a"].run_id, readers["b"].run_id)))
+                                          (readers["a"].run_id, readers["b"].run_id), judge_step))
 
 
 def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None, oracle: TraceLike | None = None,

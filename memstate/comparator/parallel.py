@@ -18,7 +18,7 @@ import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from memstate.comparator.tolerance import Tolerances
 from memstate.formats.readahead import ReadAhead
@@ -40,14 +40,17 @@ class StepRange:
     tolerances: Tolerances
     run_a: str | None = None  # the run ids the headers declare (each step file must carry its trace's)
     run_b: str | None = None
+    judge: Callable[..., Any] | None = None  # judge(sa, sb, tolerances, detail): the comparator's judge_step,
+    # passed in (a module-level function pickles by name) so that this module never imports the comparator
 
 
 def judge_range(unit: StepRange) -> tuple[tuple[int, Any], ...]:
     """(step, judged tensors) for each step of the unit; None in place of the tensors where a step file
     cannot be read here (the caller reads it again and reports the error where the walk meets it)."""
     from memstate.blas import blas_threads
-    from memstate.comparator.compare import judge_step
 
+    if unit.judge is None:
+        raise ValueError("StepRange.judge: pass the comparator's judge_step")
     out: list[tuple[int, Any]] = []
     with blas_threads():
         for k in unit.steps:
@@ -57,7 +60,7 @@ def judge_range(unit: StepRange) -> tuple[tuple[int, Any], ...]:
             except Exception:  # noqa: BLE001 - the caller's own read raises the right error
                 out.append((k, None))
                 continue
-            out.append((k, judge_step(sa, sb, unit.tolerances, "summary")))
+            out.append((k, unit.judge(sa, sb, unit.tolerances, "summary")))
     return tuple(out)
 
 
@@ -78,12 +81,13 @@ class RangeJudge:
     """Every common step of two binary traces judged by `jobs` worker processes, handed out by step."""
 
     def __init__(self, path_a: str | os.PathLike, path_b: str | os.PathLike, steps: list[int],
-                 tolerances: Tolerances, jobs: int, run_ids: tuple[str | None, str | None] = (None, None)):
+                 tolerances: Tolerances, jobs: int, run_ids: tuple[str | None, str | None] = (None, None),
+                 judge: Callable[..., Any] | None = None):
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=process_context())
         self.futures: dict[int, Future] = {}
         self.results: dict[int, Any] = {}
         for rng in plan_ranges(steps, jobs):
-            fut = self.pool.submit(judge_range, StepRange(str(path_a), str(path_b), rng, tolerances, *run_ids))
+            fut = self.pool.submit(judge_range, StepRange(str(path_a), str(path_b), rng, tolerances, *run_ids, judge))
             for k in rng:
                 self.futures[k] = fut
 

@@ -7,6 +7,7 @@ import pytest
 
 from memstate.comparator.compare import compare
 from memstate.formats.trace import open_trace
+from memstate.comparator.compare import judge_step
 from memstate.comparator.parallel import StepRange, judge_range, plan_ranges
 from memstate.comparator.tolerance import Tolerances
 from memstate.formats.convert import convert_trace
@@ -68,7 +69,7 @@ def test_a_range_is_judged_on_its_own(tmp_path):
     with open_trace(a) as ra, open_trace(b) as rb:
         run_ids = (ra.run_id, rb.run_id)
     assert all(run_ids)  # step files carry their run's id; a range is read with them
-    got = dict(judge_range(StepRange(str(a), str(b), (4, 5, 6), Tolerances(), *run_ids)))
+    got = dict(judge_range(StepRange(str(a), str(b), (4, 5, 6), Tolerances(), *run_ids, judge_step)))
     assert sorted(got) == [4, 5, 6]
     assert [t.name for t in got[5] if not t.within_tolerance] == ["L1.z"]
     assert all(t.within_tolerance for t in got[4] + got[6])
