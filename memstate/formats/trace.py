@@ -57,7 +57,8 @@ class EndedEarly:
         if self.declared_steps is not None:
             text = f"ended early: {self.complete_steps} of {self.declared_steps} steps"
             return text + (f" (step {self.unfinished_step} unfinished)" if self.unfinished_step is not None else "")
-        return f"ended early: {self.complete_steps} steps, then step {self.unfinished_step} unfinished"
+        n = self.complete_steps
+        return f"ended early: {n} complete step{'' if n == 1 else 's'}, then step {self.unfinished_step} unfinished"
 
 
 def declared_steps(meta: dict[str, Any]) -> int | None:

@@ -66,7 +66,7 @@ def test_show_of_a_crashed_trace_names_the_incomplete_step(capsys):
     assert main(["show", str(TRUNCATED)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{TRUNCATED} (jsonl): 1 complete steps, 0..0"
-    assert lines[4] == "  step 1 is incomplete: the run stopped in the middle of it"
+    assert lines[4] == "  ended early: 1 complete step, then step 1 unfinished"  # (issue 13's wording)
 
 
 def test_show_points_thins_the_loss_curve_and_keeps_the_last_step(tmp_path, capsys):

@@ -50,7 +50,7 @@ def long_pair(tmp_path_factory):
 
 def test_diff_page_sections_in_order(long_pair):
     c, root = long_pair
-    assert sections(root) == ["First divergence: step 150, L1.z", "Diagnosis", "Error against step",
+    assert sections(root) == ["First divergence: step 150, L1.z", "Diagnosis", "Root causes", "Error against step",
                               "Error per tensor and step", "Findings", "Metadata differences", "Tolerances"]
     assert root.find("title").text == "memstate diff: diverge at step 150, L1.z"
     assert root.find("div", class_="banner diverge").text == report_html.verdict_line(c)

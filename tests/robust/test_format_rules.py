@@ -76,4 +76,5 @@ def test_ended_early(meta, complete, first, last, unfinished, want):
 def test_ended_early_text():
     assert str(EndedEarly(3, 10, None)) == "ended early: 3 of 10 steps"
     assert str(EndedEarly(3, 10, 3)) == "ended early: 3 of 10 steps (step 3 unfinished)"
-    assert str(EndedEarly(3, None, 3)) == "ended early: 3 steps, then step 3 unfinished"
+    assert str(EndedEarly(3, None, 3)) == "ended early: 3 complete steps, then step 3 unfinished"
+    assert str(EndedEarly(1, None, 1)) == "ended early: 1 complete step, then step 1 unfinished"
