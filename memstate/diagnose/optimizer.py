@@ -38,7 +38,7 @@ def grad_not_zeroed(ctx: DivergenceContext) -> Diagnosis | None:
             own_o = own_gradient(side.other_inputs, ctx.name)
             other_ok = own_o is not None and close(side.o, own_o, rtol)
             conf, how = (0.95 if other_ok else 0.85), "recomputed from its own activations and dz"
-        elif ctx.inputs_agree and close(side.x, side.o + prev, rtol):
+        elif ctx.inputs_agree and side.o.shape == prev.shape and close(side.x, side.o + prev, rtol):
             conf, how = 0.85, f"taking {other_label(side)}'s (inputs agree) as this step's gradient"
         else:
             continue
