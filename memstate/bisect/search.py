@@ -178,6 +178,7 @@ class _Bisector:
         state = BisectState(good=picks[first_bad - 1] if first_bad > 0 else -1, bad=picks[first_bad])
         while not state.done:
             k = state.next
+            assert k is not None  # the state is not done, so next names the checkpoint to test
             self._say("search", 0, 0, f"bisecting checkpoints {self.common[max(state.good, 0)]}.."
                       f"{self.common[state.bad]}: testing {self.common[k]}")
             state = state.mark(k, self.checkpoint_error(k)[1])
@@ -223,7 +224,7 @@ def bisect(a: RunSpec | str | os.PathLike, b: RunSpec | str | os.PathLike, *, ch
         raise MemstateError(f"--steps {steps!r}: give a positive number of steps")
     tolerances = Tolerances() if tolerances is None else tolerances
     keep = workdir is not None
-    work = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="memstate-bisect-"))
+    work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="memstate-bisect-"))
     work.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     try:
@@ -331,6 +332,7 @@ def _bisect(bis: _Bisector, keep: bool, a_in: Any, b_in: Any) -> BisectResult:
     if first_ck == 0:
         candidates.append((0, bis.interval_of(0)[1], "the initial parameters already differ beyond tolerance"))
     elif first_ck is not None:
+        assert last_good is not None  # bad > 0: bad == 0 is checkpoint 0 (every run's first), handled above
         candidates.append((last_good, first_ck, f"the parameters agree at checkpoint {last_good} and diverge "
                                                 f"beyond tolerance at checkpoint {first_ck}"))
     if first_loss is not None:
@@ -439,7 +441,7 @@ def _verdict(bis: _Bisector, episodes: list[Episode], break_step: int | None, br
         locals_ = [e.local for e in episodes if e.local is not None]
         if locals_:
             f = locals_[0]
-            code = f.code or "unknown"
+            code: str | None = f.code or "unknown"  # declared for the code below, which may be None
             drift_before = [e for e in episodes if e.local is None and e.start < f.step]
             tail = " (the free-running divergence before it is rounding drift)" if drift_before else ""
             return "local", code, f, (f"a local error at step {f.step} in {f.tensor}: {code}{tail}")
@@ -456,8 +458,8 @@ def _verdict(bis: _Bisector, episodes: list[Episode], break_step: int | None, br
                      f"not from {reference.upper()}'s parameters")  # type: ignore[union-attr]
         return "drift", "drift", None, text
     nf = next((e.non_finite for e in episodes if e.non_finite is not None), None)
-    f = first.first_divergence or nf
-    code = f.code if f is not None else None
+    found = first.first_divergence or nf
+    code = found.code if found is not None else None
     text = "the runs diverge"
     if first.first_divergence is not None:
         fd = first.first_divergence
@@ -466,7 +468,7 @@ def _verdict(bis: _Bisector, episodes: list[Episode], break_step: int | None, br
         text += (f"; {nf.side.upper()} turns non-finite at step {nf.step} in {nf.tensor}"  # type: ignore[union-attr]
                  + (f" ({nf.code})" if nf.code else ""))
     text += "; run with lockstep to tell rounding drift from a local bug"
-    return "divergent", (nf.code if nf is not None and nf.code else code), (nf or f), text
+    return "divergent", (nf.code if nf is not None and nf.code else code), (nf or found), text
 
 
 __all__ = ["BisectProgress", "BisectResult", "BisectState", "DiagnosisInfo", "Episode", "Finding", "RunSpec",

@@ -75,6 +75,17 @@ def _a_prev(i: int) -> str:
     return "x" if i == 1 else f"L{i - 1}.a"
 
 
+def _last_axis(name: str, extra: int = 0) -> Callable[[Tensors], int]:
+    """A rule's `terms`: the length of tensor `name`'s last axis plus `extra` (a named function rather than a
+    lambda with a default argument, whose type mypy cannot infer)."""
+    return lambda t: t[name].shape[-1] + extra
+
+
+def _first_axis(name: str) -> Callable[[Tensors], int]:
+    """A rule's `terms`: the length of tensor `name`'s first axis (the batch)."""
+    return lambda t: t[name].shape[0]
+
+
 def rules(settings: Settings) -> dict[str, list[Rule]]:
     """The rules of an `n_layers` network, by tensor name; the first rule whose inputs are recorded applies."""
     out: dict[str, list[Rule]] = {}
@@ -96,7 +107,7 @@ def _forward_rules(settings: Settings) -> list[Rule]:
             a, w, bb = f64(t[ap]), f64(p[W]), f64(p[b])
             return ref.dense(a, w, bb), np.abs(a) @ np.abs(w) + np.abs(bb)
 
-        add(Rule(f"L{i}.z", f"{ap} @ {W} + {b}", (ap,), (W, b), lambda t, ap=ap: t[ap].shape[-1] + 1,
+        add(Rule(f"L{i}.z", f"{ap} @ {W} + {b}", (ap,), (W, b), _last_axis(ap, 1),
                  _quiet(z_fn)))
 
         if i < n:
@@ -180,8 +191,8 @@ def _backward_rules(settings: Settings) -> list[Rule]:
             d = f64(t[dz])
             return ref.bias_grad(d), np.abs(d).sum(axis=0)
 
-        add(Rule(f"L{i}.dW", f"{ap}^T @ {dz}", (ap, dz), (), lambda t, dz=dz: t[dz].shape[0], _quiet(dW_fn)))
-        add(Rule(f"L{i}.db", f"{dz} summed over the batch", (dz,), (), lambda t, dz=dz: t[dz].shape[0],
+        add(Rule(f"L{i}.dW", f"{ap}^T @ {dz}", (ap, dz), (), _first_axis(dz), _quiet(dW_fn)))
+        add(Rule(f"L{i}.db", f"{dz} summed over the batch", (dz,), (), _first_axis(dz),
                  _quiet(db_fn)))
         if i < n:
             up, W = f"L{i + 1}.dz", f"L{i + 1}.W"
@@ -190,7 +201,7 @@ def _backward_rules(settings: Settings) -> list[Rule]:
                 d, w = f64(t[up]), f64(p[W])
                 return ref.input_grad(d, w), np.abs(d) @ np.abs(w).T
 
-            add(Rule(f"L{i}.da", f"{up} @ {W}^T", (up,), (W,), lambda t, up=up: t[up].shape[-1], _quiet(da_fn)))
+            add(Rule(f"L{i}.da", f"{up} @ {W}^T", (up,), (W,), _last_axis(up), _quiet(da_fn)))
 
             def dz_fn(t, p, i=i):
                 da, z, a = f64(t[f"L{i}.da"]), f64(t[f"L{i}.z"]), f64(t[f"L{i}.a"])

@@ -125,7 +125,7 @@ class StepComparison:
 
     @property
     def worst_rel_error(self) -> float:
-        return self.worst.max_rel_error if self.tensors else 0.0
+        return worst.max_rel_error if (worst := self.worst) is not None else 0.0  # None: no tensors
 
     def __bool__(self) -> bool:
         return self.passed
@@ -671,6 +671,7 @@ class _Comparer:
                                     f"elements ({where.pattern})", tensor=t, where=where,
                                     error_grid=error_grid(errors.abs))
         self._found(first, earlier, inputs)
+        assert self.first is not None  # _found just set it
         inputs_b = names_b[:names_b.index(t.name)]
         self.first = replace(self.first, diagnoses=_diagnose(
             step=t.step, name=t.name, a=a, b=b,
@@ -691,12 +692,14 @@ class _Comparer:
             self.findings.add("missing-step", "warning", f"{other.upper()} has no step {k}, which {side.upper()} "
                               "has; only the steps both have are compared", other, None, k)
         elif self._stopped_early(other):
+            last = self.last[other]
+            assert last is not None  # _stopped_early holds only for a trace with a last step
             if ("truncated", other, None) not in self.findings.items:
                 self._missing_step(k, f"{other.upper()} ends before step {k}: its run stopped early")
-            self.findings.add("truncated", "error", f"{other.upper()} ends after step {self.last[other].index} "
+            self.findings.add("truncated", "error", f"{other.upper()} ends after step {last.index} "
                               f"although its header says {self.readers[other].meta['steps']} steps: the run "
                               f"stopped early ({self.readers[other].path})", other, None, k)
-        elif self.last[other] is None or self.last[other].complete:  # (after a crash, the crash is the error)
+        elif (last := self.last[other]) is None or last.complete:  # (after a crash, the crash is the error)
             self.findings.add("extra-steps", "warning", f"{side.upper()} has steps that {other.upper()} lacks at "
                               "its end; only the steps both have are compared", side, None, k)
 
@@ -776,8 +779,10 @@ class _Comparer:
 
     def _check_lengths(self) -> None:
         for side in ("a", "b"):
+            last = self.last[side]
             if self._stopped_early(side) and ("truncated", side, None) not in self.findings.items:
-                self.findings.add("truncated", "warning", f"{side.upper()} ends after step {self.last[side].index} "
+                assert last is not None  # _stopped_early holds only for a trace with a last step
+                self.findings.add("truncated", "warning", f"{side.upper()} ends after step {last.index} "
                                   f"although its header says {self.readers[side].meta['steps']} steps", side)
 
     def _info(self, side: str, read_to_end: bool = True) -> TraceInfo:

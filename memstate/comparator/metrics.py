@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
-_ORDERED = {4: (np.int32, np.int64), 8: (np.int64, np.uint64)}
+_IntType = type[np.integer[Any]]
+_ORDERED: dict[int, tuple[_IntType, _IntType]] = {4: (np.int32, np.int64), 8: (np.int64, np.uint64)}
 _INTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 BLOCK = 1 << 16  # elements per block in the block-wise passes: a block of both sides stays in the L2 cache
 
@@ -119,8 +121,8 @@ def element_errors(a: np.ndarray, b: np.ndarray) -> ElementErrors:
     with np.errstate(over="ignore", invalid="ignore"):
         rel = np.divide(abs_err, magnitude, out=np.zeros(a.shape), where=abs_err > 0)
     rel[mismatch] = np.inf
-    parts = (x.reshape(shape) for x in (abs_err, rel, magnitude, ulp, mismatch, finite))
-    return ElementErrors(*parts, ulp_dtype=lower_dtype(a, b).name)
+    return ElementErrors(abs_err.reshape(shape), rel.reshape(shape), magnitude.reshape(shape), ulp.reshape(shape),
+                         mismatch.reshape(shape), finite.reshape(shape), ulp_dtype=lower_dtype(a, b).name)
 
 
 def _max(x: np.ndarray) -> float:

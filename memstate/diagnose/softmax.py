@@ -61,7 +61,9 @@ def _softmax_diagnosis(ctx: DivergenceContext, code: str, wrong: Callable[[str, 
         if found is not None:
             m, s, other_ok = found
             if wrong(m, s):
-                text, ev = describe(side, logits(ctx, side.inputs, side.x), m, s)
+                z = logits(ctx, side.inputs, side.x)
+                assert z is not None  # softmax_match found a form, which it does only from these same logits
+                text, ev = describe(side, z, m, s)
                 ev.update(side=side.label, form={"max": m, "sum": s}, other_side_correct=other_ok)
                 return make(code, 0.95 if other_ok else 0.85, text, ev)
         elif logits(ctx, side.inputs, side.x) is None:

@@ -50,7 +50,7 @@ def reduction_mean_vs_sum(ctx: DivergenceContext) -> Diagnosis | None:
         return None
     summer, averager = ("B", "A") if which == "B" else ("A", "B")
     n = last_layer(ctx, ctx.inputs_a)
-    output_dz = bool(gm) and gm.group(2) == "z" and n is not None and int(gm.group(1)) == n
+    output_dz = gm is not None and gm.group(2) == "z" and n is not None and int(gm.group(1)) == n
     conf = 0.95 if ctx.name == "loss" or output_dz else 0.85
     doubt = _reduction_doubt(ctx, summer, B, n)
     if doubt is False:
@@ -172,6 +172,7 @@ def _lr_step(ctx: DivergenceContext) -> Diagnosis | None:
     k = fit[0]
     la, lb = (ctx.meta_a or {}).get("learning_rate"), (ctx.meta_b or {}).get("learning_rate")
     ev: dict = {"lr_difference_b_minus_a": k, "residual": fit[1], "learning_rate_a": la, "learning_rate_b": lb}
+    factor: float | None  # None: the headers do not pin the factor down, only the difference
     if isinstance(la, (int, float)) and isinstance(lb, (int, float)) and la != lb and abs(k - (lb - la)) <= 1e-6 * max(abs(la), abs(lb)):
         factor, conf = lb / la, 0.9
         how = f"the trace headers say so (learning_rate {la} vs {lb})"

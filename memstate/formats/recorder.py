@@ -84,6 +84,8 @@ def terminator(step: int) -> bytes:
 class TraceWriter:
     """Step bookkeeping shared by both encodings: steps strictly increase, names are unique within a step."""
 
+    encoding: str  # "jsonl" or "binary": each subclass sets it
+
     def __init__(self, path: str | os.PathLike, run_id: str | None = NEW_RUN_ID):
         self.path = Path(path)
         self.run_id: str | None = new_run_id() if run_id is NEW_RUN_ID else run_id
@@ -262,6 +264,7 @@ class BinaryWriter(TraceWriter):
         self._arrays[name] = np.array(arr, dtype=DTYPES[dtype_name(arr)], order="C", copy=True)
 
     def _finish(self, complete: bool) -> None:
+        assert self._step is not None  # end_step/abort_step call this only after _require_step found a step open
         final = self.path / step_file_name(self._step)
         tmp = final.with_name(final.name + ".tmp")
         metadata = {"step": str(self._step), "order": json.dumps(list(self._arrays))}

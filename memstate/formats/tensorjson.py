@@ -266,7 +266,7 @@ def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype, path: object, te
             raise FormatError(path, f'"data" holds the string {_short(e.args[0])}; the only strings allowed are '
                                     '"nan", "inf" and "-inf"', tensor, line) from None
     try:
-        flat = np.array(data, dtype=np.float64)
+        flat: np.ndarray = np.array(data, dtype=np.float64)  # float32 below when the tensor is narrower
     except OverflowError:
         raise FormatError(path, '"data" holds an integer too large for float64', tensor, line) from None
     if not has_strings and not np.isfinite(flat).all():

@@ -9,7 +9,7 @@ import json
 import os
 import re
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,7 +258,7 @@ def _jsonl_header(path: Path) -> tuple[Any, int]:
     return doc, len(first)
 
 
-def _jsonl_steps(path: Path, offset: int) -> Iterator[Step]:
+def _jsonl_steps(path: Path, offset: int) -> Generator[Step, None, None]:
     """Parse the records after the header; yield each terminated step, then the open one as incomplete."""
     last: int | None = None  # last terminated step
     cur: int | None = None  # step being read
@@ -391,7 +391,7 @@ def _list_steps(path: Path) -> tuple[list[int], int | None]:
 
 
 def _binary_steps(path: Path, run_id: str | None = None, mapped: bool = False,
-                  populate: bool = True) -> Iterator[Step]:
+                  populate: bool = True) -> Generator[Step, None, None]:
     done, tmp = _list_steps(path)
     for k in done:
         yield Step(k, read_step_file(path / step_file_name(k), k, run_id, mapped, populate))

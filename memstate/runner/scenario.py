@@ -10,7 +10,7 @@ import difflib
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from memstate.errors import ScenarioError
 from memstate.runner.data import BUNDLED_COUNT
 from memstate.scenarios import SCENARIO_DIR
 from memstate.runner.variants import Variant
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ACTIVATIONS = ("relu", "sigmoid", "shifted-relu")
 MAX_WIDTH = 1_000_000  # units in one layer
@@ -243,7 +246,7 @@ def is_evaluation(scenario: Scenario, batch: Batch, n_train: int, total: int) ->
 
 _SECTIONS: dict[str, type] = {"data": DataSpec, "model": ModelSpec, "training": TrainingSpec}
 _OPTIONAL_KINDS: dict[str, Any] = {"idx_dir": "", "steps": 0, "epochs": 0, "batch_size_cap": 0}
-_STOP_RULES: dict[str, type] = {"early": EarlyRule, "plateau": PlateauRule}
+_STOP_RULES: dict[str, type[DataclassInstance]] = {"early": EarlyRule, "plateau": PlateauRule}
 _TOP_KEYS = ("description", "dtype", "data", "model", "training", "variant", "sweep")
 
 
@@ -358,7 +361,7 @@ def _training(section: Any, src: str) -> TrainingSpec:
     return replace(spec, stop=stop, **({"eval_every": every} if every else {}))
 
 
-def _build(cls: type, table: Any, src: str, section: str) -> Any:
+def _build(cls: type[DataclassInstance], table: Any, src: str, section: str) -> Any:
     if not isinstance(table, dict):
         raise ScenarioError(f"{src}: [{section}] must be a table")
     fields = cls.__dataclass_fields__
