@@ -432,3 +432,31 @@ def test_ratio_of_is_least_squares_over_the_finite_elements():
     assert rc.vote([("L2.dW", 0.375)], 8) == (None, "L2.dW = 0.375 * (probs - y): neither 1/B (B = 8) nor 1", None)
     assert rc.vote([("L2.dz", 0.375)], 8)[2] == 0.375
     assert rc.vote([("L2.db", 1.0), ("L2.dz", 0.125), ("L2.dW", 0.125)], 8)[0] == "mean"
+
+
+def test_rules_with_a_fitted_dz_factor_instead_of_a_reduction():
+    """An unnamed reduction: dz = c * (probs - y) and the loss is c * the summed loss, c signed, scales |c|."""
+    t, p = STEPS[0].tensors, PARAMS
+    c = -0.375
+    s = rc.Settings(2, "relu", None, 0.1, c)
+    table = rc.rules(s)
+    dz = table["L2.dz"][0]
+    assert dz.formula == "-0.375 * (probs - y) (the factor fitted: the loss reduction is neither mean nor sum)"
+    assert dz.invariant is None and dz.missing_settings(s) == []
+    assert dz.missing_settings(rc.Settings(2, "relu", None, 0.1)) == ["reduction"]
+    assert table["L1.a"][0].missing_settings(rc.Settings(2, None, None, 0.1, c)) == ["activation"]
+    pr, y, z = t["probs"], t["y"], t["L2.z"]
+    v, sc = dz.fn(t, p)
+    np.testing.assert_allclose(v, (pr - y) * c, rtol=1e-15)
+    np.testing.assert_allclose(sc, (pr * (1 + np.abs(z - z.max(axis=1, keepdims=True))) + y) * 0.375, rtol=1e-15)
+    assert table["loss"][0].formula == "-0.375 * the summed cross-entropy of log_softmax(L2.z) against y"
+    v, sc = table["loss"][0].fn(t, p)
+    assert float(v) == pytest.approx(c * 8 * float(t["loss"]), rel=1e-12)
+    terms = np.abs(y) * (np.abs(z) + np.abs(z).max(axis=1, keepdims=True) + np.log(10))
+    assert float(sc) == pytest.approx(abs(float(v)) + terms.sum() * 0.375, rel=1e-12)
+    v, sc = table["loss"][1].fn(t, p)
+    logs = np.where(y != 0, y * np.log(pr), 0.0)
+    assert float(v) == pytest.approx(-logs.sum() * c, rel=1e-12)
+    assert float(sc) == pytest.approx(abs(float(v)) + np.abs(logs).sum() * 0.375 + 1.0, rel=1e-12)
+    named = rc.rules(rc.Settings(2, "relu", "mean", 0.1, c))  # a named reduction: the factor is ignored
+    np.testing.assert_allclose(named["L2.dz"][0].fn(t, p)[0], (pr - y) / 8, rtol=1e-12)
