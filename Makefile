@@ -1,4 +1,5 @@
-# Two commands: `make demo` runs the main job, `make test` runs the tests (`make mutation`: docs/testing.md).
+# Two commands: `make demo` runs the main job, `make test` type-checks and runs the tests
+# (`make mutation`: docs/testing.md; `make fuzz`: the long reader fuzzing; `make docs`: quoted outputs).
 # Each creates .venv from scratch when it is missing and installs the project with the extras it needs.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -18,7 +19,16 @@ demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 test: $(STAMP)
+	$(PY) scripts/typecheck.py
 	$(PY) -m pytest -q
+
+# mypy at default settings on the package as it installs (impls and scenarios inside memstate)
+typecheck: $(STAMP)
+	$(PY) scripts/typecheck.py
+
+# rewrite the command outputs quoted in README.md and docs/ (a test checks the fast ones)
+docs: $(STAMP)
+	$(PY) scripts/doc_outputs.py
 
 fuzz: $(STAMP)
 	$(PY) -m pytest -q -m fuzz tests/robust
