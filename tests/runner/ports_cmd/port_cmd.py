@@ -1,4 +1,4 @@
-"""port_cmd.py -- a stdlib-only 2-layer MLP that follows memstate's `cmd:` contract (docs/ports-cmd.md).
+"""port_cmd.py -- a stdlib-only 2-layer MLP that follows memstate's `cmd:` contract (docs/ports.md).
 
     python3 port_cmd.py PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K]
 
