@@ -7,8 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
-PORTS = Path(__file__).resolve().parent / "runner" / "ports_cmd"
-PY_PORT = PORTS / "port_cmd.py"
+PORTS = Path(__file__).resolve().parent / "ports"
+PY_PORT = PORTS / "reference.py"  # the canonical stdlib trainer: it already follows the cmd: contract
 JS_PORT = PORTS / "port_cmd.js"
 NODE = shutil.which("node")
 NO_NODE = "node is not installed here: the Node port of the cmd: contract cannot run"

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /*
  * port_cmd.js -- a 2-layer MLP in plain Node (no npm packages) that follows memstate's `cmd:` contract
- * (docs/ports-cmd.md).
+ * (docs/ports.md).
  *
  *   node port_cmd.js PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K]
  *
