@@ -1,6 +1,6 @@
 """`cmd:` implementations (memstate.runner.command): ports in any language driven through their command line.
 
-The ports are stdlib Python and plain Node (tests/ports: reference.py, port_cmd.js), written without memstate; every run
+The ports are stdlib Python and plain Node (tests/ports: reference.py, port_minimal.js --full), written without memstate; every run
 here goes through the command line as a user's would, and its trace is compared with ours.
 """
 
