@@ -25,6 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- output: ([\w-]+) -->$")
 INIT = "memstate init-params mnist14-relu -o start.params.json"
+PORTS = ROOT / "tests" / "ports"  # the foreign-port fixtures (plain Python, no memstate) of docs/ports.md
+#: docs/ports.md's example: port_folded.py's trace (bias folded into W) and the canonical reference's
+PORT_FOLDED = (f"python {PORTS / 'make_batches.py'} . && cp tiny.params.json start.params.json",
+               f"python {PORTS / 'port_folded.py'} start.params.json tiny.batches.jsonl port_folded.jsonl",
+               f"python {PORTS / 'reference.py'} start.params.json tiny.batches.jsonl reference.memstate.jsonl")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,13 @@ RECIPES: dict[str, Recipe] = {
               r"^  lockstep  ", r"^  first non-finite", r"^recorded in full"),
         volatile=(r"step \d+", r"steps \d+\.\.\d+", r"\(\d+ steps", r"\d+ of 2000 steps", r"\d+\.\d+% of",
                   r"<= [\d.e+-]+", r"\d+ more", r"checkpoint \d+", r"replay \d", r"[▁▂▃▄▅▆▇█×·]+"), slow=True),
+    "ports-suggest": Recipe(
+        setup=PORT_FOLDED, command="memstate map --suggest port_folded.jsonl --params start.params.json -o pf.map.toml",
+        keep=(r"^layout", r"^  (x|y|L1\.a|L2\.z|probs|L2\.dW|L2\.db|L1\.W|L1\.b) +<-", r"^not ")),
+    "ports-one-sided": Recipe(
+        setup=PORT_FOLDED,
+        command=f"memstate diff reference.memstate.jsonl port_folded.jsonl "
+                f"--map-b {PORTS / 'port_folded.map.toml'} | sed -n 1,6p"),
 }
 
 

@@ -7,9 +7,9 @@ import shutil
 import sys
 from pathlib import Path
 
-PORTS = Path(__file__).resolve().parent / "runner" / "ports_cmd"
-PY_PORT = PORTS / "port_cmd.py"
-JS_PORT = PORTS / "port_cmd.js"
+PORTS = Path(__file__).resolve().parent / "ports"
+PY_PORT = PORTS / "reference.py"  # the canonical stdlib trainer: it already follows the cmd: contract
+JS_PORT = PORTS / "port_minimal.js"  # run with --full: the whole canonical trace
 NODE = shutil.which("node")
 NO_NODE = "node is not installed here: the Node port of the cmd: contract cannot run"
 
@@ -38,7 +38,7 @@ def py_cmd(*extra: str) -> str:
 
 def js_cmd(*extra: str) -> str:
     return "cmd:" + " ".join([shlex.quote(NODE or "node"), shlex.quote(str(JS_PORT)), "{params}", "{batches}",
-                              "{trace}", *extra])
+                              "{trace}", "--full", *extra])
 
 
 def script_cmd(script: Path) -> str:

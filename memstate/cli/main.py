@@ -27,7 +27,7 @@ the workflow:
   memstate run mnist14-relu --impl numpy --params start.params.json -o numpy.memstate.jsonl
   memstate diff numpy.memstate.jsonl port.memstate.jsonl     # two runs: where do they part, and why?
   memstate run mnist14-relu --impl 'cmd:node port.js {params} {batches} {trace}' -o port.memstate.jsonl
-                                                             # or let memstate drive the port (docs/ports-cmd.md)
+                                                             # or let memstate drive the port (docs/ports.md)
   memstate map --suggest port.jsonl --params start.params.json -o port.map.toml   # a port in its own layout
   memstate bisect story-global-max --lockstep                # long runs: replay only what matters
 
@@ -168,7 +168,7 @@ def cmd_impls(args: argparse.Namespace) -> int:
             print(f"{name:<10} dtypes: {', '.join(impl.dtypes)}")
         except MemstateError as exc:
             print(f"{name:<10} unavailable: {exc}")
-    print("cmd:COMMAND  a port in any language, run as COMMAND with {params} {batches} {trace} (docs/ports-cmd.md)")
+    print("cmd:COMMAND  a port in any language, run as COMMAND with {params} {batches} {trace} (docs/ports.md)")
     return 0
 
 
@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: memstate run mnist14-relu --impl numpy --steps 300 -o numpy.memstate.jsonl")
     p.add_argument("scenario", help="a bundled scenario's name (see `memstate scenarios`) or a .toml file")
     p.add_argument("--impl", default="numpy", help="implementation (see `memstate impls`; default numpy), or "
-                   "'cmd:COMMAND {params} {batches} {trace}' for a port in any language (docs/ports-cmd.md)")
+                   "'cmd:COMMAND {params} {batches} {trace}' for a port in any language (docs/ports.md)")
     add_impl_timeout(p)
     p.add_argument("--params", type=Path, help="start from this params file (default: the scenario's init)")
     p.add_argument("--steps", type=int, help="train this many steps instead of the scenario's count")
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a batches file: a JSONL memstate trace whose steps record x [B, n0] and "
                        "one-hot y [B, C] exactly as the harness feeds them, under their real step numbers, and whose "
                        "header's meta.settings says how to train (layers, activation, loss_reduction, learning_rate, "
-                       "dtype, batch_size). See docs/format.md and docs/ports-cmd.md.",
+                       "dtype, batch_size). See docs/format.md and docs/ports.md.",
                        epilog="example: memstate batches mnist14-relu --steps 20 -o mnist14.batches.jsonl")
     p.add_argument("scenario", help="a bundled scenario's name or a .toml file")
     p.add_argument("--steps", type=int, metavar="K", help="write K steps (default: to the scenario's last step)")
@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="+", metavar="TARGET",
                    help="SCENARIO (both sides), SCENARIO_A SCENARIO_B, or RUN_A RUN_B: two checkpoint runs")
     p.add_argument("--impls", metavar="A,B", help="implementations of sides A and B (one name: both; default numpy);"
-                   " 'cmd:COMMAND' drives a port (docs/ports-cmd.md)")
+                   " 'cmd:COMMAND' drives a port (docs/ports.md)")
     add_impl_timeout(p)
     p.add_argument("--variant-a", action="append", default=[], metavar="KEY=VALUE",
                    help="switch on a bug in side A (repeatable; 'clean' = the correct network)")

@@ -1,4 +1,4 @@
-"""`cmd:` implementations: a port in any language, driven through its command line (docs/ports-cmd.md).
+"""`cmd:` implementations: a port in any language, driven through its command line (docs/ports.md).
 
 `cmd:COMMAND` names an implementation that is a program. COMMAND is split like a shell would (shlex, but
 no shell runs it); `{params}`, `{batches}` and `{trace}` in it are replaced by paths. For every call

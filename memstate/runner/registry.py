@@ -72,7 +72,7 @@ def get_impl(name: str, *, timeout: float | None = None) -> Implementation:
         raise MemstateError(
             f"no implementation named {name!r}; available: {', '.join(available())}. "
             f"Register your own under the {ENTRY_POINT_GROUP!r} entry point group (see README), or drive a "
-            "port in any language with 'cmd:COMMAND {params} {batches} {trace}' (docs/ports-cmd.md)."
+            "port in any language with 'cmd:COMMAND {params} {batches} {trace}' (docs/ports.md)."
         )
     if not callable(getattr(target, "make", None)):
         raise MemstateError(f"implementation {name!r} has no make(spec, params) function")

@@ -12,7 +12,7 @@
 
 `impl_a` is the reference side (A) and `impl_b` the side under test (B). Implementations come from
 memstate.runner.registry: ours, any registered under the `memstate.impls` entry point group, and ports in any
-language as `cmd:COMMAND {params} {batches} {trace}` (docs/ports-cmd.md). A built-in one
+language as `cmd:COMMAND {params} {batches} {trace}` (docs/ports.md). A built-in one
 that cannot load here (jax not installed) makes its tests skip, with the reason; an unknown name or a
 registered implementation that fails to load makes them fail, since that is a mistake to fix.
 """

@@ -2,7 +2,7 @@
 through the operations between it and the nearest recorded tensors; CLEAN only with every recorded tensor
 verified; the learning rate is the consensus of per-tensor fits, so one wrong update is the odd one out.
 
-The traces come from ports written outside memstate (tests/check/ports: stdlib Python and plain Node, with
+The traces come from ports written outside memstate (tests/ports: stdlib Python and plain Node, with
 planted bugs), from the hand-made trainer check_writer, and from our numpy implementation's canonical
 traces with names dropped."""
 
@@ -30,7 +30,7 @@ from memstate.runner.harness import run
 from memstate.runner.initparams import init_params
 from memstate.runner.scenario import load_scenario
 
-PORTS = Path(__file__).resolve().parent / "ports"
+PORTS = Path(__file__).resolve().parents[1] / "ports"
 PARAMS = ("L1.W", "L1.b", "L2.W", "L2.b")
 HIDDEN = ("loss", "L2.dz", "L1.da", "L1.dz")  # what a port frees inside backprop and never exposes
 

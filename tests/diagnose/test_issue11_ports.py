@@ -1,4 +1,4 @@
-"""Issue 11's mistakes planted in stdlib ports written the way people write them (tests/diagnose/ports:
+"""Issue 11's mistakes planted in stdlib ports written the way people write them (tests/ports:
 reference.py, the canonical trainer of /work/ports_staging with several --bug options allowed; and
 port_perneuron.py, lists of Neuron objects with no gradients recorded). diff (the bug on either side) and
 check (with the params file) must name each one as the headline or as a root cause, second bugs behind a
@@ -17,7 +17,7 @@ from memstate.cli.main import main
 from memstate.comparator.compare import compare
 from memstate.formats.params import read_params
 
-PORTS = Path(__file__).resolve().parent / "ports"
+PORTS = Path(__file__).resolve().parents[1] / "ports"
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 /*
  * port_minimal.js -- a 2-layer MLP in plain Node that records as little as possible.
  *
- *   node port_minimal.js PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K]
+ *   node port_minimal.js PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K] [--full]
  *
  * Written without memstate: no npm packages. Reads a memstate params file and batches file, trains with plain
  * SGD (rows = samples, W [fan_in, fan_out], z = a @ W + b) and records per step only, in canonical names and
@@ -12,9 +12,13 @@
  *
  * Map: port_minimal.map.toml (identity).
  *
+ * --full records the whole canonical trace instead, in dataflow order (what memstate's `cmd:` contract needs
+ * to compare it with its own implementations, docs/ports.md section 5):
+ *   x y L1.z L1.a L2.z probs loss L2.dz L2.dW L2.db L1.da L1.dz L1.dW L1.db L1.W L1.b L2.W L2.b
+ *
  * Bugs (--bug, only on steps >= --bug-from-step K): softmax-global-sum, softmax-global-max, bias-grad-scalar,
  * grad-not-zeroed, momentum, weight-decay, round8 (toFixed(8)), loss-mean-over-classes, output-sigmoid.
- * Not log-zero-replaced: the loss value is never computed (only its gradient).
+ * Not log-zero-replaced: the loss value is only computed under --full, with log(0) = -inf.
  */
 'use strict';
 const fs = require('fs');
@@ -99,16 +103,17 @@ function readParams(path, L) {
 
 function parseArgs(supported) {
   const pos = [], a = process.argv.slice(2);
-  let bug = null, start = '0';
+  let bug = null, start = '0', full = false;
   for (let i = 0; i < a.length; i++) {
     if (a[i] === '--bug') bug = a[++i] || '';
     else if (a[i] === '--bug-from-step') start = a[++i] || '';
+    else if (a[i] === '--full') full = true;
     else pos.push(a[i]);
   }
-  need(pos.length === 3 && !pos.some((p) => p.startsWith('-')), `usage: node ${process.argv[1]} PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K]`);
+  need(pos.length === 3 && !pos.some((p) => p.startsWith('-')), `usage: node ${process.argv[1]} PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K] [--full]`);
   need(/^-?\d+$/.test(start), '--bug-from-step needs an integer');
   need(bug === null || supported.includes(bug), `unsupported bug ${JSON.stringify(bug)} (supported: ${supported.join(', ')})`);
-  return { params: pos[0], batches: pos[1], trace: pos[2], bug, start: parseInt(start, 10) };
+  return { params: pos[0], batches: pos[1], trace: pos[2], bug, start: parseInt(start, 10), full };
 }
 
 const fmt = (v) => (Number.isNaN(v) ? '"nan"' : v === Infinity ? '"inf"' : v === -Infinity ? '"-inf"' : Object.is(v, -0) ? '-0.0' : String(v));
@@ -174,7 +179,8 @@ function main() {
     const dz2 = p.map((r, s) => r.map((v, j) => (v - y[s][j]) / R));
     const dW2 = mm(T(a1), dz2);
     const db2 = on('bias-grad-scalar') ? new Array(n2).fill(tot(dz2.flat())) : T(dz2).map(tot);
-    const dz1 = mm(dz2, T(W2)).map((r, s) => r.map((d, i) => d * (relu ? (z1[s][i] > 0 ? 1 : 0) : a1[s][i] * (1 - a1[s][i]))));
+    const da1 = mm(dz2, T(W2));
+    const dz1 = da1.map((r, s) => r.map((d, i) => d * (relu ? (z1[s][i] > 0 ? 1 : 0) : a1[s][i] * (1 - a1[s][i]))));
     const dW1 = mm(T(x), dz1);
     const db1 = T(dz1).map(tot);
     let grads = [dW1, db1, dW2, db2];
@@ -190,7 +196,21 @@ function main() {
       params = params.map((w, i) => ew((a, d) => a - lr * d, w, grads[i]));
     }
     [W1, b1, W2, b2] = params;
-    writeStep(fd, k, [['x', x], ['y', y], ['L1.W', W1], ['L1.b', b1], ['L2.W', W2], ['L2.b', b2]]);
+    if (!args.full) {
+      writeStep(fd, k, [['x', x], ['y', y], ['L1.W', W1], ['L1.b', b1], ['L2.W', W2], ['L2.b', b2]]);
+      continue;
+    }
+    let loss = 0;
+    for (let s = 0; s < B; s++) {
+      for (let j = 0; j < n2; j++) {
+        if (y[s][j] !== 0) loss += y[s][j] * logz(p[s][j], -Infinity);
+        if (on('output-sigmoid') && 1 - y[s][j] !== 0) loss += (1 - y[s][j]) * logz(1 - p[s][j], -Infinity);
+      }
+    }
+    const [gW1, gb1, gW2, gb2] = grads; // recorded as used (accumulated under grad-not-zeroed)
+    writeStep(fd, k, [['x', x], ['y', y], ['L1.z', z1], ['L1.a', a1], ['L2.z', z2], ['probs', p], ['loss', -loss / R],
+      ['L2.dz', dz2], ['L2.dW', gW2], ['L2.db', gb2], ['L1.da', da1], ['L1.dz', dz1], ['L1.dW', gW1], ['L1.db', gb1],
+      ['L1.W', W1], ['L1.b', b1], ['L2.W', W2], ['L2.b', b2]]);
   }
   fs.closeSync(fd);
 }

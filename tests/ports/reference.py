@@ -1,6 +1,9 @@
 """reference.py -- a stdlib-only, deliberately plain trainer that writes the CANONICAL memstate trace.
 
-    python3 reference.py PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K]
+    python3 reference.py PARAMS BATCHES TRACE [--bug NAME [--bug-from-step K]]... [--safe-loss]
+
+(memstate's test copy of /work/ports_staging/reference.py: several --bug options may be combined, each with
+its own --bug-from-step, to plant a second bug behind a first; --safe-loss computes the loss by log-softmax.)
 
 Trains the 2-layer MLP (n0 -> n1 -> n2) of the batches file's meta.settings with plain SGD from PARAMS on
 every batch in order and records, per step (same step numbers as the batches file), in canonical names,
@@ -169,16 +172,27 @@ def read_params(path, layers):
 
 
 def parse_args(argv, supported):
-    pos, bug, start, i = [], None, 0, 0
+    """PARAMS BATCHES TRACE, then any number of --bug NAME [--bug-from-step K] (each K applies to the --bug
+    before it) and --safe-loss (the loss from the logits by log-softmax: finite where log(0) is not)."""
+    pos, bugs, safe, i = [], {}, False, 0
+    last = None
     while i < len(argv):
-        if argv[i] in ("--bug", "--bug-from-step") and i + 1 < len(argv):
+        if argv[i] == "--safe-loss":
+            safe, i = True, i + 1
+        elif argv[i] in ("--bug", "--bug-from-step") and i + 1 < len(argv):
             if argv[i] == "--bug":
-                bug = argv[i + 1]
+                last = argv[i + 1]
+                if last not in supported:
+                    die("unsupported bug %r (this port supports: %s)" % (last, ", ".join(supported)))
+                bugs[last] = 0
             else:
                 try:
-                    start = int(argv[i + 1])
+                    k = int(argv[i + 1])
                 except ValueError:
                     die("--bug-from-step needs an integer")
+                if last is None:
+                    die("--bug-from-step must follow a --bug")
+                bugs[last] = k
             i += 2
         elif argv[i].startswith("-"):
             die("unknown option %s" % argv[i])
@@ -186,10 +200,8 @@ def parse_args(argv, supported):
             pos.append(argv[i])
             i += 1
     if len(pos) != 3:
-        die("usage: %s PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K]" % sys.argv[0])
-    if bug is not None and bug not in supported:
-        die("unsupported bug %r (this port supports: %s)" % (bug, ", ".join(supported)))
-    return pos[0], pos[1], pos[2], bug, start
+        die("usage: %s PARAMS BATCHES TRACE [--bug NAME [--bug-from-step K]]... [--safe-loss]" % sys.argv[0])
+    return pos[0], pos[1], pos[2], bugs, safe
 
 
 def fmt(v):
@@ -263,7 +275,7 @@ def rows(f, r, c):
 
 
 def main():
-    pp, bp, tp, bug, start = parse_args(sys.argv[1:], BUGS)
+    pp, bp, tp, bugs, safe = parse_args(sys.argv[1:], BUGS)
     st, steps = read_batches(bp)
     n0, n1, n2 = st["layers"]
     lr, relu = st["learning_rate"], st["activation"] == "relu"
@@ -272,7 +284,7 @@ def main():
     out = Trace(tp, "reference")
     prev, vel, rounded = None, {}, False
     for k, B, xf, yf in steps:
-        on = lambda name: bug == name and k >= start
+        on = lambda name: name in bugs and k >= bugs[name]
         if on("round8") and not rounded:
             prm = {n: ew(lambda v: round(v, 8) if math.isfinite(v) else v, w) for n, w in prm.items()}
             rounded = True
@@ -297,6 +309,9 @@ def main():
                 if on("output-sigmoid"):
                     terms.append((1.0 - y[s][j], 1.0 - p[s][j]))
         loss = -total(c * log_(q, zero) for c, q in terms if c != 0) / R
+        if safe and not on("output-sigmoid"):
+            lse = [vmax(r) + math.log(total(exp_(v - vmax(r)) for v in r)) for r in z2]
+            loss = -total(y[s][j] * (z2[s][j] - lse[s]) for s in range(B) for j in range(n2) if y[s][j] != 0) / R
         dz2 = [[(p[s][j] - y[s][j]) / R for j in range(n2)] for s in range(B)]
         dW2 = [[total(a1[s][i] * dz2[s][j] for s in range(B)) for j in range(n2)] for i in range(n1)]
         db2 = [total(dz2[s][j] for s in range(B)) for j in range(n2)]

@@ -1,6 +1,6 @@
 """`cmd:` implementations (memstate.runner.command): ports in any language driven through their command line.
 
-The ports are stdlib Python and plain Node (tests/runner/ports_cmd), written without memstate; every run
+The ports are stdlib Python and plain Node (tests/ports: reference.py, port_minimal.js --full), written without memstate; every run
 here goes through the command line as a user's would, and its trace is compared with ours.
 """
 
@@ -44,7 +44,7 @@ def test_python_port_run_agrees_with_numpy_and_keeps_the_harness_header(tmp_path
     assert main(["diff", str(ref), str(port)]) == 0
     with open_trace(port) as t:
         meta = t.meta
-    assert meta["impl"] == py_cmd() and meta["port"] == {"impl": "port_cmd.py", "dtype": "float64"}
+    assert meta["impl"] == py_cmd() and meta["port"] == {"impl": "reference", "dtype": "float64"}
     assert meta["settings"] == {"scenario": "mnist14-relu", "layers": [196, 32, 10], "activation": "relu",
                                 "loss_reduction": "mean", "learning_rate": 0.1, "dtype": "float64", "batch_size": 8}
     assert meta["loss_recorded"] is True and meta["scenario"] == "mnist14-relu"

@@ -1,4 +1,4 @@
-"""The two complete ports printed in docs/ports-cmd.md run as printed, through `cmd:`, and agree with numpy."""
+"""The two complete ports printed in docs/ports.md run as printed, through `cmd:`, and agree with numpy."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from cmd_ports import NO_NODE, NODE
 from memstate.cli.main import main
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "ports-cmd.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "ports.md"
 DEEP = """description = "three layers, sigmoid, summed loss"
 [data]
 size = 7
@@ -35,7 +35,7 @@ def block(first_line: str) -> str:
     for code in re.findall(r"```[a-z]*\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S):
         if code.startswith(first_line):
             return code
-    raise AssertionError(f"docs/ports-cmd.md has no code block starting {first_line!r}")
+    raise AssertionError(f"docs/ports.md has no code block starting {first_line!r}")
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ SCENARIO = {scenario!r}
 def test_port_agrees(memstate_run):
     trace = memstate_run(PORT, SCENARIO, 3)
     with open_trace(trace) as t:
-        assert t.meta["impl"] == PORT and t.meta["port"]["impl"] == "port_cmd.py"
+        assert t.meta["impl"] == PORT and t.meta["port"]["impl"] == "reference"
     assert [s.index for s in read_trace(trace)] == [0, 1, 2]
     assert_traces_close(memstate_run("numpy", SCENARIO, 3), trace)
 
@@ -50,7 +50,7 @@ def test_bad_command(memstate_run):
 def test_memstate_run_and_cross_impl_drive_a_port(pytester, tmp_path):
     scenario = str(tiny_scenario(tmp_path))
     buggy = py_cmd("--bug", "softmax-global-sum", "--bug-from-step", "1")
-    pytester.makepyfile(test_plugin_cmd_ports=RUN.format(port=py_cmd(), buggy=buggy, scenario=scenario))
+    pytester.makepyfile(test_cmd_port_plugin=RUN.format(port=py_cmd(), buggy=buggy, scenario=scenario))
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=2)
     reports = {r.nodeid.split("::")[-1]: r for r in result.reprec.getfailures() if r.when == "call"}
