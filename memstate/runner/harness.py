@@ -22,7 +22,7 @@ from memstate.names import param_names
 from memstate.formats.recorder import Recorder
 from memstate.runner.registry import Implementation, get_impl
 from memstate.runner.evaluation import loss_and_accuracy
-from memstate.runner.scenario import Scenario, is_evaluation, iter_batches
+from memstate.runner.scenario import Batch, Scenario, is_evaluation, iter_batches
 from memstate.runner.stopping import Evaluation, Stop, decide
 from memstate.runner.variants import Variant
 
@@ -173,19 +173,15 @@ def run(
             done = batch.step + 1
             acc = None
             if evaluate and len(dataset.test_y) and is_evaluation(scenario, batch, n_train, total):
-                eval_began = time.perf_counter()
-                acc = accuracy(net.logits(dataset.test_x), dataset.test_y)
+                acc, seconds = _timed_accuracy(net, dataset)
                 evaluations.append((done, acc))
-                eval_seconds += time.perf_counter() - eval_began
+                eval_seconds += seconds
             if progress is not None:
                 progress(Progress(done, total, loss, acc))
             if view.stop is not None:
                 break
     finally:
-        if recorder is not None:
-            recorder.close()
-        if checkpoints is not None:
-            checkpoints.close()
+        _close_sinks(checkpoints, recorder)
     return RunResult(
         impl=impl.name,
         scenario=scenario.name,
@@ -226,7 +222,7 @@ def _open_sinks(scenario: Scenario, meta: dict[str, Any], n_layers: int, total: 
     return checkpoints, recorder, meta
 
 
-def _train_step(net: Any, batch: StepBatch, x: np.ndarray, labels: np.ndarray, lr: float, view: _TrainingView,
+def _train_step(net: Any, batch: Batch, x: np.ndarray, labels: np.ndarray, lr: float, view: _TrainingView,
                 checkpoints: Any, recorder: Recorder | None, record: Callable[[str, Any], None]) -> float:
     """One training step of `run`, recorded into whichever sink `_open_sinks` opened; returns its loss."""
     if checkpoints is not None:
@@ -239,6 +235,21 @@ def _train_step(net: Any, batch: StepBatch, x: np.ndarray, labels: np.ndarray, l
         loss = net.train_step(x, labels, lr, record)
         view.after(net, batch, loss, record)
     return loss
+
+
+def _timed_accuracy(net: Any, dataset: Dataset) -> tuple[float, float]:
+    """Test-set accuracy of `net` and the seconds it took (kept out of the training time `run` reports)."""
+    began = time.perf_counter()
+    acc = accuracy(net.logits(dataset.test_x), dataset.test_y)
+    return acc, time.perf_counter() - began
+
+
+def _close_sinks(checkpoints: Any, recorder: Recorder | None) -> None:
+    """Close whatever `_open_sinks` opened, also when training raised."""
+    if recorder is not None:
+        recorder.close()
+    if checkpoints is not None:
+        checkpoints.close()
 
 
 def run_port(scenario: Scenario, net: CommandNet, variant: Variant, start: Mapping[str, np.ndarray],
