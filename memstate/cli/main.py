@@ -401,20 +401,8 @@ def add_impl_timeout(p: Any) -> None:
                    help=f"stop a cmd: port's command after this many seconds per run (default {DEFAULT_TIMEOUT:g})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="memstate",
-        description="Record the memstate (named tensors) of every training step of a network, compare "
-        "runs of different implementations, and find where and why they first part ways.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"memstate {__version__} (distribution memstate-nn)")
-    parser.add_argument("--debug", action="store_true", help="on an internal error, print the traceback "
-                        "(also: MEMSTATE_DEBUG=1)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def add_run_parser(sub: Any) -> None:
+    """`memstate run`: train one implementation on a scenario, recording its trace."""
     p = sub.add_parser("run", help="train an implementation on a scenario and record its trace",
                        description="Train one implementation on a scenario, recording every tensor of every "
                        "step to a trace (JSONL, or binary when OUTPUT ends in .memstate).",
@@ -436,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_run)
 
+
+def add_init_params_parser(sub: Any) -> None:
+    """`memstate init-params`: write a scenario's initial parameters."""
     p = sub.add_parser("init-params", help="write the initial parameters a scenario asks for",
                        description="Write a scenario's initial parameters to a params file that every "
                        "implementation (in any language) can load: see docs/format.md.")
@@ -444,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--b64", action="store_true", help="store tensors as base64 bytes instead of decimal lists")
     p.set_defaults(func=cmd_init_params)
 
+
+def add_batches_parser(sub: Any) -> None:
+    """`memstate batches`: write the batches a scenario trains on, for ports."""
     p = sub.add_parser("batches", help="write the batches a scenario trains on, for porting by hand",
                        description="Write a batches file: a JSONL memstate trace whose steps record x [B, n0] and "
                        "one-hot y [B, C] exactly as the harness feeds them, under their real step numbers, and whose "
@@ -456,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="batches file to write (*.batches.jsonl)")
     p.set_defaults(func=cmd_batches)
 
+
+def add_convert_parser(sub: Any) -> None:
+    """`memstate convert`: JSONL <-> binary trace conversion."""
     p = sub.add_parser("convert", help="convert a trace between JSONL and binary, losslessly",
                        description="Convert a trace between the JSONL encoding and the binary (safetensors) "
                        "directory encoding, bit for bit. The destination's name picks the encoding.")
@@ -466,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_map_option(p, side="the source")
     p.set_defaults(func=cmd_convert)
 
+
+def add_show_parser(sub: Any) -> None:
+    """`memstate show`: summarise a trace."""
     p = sub.add_parser("show", help="summarise a trace: header, tensors, loss curve",
                        description="Print a trace's header, the tensors recorded per step, and its loss curve.")
     p.add_argument("trace", type=Path)
@@ -473,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_map_option(p)
     p.set_defaults(func=cmd_show)
 
+
+def add_diff_parser(sub: Any) -> None:
+    """`memstate diff`: compare two traces, or run implementations and compare them pairwise."""
     p = sub.add_parser("diff", help="compare two traces: where do they first part ways, and why?",
                        description="Compare trace B against trace A (the reference) step by step: the first\n"
                        "divergence (step, tensor, rows, worst elements), its diagnosis, and a table\n"
@@ -507,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_diff)
 
+
+def add_check_parser(sub: Any) -> None:
+    """`memstate check`: find the first wrong operation in one trace."""
     p = sub.add_parser("check", help="find the first wrong operation in one trace, with no second run",
                        description="Recompute every recorded tensor of a trace from the tensors it depends on, "
                        "as recorded, and compare: the first operation that disagrees is where the bug is. "
@@ -526,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "order, because each needs the one before")
     p.set_defaults(func=cmd_check)
 
+
+def add_bisect_parser(sub: Any) -> None:
+    """`memstate bisect`: find where two long runs part ways."""
     p = sub.add_parser("bisect", help="find where two long runs part ways, replaying only what matters",
                        description="Find the first step where two runs (implementations, variants or scenarios) "
                        "part ways without recording every step: checkpoint runs, a search over the checkpoints, "
@@ -559,6 +568,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bisect)
 
+
+def add_scenarios_parser(sub: Any) -> None:
+    """`memstate scenarios`: list the bundled scenarios."""
+    p = sub.add_parser("scenarios", help="list the bundled scenarios and what each shows")
+    p.set_defaults(func=cmd_scenarios)
+
+
+def add_impls_parser(sub: Any) -> None:
+    """`memstate impls`: list the implementations that can be run."""
+    p = sub.add_parser("impls", help="list the implementations that can be run")
+    p.set_defaults(func=cmd_impls)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `memstate` argument parser: global options and one subparser per command (add_<command>_parser)."""
+    parser = argparse.ArgumentParser(
+        prog="memstate",
+        description="Record the memstate (named tensors) of every training step of a network, compare "
+        "runs of different implementations, and find where and why they first part ways.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"memstate {__version__} (distribution memstate-nn)")
+    parser.add_argument("--debug", action="store_true", help="on an internal error, print the traceback "
+                        "(also: MEMSTATE_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    add_run_parser(sub)
+    add_init_params_parser(sub)
+    add_batches_parser(sub)
+    add_convert_parser(sub)
+    add_show_parser(sub)
+    add_diff_parser(sub)
+    add_check_parser(sub)
+    add_bisect_parser(sub)
+
     from memstate.cli.sweep import add_parser as add_sweep
 
     add_sweep(sub)
@@ -566,10 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     from memstate.cli import maps
     maps.add_parser(sub)
 
-    p = sub.add_parser("scenarios", help="list the bundled scenarios and what each shows")
-    p.set_defaults(func=cmd_scenarios)
-    p = sub.add_parser("impls", help="list the implementations that can be run")
-    p.set_defaults(func=cmd_impls)
+    add_scenarios_parser(sub)
+    add_impls_parser(sub)
     for p in sub.choices.values():  # --debug also after the command name
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser

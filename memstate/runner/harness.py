@@ -22,7 +22,7 @@ from memstate.names import param_names
 from memstate.formats.recorder import Recorder
 from memstate.runner.registry import Implementation, get_impl
 from memstate.runner.evaluation import loss_and_accuracy
-from memstate.runner.scenario import Scenario, is_evaluation, iter_batches
+from memstate.runner.scenario import Batch, Scenario, is_evaluation, iter_batches
 from memstate.runner.stopping import Evaluation, Stop, decide
 from memstate.runner.variants import Variant
 
@@ -143,11 +143,7 @@ def run(
     """
     impl = get_impl(impl, timeout=impl_timeout) if isinstance(impl, str) else impl
     variant = scenario.variant if variant is None else variant
-    if scenario.dtype not in impl.dtypes:
-        raise ScenarioError(
-            f"implementation {impl.name!r} supports {', '.join(impl.dtypes)}, not {scenario.dtype} "
-            f"(scenario {scenario.name}); pick another implementation or scenario"
-        )
+    _check_dtype(scenario, impl)
     spec = scenario.net_spec(variant)
     start_params = check_params(scenario_params(scenario) if params is None else params, scenario, params_source)
     dataset = prepare_data(scenario.data)
@@ -161,15 +157,8 @@ def run(
     if isinstance(net, CommandNet):
         return run_port(scenario, net, variant, start_params, meta, total, out=out, encoding=encoding,
                         progress=progress, checkpoint_every=checkpoint_every)
-    checkpoints = None
-    if checkpoint_every is not None:
-        from memstate.runner.checkpoint import CheckpointWriter
-
-        if out is None:
-            raise ScenarioError("checkpoint_every needs an output path for the checkpoint run (-o RUN.memstate)")
-        checkpoints = CheckpointWriter(out, meta, checkpoint_every, total, spec.n_layers, encoding, scenario.path)
-        meta = checkpoints.recorder_meta
-    recorder = Recorder(out, meta=meta, encoding=encoding) if out is not None and checkpoints is None else None
+    checkpoints, recorder, meta = _open_sinks(scenario, meta, spec.n_layers, total, out=out, encoding=encoding,
+                                              checkpoint_every=checkpoint_every)
     record = recorder.record if recorder is not None else (lambda name, value: None)
     losses: list[float] = []
     evaluations: list[tuple[int, float]] = []
@@ -179,32 +168,20 @@ def run(
     try:
         for batch in iter_batches(scenario, n_train, total):
             x, labels = dataset.train_x[batch.indices], dataset.train_y[batch.indices]
-            if checkpoints is not None:
-                loss = checkpoints.train_step(net, batch.step, x, labels, lr, after=view.hook(net, batch))
-            elif recorder is not None:
-                with recorder.step(batch.step):
-                    loss = net.train_step(x, labels, lr, record)
-                    view.after(net, batch, loss, record)
-            else:
-                loss = net.train_step(x, labels, lr, record)
-                view.after(net, batch, loss, record)
+            loss = _train_step(net, batch, x, labels, lr, view, checkpoints, recorder, record)
             losses.append(loss)
             done = batch.step + 1
             acc = None
             if evaluate and len(dataset.test_y) and is_evaluation(scenario, batch, n_train, total):
-                eval_began = time.perf_counter()
-                acc = accuracy(net.logits(dataset.test_x), dataset.test_y)
+                acc, seconds = _timed_accuracy(net, dataset)
                 evaluations.append((done, acc))
-                eval_seconds += time.perf_counter() - eval_began
+                eval_seconds += seconds
             if progress is not None:
                 progress(Progress(done, total, loss, acc))
             if view.stop is not None:
                 break
     finally:
-        if recorder is not None:
-            recorder.close()
-        if checkpoints is not None:
-            checkpoints.close()
+        _close_sinks(checkpoints, recorder)
     return RunResult(
         impl=impl.name,
         scenario=scenario.name,
@@ -218,6 +195,61 @@ def run(
         training=tuple(view.evaluations),
         stop=view.stop,
     )
+
+
+def _check_dtype(scenario: Scenario, impl: Implementation) -> None:
+    """Refuse, with a message saying what to do, a scenario whose dtype `impl` cannot train in."""
+    if scenario.dtype not in impl.dtypes:
+        raise ScenarioError(
+            f"implementation {impl.name!r} supports {', '.join(impl.dtypes)}, not {scenario.dtype} "
+            f"(scenario {scenario.name}); pick another implementation or scenario"
+        )
+
+
+def _open_sinks(scenario: Scenario, meta: dict[str, Any], n_layers: int, total: int, *, out: str | Path | None,
+                encoding: str | None, checkpoint_every: int | None) -> tuple[Any, Recorder | None, dict[str, Any]]:
+    """Where `run` records to: a CheckpointWriter (with `checkpoint_every`), else a Recorder (with `out`), else
+    nothing; returns (checkpoints, recorder, meta), meta being the checkpoint run's header when there is one."""
+    checkpoints = None
+    if checkpoint_every is not None:
+        from memstate.runner.checkpoint import CheckpointWriter
+
+        if out is None:
+            raise ScenarioError("checkpoint_every needs an output path for the checkpoint run (-o RUN.memstate)")
+        checkpoints = CheckpointWriter(out, meta, checkpoint_every, total, n_layers, encoding, scenario.path)
+        meta = checkpoints.recorder_meta
+    recorder = Recorder(out, meta=meta, encoding=encoding) if out is not None and checkpoints is None else None
+    return checkpoints, recorder, meta
+
+
+def _train_step(net: Any, batch: Batch, x: np.ndarray, labels: np.ndarray, lr: float, view: _TrainingView,
+                checkpoints: Any, recorder: Recorder | None, record: Callable[[str, Any], None]) -> float:
+    """One training step of `run`, recorded into whichever sink `_open_sinks` opened; returns its loss."""
+    if checkpoints is not None:
+        loss = checkpoints.train_step(net, batch.step, x, labels, lr, after=view.hook(net, batch))
+    elif recorder is not None:
+        with recorder.step(batch.step):
+            loss = net.train_step(x, labels, lr, record)
+            view.after(net, batch, loss, record)
+    else:
+        loss = net.train_step(x, labels, lr, record)
+        view.after(net, batch, loss, record)
+    return loss
+
+
+def _timed_accuracy(net: Any, dataset: Dataset) -> tuple[float, float]:
+    """Test-set accuracy of `net` and the seconds it took (kept out of the training time `run` reports)."""
+    began = time.perf_counter()
+    acc = accuracy(net.logits(dataset.test_x), dataset.test_y)
+    return acc, time.perf_counter() - began
+
+
+def _close_sinks(checkpoints: Any, recorder: Recorder | None) -> None:
+    """Close whatever `_open_sinks` opened, also when training raised."""
+    if recorder is not None:
+        recorder.close()
+    if checkpoints is not None:
+        checkpoints.close()
 
 
 def run_port(scenario: Scenario, net: CommandNet, variant: Variant, start: Mapping[str, np.ndarray],
