@@ -36,7 +36,7 @@ memstate run mnist14-relu --params "$OUT/mnist14-relu.params.json" --steps 20 -q
     --variant softmax_sum=global -o "$OUT/port.memstate" > /dev/null
 expect 1 memstate check "$OUT/port.memstate" --params "$OUT/mnist14-relu.params.json"
 
-say "6. The seed story: global-max softmax trains well for 1,300 steps, then collapses. Where, and why?"
+say "6. The seed story: global-max softmax trains well for over a thousand steps, then collapses. Where, and why?"
 expect 1 memstate bisect story-global-max --lockstep --format text -o "$OUT/bisect.txt"
 sed -n '1,12p' "$OUT/bisect.txt"
 echo "   (full report: $OUT/bisect.txt)"
