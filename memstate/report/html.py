@@ -65,13 +65,7 @@ def verdict_line(c: Comparison) -> str:
 
 
 def _trace_row(label: str, info: TraceInfo, role: str = "") -> str:
-    meta = info.meta
-    facts = [str(meta[k]) for k in ("impl", "scenario", "dtype") if k in meta]
-    facts.append(f"{info.steps} step{'s' * (info.steps != 1)}")
-    if info.ended_early is not None:
-        facts.append(str(info.ended_early))
-    elif info.incomplete_step is not None:
-        facts.append(f"crashed in step {info.incomplete_step}")
+    facts = report_text.trace_facts(info)
     return (f"<tr><th>{label}</th><td><code>{esc(info.path)}</code></td><td>{esc(', '.join(facts))}"
             f"{esc(role)}</td></tr>")
 

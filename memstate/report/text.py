@@ -42,7 +42,8 @@ def _listed(items: tuple[int, ...], total_hit: int) -> str:
     return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
-def _trace_line(label: str, info: TraceInfo, role: str = "") -> list[str]:
+def trace_facts(info: TraceInfo) -> list[str]:
+    """What a report says of one trace: impl, scenario, dtype, steps, and how it ended if it ended early."""
     meta = info.meta
     facts = [str(meta[k]) for k in ("impl", "scenario", "dtype") if k in meta]
     facts.append(f"{info.steps} step{'s' * (info.steps != 1)}")
@@ -50,7 +51,11 @@ def _trace_line(label: str, info: TraceInfo, role: str = "") -> list[str]:
         facts.append(str(info.ended_early))
     elif info.incomplete_step is not None:
         facts.append(f"crashed in step {info.incomplete_step}")
-    return _wrap(f"{label}  {info.path}  ({', '.join(facts)}){role}")
+    return facts
+
+
+def _trace_line(label: str, info: TraceInfo, role: str = "") -> list[str]:
+    return _wrap(f"{label}  {info.path}  ({', '.join(trace_facts(info))}){role}")
 
 
 # ---------------------------------------------------------------- sections
