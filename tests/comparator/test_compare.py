@@ -25,6 +25,7 @@ from memstate.runner.harness import run
 from memstate.runner.scenario import NetSpec, load_scenario
 from memstate.comparator.tolerance import DEFAULTS, Rule, Tolerances
 from memstate.formats.trace import open_trace, read_trace
+from trace_helpers import write_steps
 
 CONFORMANCE = Path(__file__).resolve().parents[1] / "conformance"
 STEPS = 20
@@ -176,19 +177,7 @@ def test_oracle_excuses_rounding_and_blames_real_errors(traces):
 
 # ---------------------------------------------------------------- synthetic traces: structure
 
-def write(path: Path, steps: dict[int, dict[str, np.ndarray]], meta: dict | None = None,
-          crash: tuple[int, dict[str, np.ndarray]] | None = None) -> Path:
-    with open_writer(path, meta) as w:
-        for k, tensors in steps.items():
-            w.begin_step(k)
-            for name, value in tensors.items():
-                w.write_tensor(name, np.asarray(value))
-            w.end_step()
-        if crash is not None:
-            w.begin_step(crash[0])
-            for name, value in crash[1].items():
-                w.write_tensor(name, np.asarray(value))
-    return path
+write = write_steps
 
 
 def tensors(k: int, names=("x", "L1.z", "L1.a", "loss")) -> dict[str, np.ndarray]:

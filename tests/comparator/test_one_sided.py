@@ -10,20 +10,14 @@ from hypothesis import strategies as st
 
 from memstate.cli.main import main
 from memstate.comparator.compare import compare, name_filter
-from memstate.formats.recorder import open_writer
 from memstate.names import canonical_names
+from trace_helpers import write_steps
 
 NAMES = canonical_names(2)
 
 
 def write(path, steps):
-    with open_writer(path, {"impl": path.stem}) as w:
-        for k, tensors in steps.items():
-            w.begin_step(k)
-            for name, value in tensors.items():
-                w.write_tensor(name, np.asarray(value))
-            w.end_step()
-    return path
+    return write_steps(path, steps, {"impl": path.stem})
 
 
 @settings(max_examples=40, deadline=None)

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from memstate.cli.main import main
 from memstate.formats.map import LayoutMap, MapError, apply_map, parse_index, parse_map, parse_map_text
-from memstate.formats.recorder import open_writer
 from memstate.formats.trace import open_trace, read_trace
 from memstate.names import canonical_names
+from trace_helpers import write_steps
 
 FOLDED = """
 ignore = ["h1"]
@@ -192,18 +192,7 @@ def test_random_layouts_map_back_to_the_canonical_tensors(case):
 
 # ---------------------------------------------------------------- the mapped reader
 
-def write(path, steps, meta=None, crash=None):
-    with open_writer(path, meta) as w:
-        for k, tensors in steps.items():
-            w.begin_step(k)
-            for name, value in tensors.items():
-                w.write_tensor(name, np.asarray(value))
-            w.end_step()
-        if crash is not None:
-            w.begin_step(crash[0])
-            for name, value in crash[1].items():
-                w.write_tensor(name, np.asarray(value))
-    return path
+write = write_steps
 
 
 PORT_MAP = {"layout": {"batch": "columns"}, "tensors": {"x": {"from": "X"}, "L1.b": {"from": "b1"}}}
