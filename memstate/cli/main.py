@@ -265,7 +265,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     comparison = compare(open_trace(a, load_map(args.map_a)) if args.map_a else a,
                          open_trace(b, load_map(args.map_b)) if args.map_b else b,
                          tolerances=tolerances, oracle=args.oracle, max_steps=args.max_steps,
-                         names=name_filter(args.only, args.ignore), jobs=_jobs(args))
+                         names=name_filter(args.only, args.ignore), jobs=_jobs(args),
+                         detail="divergent" if args.format == "text" else "shown")  # what the report shows
     first = comparison.first_divergence
     summary = comparison.verdict + (f" at step {first.step}, {first.name or 'the whole step'}" if first else "")
     _diff_emit(render(comparison), args.output, summary)

@@ -22,6 +22,7 @@ from array import array
 from collections.abc import Sequence
 from collections import deque
 from contextlib import ExitStack
+from functools import lru_cache
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
@@ -39,6 +40,7 @@ from memstate.comparator.metrics import (TensorMetrics, bit_identical, completed
                                         max_abs_error, summary_metrics, tensor_metrics, within_tolerance)
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
 from memstate.formats.map import CANONICAL
+from memstate.formats.stepfile import same_payload
 from memstate.formats.trace import EndedEarly, Step, TraceReader, ended_early, open_trace
 
 TraceLike = str | os.PathLike | TraceReader
@@ -312,13 +314,12 @@ def compare_tensors(name: str, step: int, a: np.ndarray, b: np.ndarray, toleranc
     judged in one block-wise pass and gets summary metrics (no ULPs, cosine or elementwise rel: nan,
     detail "summary"); anything else gets them in full. `completed_metrics` makes either full.
     """
+    if bit_identical(a, b):
+        return identical_comparison(name, step, a, tolerance, argmax=argmax, detail=detail)
     common: dict[str, Any] = dict(step=step, name=name, shape_a=tuple(a.shape), shape_b=tuple(b.shape),
                                   dtype_a=dtype_name(a.dtype), dtype_b=dtype_name(b.dtype), tolerance=tolerance)
     if a.shape != b.shape:
         return TensorComparison(**common, within_tolerance=False, metrics=None)
-    if bit_identical(a, b):
-        metrics = identical_summary(a, argmax) if detail == "summary" else identical_metrics(a, argmax)
-        return TensorComparison(**common, within_tolerance=True, metrics=metrics)
     if detail == "summary":
         ok, max_abs, scale = within_tolerance(a, b, tolerance.rtol, tolerance.atol)
         if ok:
@@ -330,6 +331,16 @@ def compare_tensors(name: str, step: int, a: np.ndarray, b: np.ndarray, toleranc
     within = metrics.n_out == 0
     return TensorComparison(**common, within_tolerance=within, metrics=metrics,
                             min_tolerance=None if within else min_passing(errors, tolerance))
+
+
+def identical_comparison(name: str, step: int, a: np.ndarray, tolerance: Tolerance, *, argmax: bool = False,
+                         detail: str = "full") -> TensorComparison:
+    """The judgement of a tensor bit-identical on both sides: within tolerance, errors 0 (the exact fast path;
+    with detail="summary" the metrics are not computed at all: detail "identical")."""
+    shape, dt = tuple(a.shape), dtype_name(a.dtype)
+    metrics = identical_summary(a, argmax) if detail == "summary" else identical_metrics(a, argmax)
+    return TensorComparison(step=step, name=name, shape_a=shape, shape_b=shape, dtype_a=dt, dtype_b=dt,
+                            tolerance=tolerance, within_tolerance=True, metrics=metrics)
 
 
 def oracle_check(a: np.ndarray, b: np.ndarray, oracle: np.ndarray, factor: float) -> OracleCheck:
@@ -419,13 +430,24 @@ def judge_step(sa: Step, sb: Step, tolerances: Tolerances, detail: str = "summar
     """Every tensor both steps record, judged in A's order (the work a worker process does for a step)."""
     names_b = set(sb.tensors)
     logits = _logits_name(list(sa.tensors))
+    if sa.payload is not None and sb.payload is not None and same_payload(sa.payload, sb.payload):
+        # one pass over the step files' bytes: every tensor is bit-identical to its namesake
+        return tuple(identical_comparison(name, sa.index, a, _resolve(tolerances, name, a.dtype, a.dtype),
+                                          argmax=name in ("probs", logits), detail=detail)
+                     for name, a in sa.tensors.items() if name in names_b)
     out = []
     for name, a in sa.tensors.items():
         if name in names_b:
             b = sb.tensors[name]
-            tol = tolerances.resolve(name, a.dtype, b.dtype)
+            tol = _resolve(tolerances, name, a.dtype, b.dtype)
             out.append(compare_tensors(name, sa.index, a, b, tol, argmax=name in ("probs", logits), detail=detail))
     return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def _resolve(tolerances: Tolerances, name: str, dtype_a: np.dtype, dtype_b: np.dtype) -> Tolerance:
+    """tolerances.resolve, remembered: it is asked the same few questions for every step of a trace."""
+    return tolerances.resolve(name, dtype_a, dtype_b)
 
 
 def _has_summary(s: StepComparison) -> bool:
@@ -438,7 +460,8 @@ class _Comparer:
     def __init__(self, tolerances: Tolerances, readers: dict[str, TraceReader], detail: str = "shown",
                  names: NameFilter = NameFilter()):
         self.tol = tolerances
-        self.detail = detail  # "shown": full metrics for the steps the report shows; "full": for every step
+        self.detail = detail  # "shown": full metrics for the steps the report shows; "full": for every step;
+        #                       "divergent": only for tensors out of tolerance (what the text report shows)
         self.readers = readers
         self.filter = names
         self.all_names: set[str] = set()  # every name seen, before filtering (to report unused patterns)
@@ -500,7 +523,7 @@ class _Comparer:
             self._missing_step(k, f"{side} records none of the other side's tensors in step {k} (a step with "
                                "nothing in common is a missing step)")
         result = StepComparison(k, tuple(tensors), only_a, only_b, sa.complete, sb.complete)
-        if _has_summary(result):
+        if self.detail != "divergent" and _has_summary(result):
             self.pending[k] = (sa, sb)
         if sa.complete and sb.complete:
             self.curves.judge(k, {t.name: not t.passed for t in tensors}, sa.tensors, sb.tensors)
@@ -521,7 +544,7 @@ class _Comparer:
 
     def _upgrade(self, s: StepComparison) -> StepComparison:
         """`s` with full metrics for its tensors that had only the summary (from the arrays kept in `pending`)."""
-        if not _has_summary(s):
+        if self.detail == "divergent" or not _has_summary(s):
             return s
         sa, sb = self.pending[s.step]
         tensors = tuple(
@@ -878,13 +901,16 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
     `names`: compare only the tensors it keeps (--only/--ignore). A name recorded by one side only is listed
     in `one_sided`, not a divergence; a step one side lacks or cut short still is.
     detail="shown" computes ULPs, cosine and elementwise rel for tensors out of tolerance and for the steps
-    the Comparison keeps; detail="full" computes them for every tensor (slower; the result is the same).
+    the Comparison keeps; detail="full" computes them for every tensor (slower; the result is the same);
+    detail="divergent" only for tensors out of tolerance: the kept steps' tensors within tolerance keep the
+    summary metrics (max abs and rel error, scale; the rest nan, metrics.detail "summary" or "identical"),
+    all that the text report shows of them (`memstate diff` uses it for --format text).
     jobs > 1 judges the steps of two binary traces in that many worker processes (memstate.comparator.parallel)
     when they hold at least parallel.MIN_BYTES (64 MiB) a side; the result is the same. A JSONL trace is
     read one step ahead in a background thread.
     """
-    if detail not in ("shown", "full"):
-        raise ValueError(f"detail={detail!r}: use 'shown' or 'full'")
+    if detail not in ("shown", "full", "divergent"):
+        raise ValueError(f"detail={detail!r}: use 'shown', 'full' or 'divergent'")
     tolerances = Tolerances() if tolerances is None else tolerances
     with ExitStack() as stack:
         stack.enter_context(blas_threads())
@@ -893,8 +919,10 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
             readers["oracle"] = _open(oracle, stack)
         comparer = _Comparer(tolerances, readers, detail, names if names is not None else NameFilter())
         judge = _range_judge(readers, tolerances, jobs, max_steps, stack)
-        # workers read the data; this process maps the files and touches only what the report needs
-        its = {side: read_ahead(r.steps(include_incomplete=True, mapped=True, populate=judge is None), r.encoding)
+        # mapped, not populated: pages are faulted in as they are read, which costs less than populating
+        # them first, and the workers (when there are) read the data, so this process touches only what the
+        # report needs
+        its = {side: read_ahead(r.steps(include_incomplete=True, mapped=True, populate=False), r.encoding)
                for side, r in readers.items()}
         for it in its.values():
             stack.callback(it.close)

@@ -26,6 +26,7 @@ and elementwise rel, which only tensors out of tolerance, or shown in a report, 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -264,17 +265,30 @@ def identical_metrics(a: np.ndarray, argmax: bool = False) -> TensorMetrics:
                          argmax_mismatch=_argmax_same(a) if argmax else None)
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Three float64 blocks and one bool block of at least n elements, kept per thread and reused: for
+    the many small tensors of a step, allocating them per call cost as much as the pass itself."""
+    held = getattr(_SCRATCH, "blocks", None)
+    if held is None or held[0].size < n:
+        held = _SCRATCH.blocks = (np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype=bool))
+    return held
+
+
 def within_tolerance(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> tuple[bool, float, float]:
     """One block-wise pass: (every element finite on both sides and |a-b| <= atol + rtol*max(|a|,|b|),
     max |a-b|, max(|a|,|b|)), all in float64, for same-shaped a and b.
 
     Any non-finite element answers False at once (the full path judges those), as does the first failing
-    block; the maxima are then those of the blocks seen so far and must not be used.
+    block; the maxima are then those of the blocks seen so far and must not be used. A block whose
+    largest |a-b| is at most atol passes without the elementwise test (atol + rtol*m >= atol, also rounded).
     """
     fa, fb = a.reshape(-1), b.reshape(-1)
     n = fa.size
     step = min(n, BLOCK) or 1
-    d, m, t = np.empty(step), np.empty(step), np.empty(step)
+    d, m, t, ok = _scratch(step)
     max_d = max_m = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, n, step):
@@ -287,11 +301,14 @@ def within_tolerance(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> 
             np.abs(xa, out=mm, dtype=np.float64)
             np.abs(xb, out=tt, dtype=np.float64)
             np.maximum(mm, tt, out=mm)
-            np.multiply(mm, rtol, out=tt)
-            tt += atol
             bd, bm = float(dd.max()), float(mm.max())
-            if not (math.isfinite(bm) and math.isfinite(bd)) or not bool(np.less_equal(dd, tt).all()):
+            if not (math.isfinite(bm) and math.isfinite(bd)):
                 return False, bd, bm
+            if bd > atol:
+                np.multiply(mm, rtol, out=tt)
+                tt += atol
+                if not bool(np.less_equal(dd, tt, out=ok[:k]).all()):
+                    return False, bd, bm
             max_d, max_m = max(max_d, bd), max(max_m, bm)
     return True, max_d, max_m
 

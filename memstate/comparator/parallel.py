@@ -23,7 +23,7 @@ from typing import Any, Callable
 from memstate.comparator.tolerance import Tolerances
 from memstate.formats.readahead import ReadAhead
 from memstate.workers import default_jobs, files_hold, process_context
-from memstate.formats.trace import Step, read_step_file, step_file_name
+from memstate.formats.trace import Step, read_step, step_file_name
 
 RANGES_PER_JOB = 4  # ranges per worker: small enough to balance, large enough to amortise a task
 MAX_RANGE = 64  # steps in one range at most
@@ -55,8 +55,9 @@ def judge_range(unit: StepRange) -> tuple[tuple[int, Any], ...]:
     with blas_threads():
         for k in unit.steps:
             try:
-                sa = Step(k, read_step_file(Path(unit.path_a) / step_file_name(k), k, unit.run_a, mapped=True))
-                sb = Step(k, read_step_file(Path(unit.path_b) / step_file_name(k), k, unit.run_b, mapped=True))
+                ta, pa = read_step(Path(unit.path_a) / step_file_name(k), k, unit.run_a, mapped=True, populate=False)
+                tb, pb = read_step(Path(unit.path_b) / step_file_name(k), k, unit.run_b, mapped=True, populate=False)
+                sa, sb = Step(k, ta, payload=pa), Step(k, tb, payload=pb)
             except Exception:  # noqa: BLE001 - the caller's own read raises the right error
                 out.append((k, None))
                 continue

@@ -10,7 +10,7 @@ import os
 import re
 import weakref
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ import numpy as np
 from memstate.errors import FormatError
 from memstate.formats.map import LayoutMap, apply_map, parse_map
 from memstate.formats.params import check_envelope
-from memstate.formats.stepfile import BadStepFile, read_safetensors
+from memstate.formats.stepfile import BadStepFile, Payload, read_step_payload
 from memstate.formats.bigline import STREAM_BYTES, BadData, LineTooLong, max_line_bytes, parse_big_record, read_line
-from memstate.formats.tensorjson import BadJSON, check_shape, decode_fields, decode_name, loads_fast, loads_strict, short_json
+from memstate.formats.tensorjson import BadJSON, decode_fields, decode_name, loads_fast, loads_strict, short_json
 
 FORMAT = "memstate.trace"
 HEADER_FILE = "header.json"
@@ -38,6 +38,9 @@ class Step:
     index: int
     tensors: dict[str, np.ndarray]
     complete: bool = True
+    # a binary step file's bytes as read (memstate.formats.stepfile.Payload), for the comparator's one-pass
+    # test of a bit-identical step; None for JSONL, mapped (renamed) or filtered steps
+    payload: Payload | None = field(default=None, compare=False, repr=False)
 
     def names(self) -> list[str]:
         """Record names in dataflow order."""
@@ -394,7 +397,8 @@ def _binary_steps(path: Path, run_id: str | None = None, mapped: bool = False,
                   populate: bool = True) -> Generator[Step, None, None]:
     done, tmp = _list_steps(path)
     for k in done:
-        yield Step(k, read_step_file(path / step_file_name(k), k, run_id, mapped, populate))
+        tensors, payload = read_step(path / step_file_name(k), k, run_id, mapped, populate)
+        yield Step(k, tensors, payload=payload)
     if tmp is not None:
         try:
             tensors = read_step_file(path / (step_file_name(tmp) + ".tmp"), tmp, run_id)
@@ -411,13 +415,19 @@ def read_step_file(path: Path, index: int, run_id: str | None = None, mapped: bo
     The arrays are views into one buffer the file was read into (memstate.formats.stepfile); with
     mapped=True into a read-only mapping of the file.
     """
+    return read_step(path, index, run_id, mapped, populate)[0]
+
+
+def read_step(path: Path, index: int, run_id: str | None = None, mapped: bool = False,
+              populate: bool = True) -> tuple[dict[str, np.ndarray], Payload]:
+    """`read_step_file`, with the file's Payload (its tensor bytes and layout, for `same_payload`)."""
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "is a symbolic link to a missing file" if path.is_symlink() \
             else "vanished while being read (is a run rewriting this trace?)" if not path.exists() \
             else "is not a regular file"
         raise FormatError(path, f"{what}; a step file is a safetensors file")
     try:
-        meta, tensors = read_safetensors(path, mapped, populate)
+        meta, tensors, payload = read_step_payload(path, mapped, populate)
     except BadStepFile as e:
         raise FormatError(path, f"not a readable safetensors file: {e}") from None
     except OSError as e:
@@ -429,9 +439,8 @@ def read_step_file(path: Path, index: int, run_id: str | None = None, mapped: bo
         dt, arr = tensors[name]
         if dt not in BINARY_DTYPES or arr is None:
             raise FormatError(path, f"dtype {dt} is not allowed; use F64 or F32", name)
-        check_shape(list(arr.shape), path, name)
-        out[name] = arr
-    return out
+        out[name] = arr  # (its shape was checked, as check_shape would, before the array was made)
+    return out, payload
 
 
 def _check_run_id(meta: dict[str, str], run_id: str | None, path: Path) -> None:
@@ -450,7 +459,7 @@ def _step_order(meta: dict[str, str], keys: set[str], path: Path, index: int) ->
     if "order" not in meta:
         raise FormatError(path, '__metadata__ has no "order" (the JSON list of names in dataflow order)')
     try:
-        order = loads_strict(meta["order"])
+        order = loads_fast(meta["order"])
     except BadJSON as e:
         raise FormatError(path, f'__metadata__ "order" is not JSON: {e.msg}') from None
     if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
