@@ -40,6 +40,7 @@ from memstate.check.state import State, note_text
 from memstate.check.step import check_step, full_step, reference_meta
 from memstate.comparator.compare import Comparison, ToleranceUse, TraceInfo, TensorSeries
 from memstate.comparator.compare import Finding as CompareFinding
+from memstate.comparator.metrics import dtype_name
 from memstate.comparator.tolerance import Tolerances
 from memstate.errors import MemstateError
 from memstate.formats.map import LayoutMap
@@ -66,7 +67,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
     began = time.perf_counter()
     tolerances = tolerances if tolerances is not None else Tolerances()
     with blas_threads(), open_trace(path, layout) as reader, \
-            closing(read_ahead(reader.steps(), reader.encoding)) as ahead:
+            closing(read_ahead(reader.steps(mapped=True, populate=False), reader.encoding)) as ahead:
         meta = dict(reader.meta)
         st = State(tolerances, meta, diagnose, roots=CheckRoots(meta, diagnose))
         source = "scenario"
@@ -118,7 +119,7 @@ class _Walk:
         self.first_step = k if self.first_step is None else self.first_step
         self.last_step = k
         if self.dtype is None and t:
-            self.dtype = next(iter(t.values())).dtype.name
+            self.dtype = dtype_name(next(iter(t.values())).dtype)
         if self.n_layers is None:
             self.n_layers = rc.n_layers_of(list(t) + list(self.start or ()))
         n_layers = self.n_layers

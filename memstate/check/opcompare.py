@@ -16,8 +16,8 @@ import numpy as np
 from memstate.check import recompute as rc
 from memstate.check.result import LOGITS
 from memstate.comparator.compare import TensorComparison
-from memstate.comparator.metrics import (TensorMetrics, bit_identical, element_errors, identical_metrics,
-                                        tensor_metrics)
+from memstate.comparator.metrics import (TensorMetrics, bit_identical, dtype_name, element_errors,
+                                        identical_metrics, tensor_metrics)
 from memstate.comparator.tolerance import Tolerance, Tolerances, min_passing
 
 
@@ -49,7 +49,7 @@ def op_tolerance(tolerances: Tolerances, name: str, dtype: np.dtype, terms: int)
 def _widened(errors, scale: np.ndarray):
     """The comparator's elementwise errors with the magnitude raised to the scale of the operation's terms."""
     with np.errstate(all="ignore"):
-        s = np.broadcast_to(np.abs(rc.f64(scale)), errors.abs.shape)
+        s = np.broadcast_to(np.abs(rc.f64(rc.materialize(scale))), errors.abs.shape)
         s = np.where(np.isfinite(s), s, 0.0)
     return replace(errors, magnitude=np.maximum(errors.magnitude, s))
 
@@ -75,7 +75,7 @@ def compare_op(recorded: np.ndarray, ref: np.ndarray, scale: np.ndarray, tol: To
             return _Cmp(True, None, 0.0, 0.0, 0.0, idx, float(recorded.flat[0]), float(ref.flat[0]), tol)
         with np.errstate(all="ignore"):
             rec = rc.f64(recorded).reshape(-1)  # 1-d inside: ufuncs on 0-d arrays return scalars
-            s = np.broadcast_to(np.abs(rc.f64(scale)), ref.shape).reshape(-1)
+            s = np.broadcast_to(np.abs(rc.f64(rc.materialize(scale))), ref.shape).reshape(-1)
             d = rec - ref.reshape(-1)
             np.abs(d, out=d)
             allowed = np.abs(rec)
@@ -117,7 +117,7 @@ def tensor_comparison(k: int, name: str, ref: np.ndarray, value: np.ndarray, sca
     """The comparator's TensorComparison of one operation, with its elementwise errors and failing mask."""
     ref = np.asarray(ref, dtype=np.float64)
     common: dict[str, Any] = dict(step=k, name=name, shape_a=tuple(ref.shape), shape_b=tuple(value.shape), dtype_a="float64",
-                  dtype_b=value.dtype.name, tolerance=tol)
+                  dtype_b=dtype_name(value.dtype), tolerance=tol)
     if ref.shape != value.shape:
         return TensorComparison(**common, within_tolerance=False, metrics=None), None, None
     if bit_identical(ref, value):  # the exact fast path (issue 14): every error 0, nothing to localise

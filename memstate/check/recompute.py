@@ -14,6 +14,7 @@ The inference helpers say what a trace does not: the activation, the loss reduct
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -50,7 +51,7 @@ class Rule:
     inputs: tuple[str, ...]
     params: tuple[str, ...]
     terms: Callable[[Tensors], int]
-    fn: Callable[[Tensors, Tensors], tuple[np.ndarray, np.ndarray]]
+    fn: Callable[[Tensors, Tensors], tuple[np.ndarray, np.ndarray | Lazy]]
     needs: tuple[str, ...] = ()  # settings it needs: "activation", "reduction", "lr"
     invariant: str | None = None  # the reference-free invariant this rule also is, if any
 
@@ -62,6 +63,28 @@ class Rule:
 
 def f64(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
+
+
+class Lazy:
+    """A rule's scale computed when first asked for, then kept (issue 14). The scale of a matmul is another
+    matmul (|a| @ |W|); an operation the trace reproduces bit for bit never needs it."""
+
+    __slots__ = ("fn", "value")
+
+    def __init__(self, fn: Callable[[], np.ndarray]):
+        self.fn: Callable[[], np.ndarray] | None = fn
+        self.value: np.ndarray | None = None
+
+    def __call__(self) -> np.ndarray:
+        if self.fn is not None:
+            self.value, self.fn = self.fn(), None
+        assert self.value is not None
+        return self.value
+
+
+def materialize(scale: np.ndarray | Lazy) -> np.ndarray:
+    """A rule's scale as an array (a Lazy one is computed now)."""
+    return scale() if isinstance(scale, Lazy) else scale
 
 
 def _quiet(fn):
@@ -105,7 +128,7 @@ def _forward_rules(settings: Settings) -> list[Rule]:
 
         def z_fn(t, p, ap=ap, W=W, b=b):
             a, w, bb = f64(t[ap]), f64(p[W]), f64(p[b])
-            return ref.dense(a, w, bb), np.abs(a) @ np.abs(w) + np.abs(bb)
+            return ref.dense(a, w, bb), Lazy(lambda: np.abs(a) @ np.abs(w) + np.abs(bb))
 
         add(Rule(f"L{i}.z", f"{ap} @ {W} + {b}", (ap,), (W, b), _last_axis(ap, 1),
                  _quiet(z_fn)))
@@ -185,7 +208,7 @@ def _backward_rules(settings: Settings) -> list[Rule]:
 
         def dW_fn(t, p, ap=ap, dz=dz):
             a, d = f64(t[ap]), f64(t[dz])
-            return ref.weight_grad(a, d), np.abs(a).T @ np.abs(d)
+            return ref.weight_grad(a, d), Lazy(lambda: np.abs(a).T @ np.abs(d))
 
         def db_fn(t, p, dz=dz):
             d = f64(t[dz])
@@ -199,7 +222,7 @@ def _backward_rules(settings: Settings) -> list[Rule]:
 
             def da_fn(t, p, up=up, W=W):
                 d, w = f64(t[up]), f64(p[W])
-                return ref.input_grad(d, w), np.abs(d) @ np.abs(w).T
+                return ref.input_grad(d, w), Lazy(lambda: np.abs(d) @ np.abs(w).T)
 
             add(Rule(f"L{i}.da", f"{up} @ {W}^T", (up,), (W,), _last_axis(up), _quiet(da_fn)))
 
@@ -231,7 +254,7 @@ def _update_rules(settings: Settings) -> list[Rule]:
 
             def upd_fn(t, p, name=name, grad=grad):
                 w, g = f64(p[name]), f64(t[grad])
-                return ref.sgd_update(w, g, lr), np.abs(w) + abs(lr) * np.abs(g)
+                return ref.sgd_update(w, g, lr), Lazy(lambda: np.abs(w) + abs(lr) * np.abs(g))
 
             add(Rule(name, f"{name} in force - lr * {grad}", (grad,), (name,), lambda t: 4, _quiet(upd_fn),
                      ("lr",)))
@@ -430,15 +453,18 @@ def fit_one(step: int, name: str, old: np.ndarray, new: np.ndarray, grad: np.nda
     old, new, grad = f64(old), f64(new), f64(grad)
     if old.shape != new.shape or grad.shape != new.shape:
         return None
-    ok = np.isfinite(old) & np.isfinite(new) & np.isfinite(grad)
-    g, d = grad[ok], (old - new)[ok]
+    d = (old - new).reshape(-1)
+    g, kept = grad.reshape(-1), new.reshape(-1)
+    if not all(math.isfinite(float(x.sum())) for x in (d, g, kept)):  # (a finite sum: every element finite)
+        ok = np.isfinite(old.reshape(-1)) & np.isfinite(kept) & np.isfinite(g)
+        g, d, kept = g[ok], d[ok], kept[ok]
     gg = float(g @ g)
     if not gg > 0:
         return None
     lr_t = float(g @ d) / gg
     # new is rounded to its dtype, so lr_t is known to about eps * (|new| + |lr * grad|) / |grad|
     eps = EPS.get(np.dtype(dtype), EPS[np.dtype("float32")])
-    allowance = 4 * eps * (float(np.linalg.norm(new[ok])) + abs(lr_t) * np.sqrt(gg)) / np.sqrt(gg)
+    allowance = 4 * eps * (math.sqrt(float(kept @ kept)) + abs(lr_t) * np.sqrt(gg)) / np.sqrt(gg)
     return TensorFit(step, name, lr_t, allowance)
 
 

@@ -20,7 +20,7 @@ class Op:
     name: str
     ref: np.ndarray
     value: np.ndarray
-    scale: np.ndarray
+    scale: Any  # np.ndarray or memstate.check.recompute.Lazy (computed when the report needs it)
     tol: Tolerance
 
 

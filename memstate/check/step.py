@@ -15,6 +15,7 @@ from memstate.check.result import MAX_FAILURES, Finding, NameStats, OpCheck
 from memstate.check.state import Op, State
 from memstate.comparator.compare import FirstDivergence, StepComparison, _Buckets, error_grid
 from memstate.comparator.localize import localize
+from memstate.comparator.metrics import dtype_name
 from memstate.comparator.tolerance import Tolerance
 
 
@@ -86,7 +87,7 @@ def _invariants(st: State, k: int, name: str, t: Mapping[str, np.ndarray], n_lay
 
 def _compare(st: State, name: str, value: np.ndarray, ref: np.ndarray, scale: np.ndarray, terms: int) -> _Cmp:
     """The comparison of one operation under its (cached) tolerance; full metrics for the worst so far."""
-    key = (name, value.dtype.name, terms)
+    key = (name, dtype_name(value.dtype), terms)
     tol = st.tol_cache.get(key)
     if tol is None:
         tol = st.tol_cache[key] = op_tolerance(st.tolerances, name, value.dtype, terms)
@@ -141,7 +142,7 @@ def _check_op(st: State, k: int, name: str, pos: int, names: list[str], t: Mappi
             st.find(Finding("invariant", rule.invariant, k, name, f"{name} is not {rule.formula}"))
             bad.append(rule.invariant)
     op = OpCheck(k, name, plan.formula, plan.leaves, plan.params, in_force_from if plan.params else "",
-                 value.dtype.name, tuple(value.shape), c.ok, c.metrics, c.max_abs, c.max_rel, c.ratio, c.index,
+                 dtype_name(value.dtype), tuple(value.shape), c.ok, c.metrics, c.max_abs, c.max_rel, c.ratio, c.index,
                  c.rec, c.ref, c.tolerance, c.message, tuple(bad))
     _tally(st, k, op, c, tally)
     if not problem:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from memstate.check import recompute as rc
 from memstate.check.opcompare import compare_op, tensor_comparison
 from memstate.comparator.tolerance import DEFAULTS
 
@@ -40,3 +41,24 @@ def test_identical_tensor_comparison_has_the_full_metrics():
     m = tc.metrics
     assert tc.within_tolerance and m.detail == "full" and errors is None and fail is None
     assert (m.max_abs_error, m.max_ulp, m.cosine, m.scale, m.nan_a, m.argmax_mismatch) == (0.0, 0.0, 1.0, 3.0, 1, 0.0)
+
+
+def test_a_matmul_scale_is_computed_only_for_an_operation_that_is_not_bit_identical():
+    """The scale |a| @ |W| is another matmul: Lazy computes it once, when compare_op needs it."""
+    calls = []
+    rng = np.random.default_rng(3)
+    a, w = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+
+    def bound():
+        calls.append(1)
+        return np.abs(a) @ np.abs(w)
+
+    ref = a @ w
+    assert compare_op(ref.copy(), ref, rc.Lazy(bound), TOL, full=False).ok and calls == []
+    scale = rc.Lazy(bound)
+    off = ref * (1 + 1e-13)  # not bit-identical, within tolerance: judged against the scale
+    assert compare_op(off, ref, scale, TOL, full=False).ok and calls == [1]
+    assert compare_op(off, ref, scale, TOL).ok and calls == [1]  # kept, not computed again
+    assert np.array_equal(rc.materialize(scale), np.abs(a) @ np.abs(w)) and calls == [1]
+    plain = np.abs(ref)
+    assert rc.materialize(plain) is plain
