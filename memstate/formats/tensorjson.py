@@ -112,20 +112,44 @@ def loads_strict(text: str | bytes) -> Any:
 
 def fast_parse_trusted(raw: bytes, doc: Any) -> bool:
     """Whether `doc`, parsed from `raw` by a faster parser that keeps the last of duplicate keys and reads
-    -0 as 0, is what loads_strict would return; if not, parse `raw` with loads_strict instead.
+    -0 as 0, is what loads_strict would return (up to integers in a step line's "data" list that orjson
+    reads as floats: the same array once decoded); if not, parse `raw` with loads_strict instead.
 
-    It is when `raw` has no -0 token and no \\u surrogate escape, and as many `":` key ends as `doc` has
-    keys (a duplicate key, or a key end inside a string, makes them differ: the slow parse decides). When the
-    fast parser fails (bad JSON, NaN, deep nesting, a huge integer), call loads_strict too: its BadJSON is
+    It is when `raw` has no -0 token, no \\u surrogate escape, no integer token of 19 digits or more (which
+    orjson reads as a float beyond 64 bits; not looked for inside a step line's "data" list, `_outside_data`),
+    and as many `":` key ends as `doc` has keys (a duplicate key, or a key end inside a string, makes them
+    differ: the slow parse decides). When the fast parser fails (bad JSON, NaN, deep nesting, a huge integer), call loads_strict too: its BadJSON is
     the error readers report.
     """
-    if _NEGATIVE_ZERO.search(raw) or _SURROGATE_ESCAPE.search(raw) or _LONG_INTEGER.search(raw):
+    objects = raw.count(b"{")
+    if _NEGATIVE_ZERO.search(raw) or (b"\\" in raw and _SURROGATE_ESCAPE.search(raw)) \
+            or _LONG_INTEGER.search(_outside_data(raw, doc, objects)):
         return False
-    if b"{" not in raw:  # no object anywhere, so no key (a `":` could only sit inside a string)
+    if not objects:  # no object anywhere, so no key (a `":` could only sit inside a string)
         return _KEY_END.search(raw) is None
-    if isinstance(doc, dict) and raw.count(b"{") == 1:  # one object, no other: its keys are all the keys
+    if isinstance(doc, dict) and objects == 1:  # one object, no other: its keys are all the keys
         return len(_KEY_END.findall(raw)) == len(doc)  # (skips walking a long flat "data" list)
     return len(_KEY_END.findall(raw)) == _count_keys(doc)
+
+
+_DATA_LIST = re.compile(rb'"data"\s*:\s*\[')
+
+
+def _outside_data(raw: bytes, doc: Any, objects: int) -> bytes:
+    """`raw` less the text of its "data" list when `doc` is one flat object with such a list (a step line;
+    `objects`: how many "{" `raw` holds).
+
+    A long integer token there cannot change what is read: orjson reads it as the float nearest to it, which
+    is what the integer becomes when the data is made a float64 array (float32 goes through float64), and
+    one beyond float64's range fails orjson, so the strict parse reports it. Scanning 2 MB of data for long
+    integers cost 18 times orjson's parse (issue 14). The span ends at the first "]" after the list opens:
+    if a string in the list holds one, more text is scanned, never less.
+    """
+    if not (isinstance(doc, dict) and isinstance(doc.get("data"), list)) or objects != 1:
+        return raw
+    found = _DATA_LIST.search(raw)
+    end = raw.find(b"]", found.end()) if found is not None else -1
+    return raw if found is None or end < 0 else raw[:found.start()] + raw[end:]
 
 
 def _count_keys(doc: Any) -> int:
