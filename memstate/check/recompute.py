@@ -455,16 +455,19 @@ def fit_one(step: int, name: str, old: np.ndarray, new: np.ndarray, grad: np.nda
         return None
     d = (old - new).reshape(-1)
     g, kept = grad.reshape(-1), new.reshape(-1)
-    if not all(math.isfinite(float(x.sum())) for x in (d, g, kept)):  # (a finite sum: every element finite)
+    gg, gd, kk = float(g @ g), float(g @ d), float(kept @ kept)
+    if not (math.isfinite(gg) and math.isfinite(gd) and math.isfinite(kk)):
+        # (all finite, the dots are those of the finite elements: a nan or inf in g, d or new, hence in old,
+        # makes its dot nan or inf, and only then are the masked copies made)
         ok = np.isfinite(old.reshape(-1)) & np.isfinite(kept) & np.isfinite(g)
         g, d, kept = g[ok], d[ok], kept[ok]
-    gg = float(g @ g)
+        gg, gd, kk = float(g @ g), float(g @ d), float(kept @ kept)
     if not gg > 0:
         return None
-    lr_t = float(g @ d) / gg
+    lr_t = gd / gg
     # new is rounded to its dtype, so lr_t is known to about eps * (|new| + |lr * grad|) / |grad|
     eps = EPS.get(np.dtype(dtype), EPS[np.dtype("float32")])
-    allowance = 4 * eps * (math.sqrt(float(kept @ kept)) + abs(lr_t) * np.sqrt(gg)) / np.sqrt(gg)
+    allowance = 4 * eps * (math.sqrt(kk) + abs(lr_t) * np.sqrt(gg)) / np.sqrt(gg)
     return TensorFit(step, name, lr_t, allowance)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,3 +64,47 @@ def test_a_matmul_scale_is_computed_only_for_an_operation_that_is_not_bit_identi
     assert np.array_equal(rc.materialize(scale), np.abs(a) @ np.abs(w)) and calls == [1]
     plain = np.abs(ref)
     assert rc.materialize(plain) is plain
+
+
+def _fit_by_masks(old, new, grad):
+    """fit_one as it was before its fast path: least squares over the finite elements, made by masks."""
+    eps = rc.EPS[np.dtype(new.dtype)]
+    old, new, grad = (np.asarray(x, dtype=np.float64) for x in (old, new, grad))
+    ok = np.isfinite(old) & np.isfinite(new) & np.isfinite(grad)
+    g, d = grad[ok], (old - new)[ok]
+    gg = float(g @ g)
+    if not gg > 0:
+        return None
+    lr = float(g @ d) / gg
+    return lr, 4 * eps * (float(np.linalg.norm(new[ok])) + abs(lr) * np.sqrt(gg)) / np.sqrt(gg)
+
+
+SPOILERS = st.lists(st.tuples(st.sampled_from(["old", "new", "grad"]), st.integers(0, 11),
+                              st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1e300])), max_size=4)
+
+
+@settings(max_examples=80, deadline=None)
+@given(SPOILERS, st.sampled_from([np.float64, np.float32]), st.integers(0, 2**16))
+def test_lr_fit_fast_path_equals_the_masked_fit(spoilers, dtype, seed):
+    rng = np.random.default_rng(seed)
+    arrays = {"old": rng.standard_normal((3, 4)), "grad": rng.standard_normal((3, 4))}
+    arrays["new"] = (arrays["old"] - 0.1 * arrays["grad"]).astype(dtype)
+    for which, i, v in spoilers:
+        arrays[which].reshape(-1)[i] = v
+    with np.errstate(all="ignore"):  # (1e300 squared overflows both ways alike)
+        got = rc.fit_one(0, "W", arrays["old"], arrays["new"], arrays["grad"])
+        want = _fit_by_masks(arrays["old"], arrays["new"], arrays["grad"])
+    if want is None:
+        assert got is None
+    else:
+        assert np.array_equal([got.lr, got.allowance], want, equal_nan=True), (got, want)
+        assert math.copysign(1, got.lr) == math.copysign(1, want[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=0, max_dims=2, max_side=6),
+                  elements=st.floats(allow_nan=True, allow_infinity=True, width=64)))
+def test_nonfinite_counts_nan_and_inf(x):
+    from memstate.check.invariants import nonfinite
+    assert nonfinite(x) == int(np.count_nonzero(~np.isfinite(x)))
+    assert nonfinite(x.astype(np.float32)) == int(np.count_nonzero(~np.isfinite(x.astype(np.float32))))
