@@ -906,7 +906,7 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
     summary metrics (max abs and rel error, scale; the rest nan, metrics.detail "summary" or "identical"),
     all that the text report shows of them (`memstate diff` uses it for --format text).
     jobs > 1 judges the steps of two binary traces in that many worker processes (memstate.comparator.parallel)
-    when they hold at least parallel.MIN_BYTES (64 MiB) a side; the result is the same. A JSONL trace is
+    when they hold at least parallel.MIN_BYTES (1 GiB) a side; the result is the same. A JSONL trace is
     read one step ahead in a background thread.
     """
     if detail not in ("shown", "full", "divergent"):
