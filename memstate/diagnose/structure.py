@@ -250,7 +250,7 @@ def _scalar_factor(ctx: DivergenceContext, a: float, b: float) -> Diagnosis | No
         return None  # the batch size: reduction-mean-vs-sum says it
     return make("scaled", 0.6,
                 f"Side B's {ctx.name} is side A's times {fmt(c)} = {simple}: one simple constant factor (a single "
-                f"number cannot show more; look for a missing or extra division or multiplication by {simple.lstrip('1/')}).",
+                f"number cannot show more; look for a missing or extra division or multiplication by {simple.removeprefix('1/')}).",
                 {"factor": c, "simple": simple, "residual": 0.0, "batch_size": B})
 
 
