@@ -369,8 +369,11 @@ def _bias_moved_as_one(ctx: DivergenceContext) -> Diagnosis | None:
         force, other_force = in_force_of(ctx, side.label), in_force_of(ctx, other_label(side))
         if force is None or other_force is None or ctx.name not in force or ctx.name not in other_force:
             continue
-        u, uo = f64(force[ctx.name]) - side.x, f64(other_force[ctx.name]) - side.o
-        if u.shape != side.x.shape or u.size < 2 or not (all_finite(u) and all_finite(uo)):
+        old, old_o = f64(force[ctx.name]), f64(other_force[ctx.name])
+        if old.shape != side.x.shape or old_o.shape != side.o.shape or side.x.size < 2:
+            continue  # parameters of another shape (not this layer's): subtracting would broadcast or raise
+        u, uo = old - side.x, old_o - side.o
+        if not (all_finite(u) and all_finite(uo)):
             continue
         spread_o = float(np.ptp(uo))
         if spread_o == 0 or float(np.ptp(u)) > exact_rtol(ctx) * max(spread_o, scale(uo)):

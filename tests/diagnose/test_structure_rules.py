@@ -634,3 +634,340 @@ def test_lr_step_needs_an_agreeing_gradient_of_the_same_shape():
     assert scaled(ctx(c.a, c.b, "L1.W", {"L1.dW": z}, {"L1.dW": z})) is None
     assert scaled(ctx(c.a, c.a + W0, "L1.W", {"L1.dW": G}, {"L1.dW": G})) is None  # the steps are not along g
     assert scaled(lr_pair(0.1, 0.2, "L2.W")) is None  # L2.W's gradient is L2.dW, which is not there
+
+
+# --------------------------------------------------------------------------------------------- sign-flip
+
+
+def sf_expect(d, name, where, conf, flipped, sig, rtol=1e-7, **extra):
+    expect(d, "sign-flip", conf,
+           f"Side B's {name} is minus side A's on {where} (magnitudes equal to within {fmt(rtol)} of the scale): a "
+           f"sign error, e.g. y - p for p - y, W += lr·g for W -= lr·g, or a negated term in one component.",
+           {"flipped": flipped, "significant": sig, "fraction": flipped / sig, **extra})
+
+
+def test_sign_flip_everywhere():
+    sf_expect(sign_flip(ctx(M43, -M43, "L2.dz")), "L2.dz", "every element", 0.9, 12, 12)
+    v = np.array([0.5, -2.0, 3.0])
+    sf_expect(sign_flip(ctx(v, -v, "L2.b")), "L2.b", "every element", 0.9, 3, 3)
+    sf_expect(sign_flip(ctx(np.float64(2.0), np.float64(-2.0), "loss")), "loss", "every element", 0.9, 1, 1)
+
+
+def test_sign_flip_on_whole_rows_ignores_their_insignificant_elements():
+    a = M43.copy()
+    a[1, 0] = 0.0
+    b = a.copy()
+    b[1] *= -1
+    sf_expect(sign_flip(ctx(a, b, "L1.dz")), "L1.dz", "whole rows [1]", 0.8, 2, 11, rows=[1])
+
+
+def test_sign_flip_on_whole_columns():
+    b = M43.copy()
+    b[:, 2] *= -1
+    sf_expect(sign_flip(ctx(M43, b, "L2.W")), "L2.W", "whole columns [2]", 0.8, 4, 12, columns=[2])
+    b[:, 0] *= -1
+    sf_expect(sign_flip(ctx(M43, b, "L2.W")), "L2.W", "whole columns [0, 2]", 0.8, 8, 12, columns=[0, 2])
+
+
+def test_sign_flip_rows_are_named_before_columns():
+    a = np.array([[1.0, 0.0], [0.0, 0.5]])
+    b = np.array([[-1.0, 0.0], [0.0, 0.5]])  # one element: a whole row and a whole column
+    sf_expect(sign_flip(ctx(a, b, "L2.W")), "L2.W", "whole rows [0]", 0.8, 1, 2, rows=[0])
+
+
+def test_sign_flip_names_at_most_20_rows():
+    a = np.random.default_rng(3).uniform(0.5, 1.0, (25, 2))
+    b = a.copy()
+    b[:22] *= -1
+    sf_expect(sign_flip(ctx(a, b, "L1.z")), "L1.z", f"whole rows {list(range(20))}", 0.8, 44, 50,
+              rows=list(range(22)))
+
+
+def test_sign_flip_on_scattered_elements():
+    b = M43.copy()
+    b[0, 0], b[2, 1] = -b[0, 0], -b[2, 1]
+    sf_expect(sign_flip(ctx(M43, b, "L1.dz")), "L1.dz", "2 of 12 elements", 0.6, 2, 12)
+    v, w = np.array([1.0, -2.0, 3.0, 0.5]), np.array([1.0, 2.0, 3.0, 0.5])
+    sf_expect(sign_flip(ctx(v, w, "L1.b")), "L1.b", "1 of 4 elements", 0.6, 1, 4)
+    m, n = v.reshape(1, 4), w.reshape(1, 4)  # one row: the flipped column is whole
+    sf_expect(sign_flip(ctx(m, n, "L1.b")), "L1.b", "whole columns [1]", 0.8, 1, 4, columns=[1])
+
+
+def test_sign_flip_tolerance_boundaries():
+    """scale 1, float64: |a| and |b| may differ by exactly 1e-7; an element of magnitude exactly 10·1e-7 is not
+    significant, so its sign does not count."""
+    tol = 1e-7 * 1.0
+    d = sign_flip(ctx(np.array([1.0, 0.0]), np.array([-1.0, -tol]), "L1.z"))
+    sf_expect(d, "L1.z", "every element", 0.9, 1, 1)
+    assert sign_flip(ctx(np.array([1.0, 0.0]), np.array([-1.0, -2 * tol]), "L1.z")) is None
+    t = 10 * tol
+    sf_expect(sign_flip(ctx(np.array([1.0, t]), np.array([-1.0, t]), "L1.z")), "L1.z", "every element", 0.9, 1, 1)
+    t = 11 * tol
+    sf_expect(sign_flip(ctx(np.array([1.0, t]), np.array([-1.0, t]), "L1.z")), "L1.z", "1 of 2 elements", 0.6, 1,
+              2)
+
+
+def test_sign_flip_float32_tolerance():
+    b = -M43 * (1 + 1e-5)
+    assert sign_flip(ctx(M43, b, "L1.dW")) is None
+    d = sign_flip(ctx(M43.astype(np.float32), b.astype(np.float32), "L1.dW"))
+    sf_expect(d, "L1.dW", "every element", 0.9, 12, 12, rtol=1e-4)
+    assert sign_flip(ctx(M43.astype(np.float32), (-M43 * 1.001).astype(np.float32), "L1.dW")) is None
+
+
+def test_sign_flip_refusals():
+    assert sign_flip(ctx(M43, M43 * (1 + 1e-9), "L1.z")) is None  # no sign differs
+    assert sign_flip(ctx(M43, -M43.T, "L1.z")) is None
+    assert sign_flip(ctx(np.zeros(0), np.zeros(0), "L1.z")) is None
+    assert sign_flip(ctx(np.zeros(3), -np.zeros(3), "L1.z")) is None
+    n = M43.copy()
+    n[0, 0] = np.nan
+    assert sign_flip(ctx(n, -M43, "L1.z")) is None
+    assert sign_flip(ctx(M43, -n, "L1.z")) is None
+    i = M43.copy()
+    i[3, 2] = np.inf
+    assert sign_flip(ctx(M43, -i, "L1.z")) is None
+    assert sign_flip(ctx(i, -M43, "L1.z")) is None
+
+
+# -------------------------------------------------------------------------------------------- nan-origin
+
+
+def nan_text(name, who, nan, pos, neg, positions, n_inputs):
+    text = (f"{name} is the first tensor where non-finite values appear on {who} only: {nan} nan, {pos} +inf, "
+            f"{neg} -inf (first at {positions}), while all {n_inputs} tensors it recorded before it in this step "
+            f"are finite. The operation computing {name} overflows, divides by zero or takes log/sqrt of an "
+            f"out-of-range value there.")
+    return text[:1].upper() + text[1:]
+
+
+def test_nan_origin_counts_every_kind_on_side_b():
+    a, b = M43.copy(), M43.copy()
+    b[0, 1], b[2, 0], b[3, 2] = np.nan, np.inf, -np.inf
+    a[1, 1] = b[1, 1] = np.nan  # non-finite on both sides: counted, but not where it started
+    ins = {"x": X4, "L1.z": M43}
+    d = nan_origin(ctx(a, b, "L1.a", ins, ins))
+    pos = [[0, 1], [2, 0], [3, 2]]
+    expect(d, "nan-origin", 0.75, nan_text("L1.a", "side B", 2, 1, 1, pos, 2),
+           {"side": "B", "nan": 2, "posinf": 1, "neginf": 1, "positions": pos, "inputs_checked": ["x", "L1.z"]})
+
+
+def test_nan_origin_on_side_a_and_the_first_five_positions():
+    a = np.full((2, 4), np.inf)
+    a[1, 3] = 1.0
+    b = np.ones((2, 4))
+    d = nan_origin(ctx(a, b, "probs", {}, {}, {"impl": "numpy"}))
+    pos = [[0, 0], [0, 1], [0, 2], [0, 3], [1, 0]]
+    expect(d, "nan-origin", 0.75, nan_text("probs", "side A (numpy)", 0, 7, 0, pos, 0),
+           {"side": "A", "nan": 0, "posinf": 7, "neginf": 0, "positions": pos, "inputs_checked": []})
+
+
+def test_nan_origin_skips_a_side_whose_inputs_already_were_not_finite():
+    a, b = M43.copy(), M43.copy()
+    a[0, 0], b[1, 1] = np.nan, -np.inf
+    dirty = {"x": X4, "L1.z": np.array([1.0, np.inf])}
+    d = nan_origin(ctx(a, b, "L1.a", dirty, {"x": X4}))
+    assert (d.evidence["side"], d.evidence["neginf"], d.evidence["positions"]) == ("B", 1, [[1, 1]])
+    assert nan_origin(ctx(a, b, "L1.a", dirty, dirty)) is None
+    d = nan_origin(ctx(a, b, "L1.a", {"x": X4}, dirty))
+    assert (d.evidence["side"], d.evidence["nan"], d.evidence["positions"]) == ("A", 1, [[0, 0]])
+
+
+def test_nan_origin_refusals():
+    a = M43.copy()
+    a[0, 0] = np.nan
+    assert nan_origin(ctx(M43, M43 * 2, "L1.a")) is None  # all finite
+    assert nan_origin(ctx(a, a.copy(), "L1.a")) is None  # the same non-finite values on both sides
+    b = a.copy()
+    b[0, 0] = np.inf  # nan against inf: non-finite on both
+    assert nan_origin(ctx(a, b, "L1.a")) is None
+    assert nan_origin(ctx(a, M43.T, "L1.a")) is None  # shapes differ
+
+
+# ------------------------------------------------------------------------------------- bias-grad-scalar
+
+
+def bs_text(who, name, how, n):
+    return (f"Every element of {who}'s {name} is the same number, {how}: the bias gradient is one scalar (np.sum(dz) "
+            f"with no axis) broadcast to all {n} biases, instead of one sum per unit. Fix: db = dz.sum(axis=0).")
+
+
+@pytest.mark.parametrize("side", ["A", "B"])
+def test_bias_grad_scalar_with_dz_on_both_sides(side):
+    total = float(M43.sum())
+    good, bad = M43.sum(axis=0), np.full(3, total)
+    a, b = (good, bad) if side == "B" else (bad, good)
+    meta = {"impl": "port"}
+    d = bias_grad_scalar(ctx(a, b, "L2.db", {"L2.dz": M43}, {"L2.dz": M43}, meta, meta))
+    expect(d, "bias-grad-scalar", 0.95,
+           bs_text(f"side {side} (port)", "L2.db", f"L2.dz.sum() = {fmt(total)}, over the batch and the units", 3),
+           {"side": side, "value": total, "units": 3, "dz_checked": True})
+
+
+def test_bias_grad_scalar_other_side_unconfirmed_is_085():
+    total = float(M43.sum())
+    good, bad = M43.sum(axis=0), np.full(3, total)
+    how = f"L2.dz.sum() = {fmt(total)}, over the batch and the units"
+    ev = {"side": "B", "value": total, "units": 3, "dz_checked": True}
+    for ia in ({}, {"L2.dz": M43[:3]}, {"L2.dz": M43 * 2}, {"L1.dz": M43}):
+        expect(bias_grad_scalar(ctx(good, bad, "L2.db", ia, {"L2.dz": M43})), "bias-grad-scalar", 0.85,
+               bs_text("side B", "L2.db", how, 3), ev)
+
+
+def test_bias_grad_scalar_without_dz_reads_the_other_side_s_sum():
+    good = M43.sum(axis=0)
+    total = float(good.sum())
+    bad = np.full(3, total)
+    expect(bias_grad_scalar(ctx(good, bad, "L1.db")), "bias-grad-scalar", 0.85,
+           bs_text("side B", "L1.db", "the sum of A's L1.db (L1.dz is not recorded)", 3),
+           {"side": "B", "value": total, "units": 3, "dz_checked": False})
+    d = bias_grad_scalar(ctx(bad, good, "L1.db", {"L1.dz": M43.ravel()}, {}))  # a dz that is not a matrix
+    assert (d.evidence["side"], d.confidence, d.evidence["value"]) == ("A", 0.85, total)
+    assert "the sum of B's L1.db (L1.dz is not recorded)" in d.explanation
+    d = bias_grad_scalar(ctx(bad, good, "L1.db", {"L1.dz": M43[:, :2]}, {}))  # a dz of another width
+    assert (d.evidence["side"], d.confidence) == ("A", 0.85)
+    two = np.array([0.25, -1.0])  # two units are enough
+    d = bias_grad_scalar(ctx(two, np.full(2, -0.75), "L1.db"))
+    assert (d.evidence["side"], d.evidence["units"], d.evidence["value"]) == ("B", 2, -0.75)
+    assert bias_grad_scalar(ctx(two, np.full(2, -0.7), "L1.db")) is None  # not the sum
+    n = good.copy()
+    n[0] = np.nan
+    assert bias_grad_scalar(ctx(n, bad, "L1.db")) is None  # the other side is not finite
+    assert bias_grad_scalar(ctx(good[:2], bad, "L1.db")) is None  # shapes differ
+
+
+def test_bias_grad_scalar_sum_that_cancels_is_held_to_the_sum_of_magnitudes():
+    """Rows of p - y sum to 0, so dz.sum() is round-off: a constant db of 1e-12 is that sum (within 1e-7 of
+    sum |dz|), while the per-unit sums are not constant."""
+    dz = np.array([[0.7, 0.2, 0.1], [0.3, 0.5, 0.2], [0.25, 0.25, 0.5]]) - np.eye(3)
+    good, bad = dz.sum(axis=0), np.full(3, 1e-12)
+    d = bias_grad_scalar(ctx(good, bad, "L2.db", {"L2.dz": dz}, {"L2.dz": dz}))
+    assert (d.confidence, d.evidence["side"], d.evidence["value"]) == (0.95, "B", float(dz.sum()))
+    assert bias_grad_scalar(ctx(good, np.full(3, 1e-6), "L2.db", {"L2.dz": dz}, {"L2.dz": dz})) is None
+    # a db within 1e-7·sum|dz| of the per-unit sums is a correct db that happens to be constant
+    dz = np.array([[0.5, -0.5, 0.25], [-0.5 + 1.1e-10, 0.5 + 0.9e-10, -0.25 + 1e-10]])
+    const = np.full(3, 1e-10)
+    assert bias_grad_scalar(ctx(const, dz.sum(axis=0), "L2.db", {"L2.dz": dz}, {"L2.dz": dz})) is None
+
+
+def test_bias_grad_scalar_float32_tolerance():
+    total = float(M43.sum())
+    good, bad = M43.sum(axis=0), np.full(3, total * (1 + 1e-5))
+    assert bias_grad_scalar(ctx(good, bad, "L2.db", {"L2.dz": M43}, {"L2.dz": M43})) is None
+    g32, b32, dz32 = good.astype(np.float32), bad.astype(np.float32), M43.astype(np.float32)
+    d = bias_grad_scalar(ctx(g32, b32, "L2.db", {"L2.dz": dz32}, {"L2.dz": dz32}))
+    assert (d.confidence, d.evidence["side"], d.evidence["value"]) == (0.95, "B", float(dz32.astype(np.float64).sum()))
+    assert bias_grad_scalar(ctx(good, bad, "L2.db")) is None  # without dz: the other side's sum, float64
+    d = bias_grad_scalar(ctx(g32, b32, "L2.db"))
+    assert (d.confidence, d.evidence["side"]) == (0.85, "B")
+
+
+def test_bias_grad_scalar_refusals():
+    total = float(M43.sum())
+    good, bad = M43.sum(axis=0), np.full(3, total)
+    dz = {"L2.dz": M43}
+    assert bias_grad_scalar(ctx(good, bad, "L2.dW", dz, dz)) is None
+    assert bias_grad_scalar(ctx(good, bad, "L2.W", dz, dz)) is None
+    assert bias_grad_scalar(ctx(bad, bad.copy(), "L2.db", dz, dz)) is None  # the same
+    assert bias_grad_scalar(ctx(good[:1], bad[:1], "L2.db", {"L2.dz": M43[:, :1]}, {"L2.dz": M43[:, :1]})) is None
+    bad2 = bad.copy()
+    bad2[1] *= 1 + 1e-9  # not one number
+    assert bias_grad_scalar(ctx(good, bad2, "L2.db", dz, dz)) is None
+    assert bias_grad_scalar(ctx(good, np.full(3, np.inf), "L2.db", dz, dz)) is None
+    assert bias_grad_scalar(ctx(good, np.full(3, total * 2), "L2.db", dz, dz)) is None  # not dz's sum
+    eq = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0], [2.0, 3.0, 1.0]])
+    assert bias_grad_scalar(ctx(M43.sum(axis=0), np.full(3, 7.0), "L2.db", {"L2.dz": eq}, {"L2.dz": M43})) is None
+
+
+# ----------------------------------------------------------------- bias-grad-scalar read from the update
+
+OLD = np.array([0.5, -0.25, 1.0, 0.125])
+GB = np.array([0.3, -0.2, 0.1, 0.4])
+
+
+def moved_text(who, name, u, lo, hi, other, frozen):
+    tail = ("; with a softmax output that sum is 0, so the biases do not move at all, which a frozen bias would do "
+            "too") if frozen else ""
+    return (f"The update moved every one of {who}'s {name} by the same amount ({fmt(u)}) while {other}'s moved by "
+            f"{fmt(lo)}..{fmt(hi)}: its bias gradient is one number for all units (np.sum(dz) with no axis{tail}). "
+            f"db is not in the trace, so this is read from the update. Fix: db = dz.sum(axis=0).")
+
+
+@pytest.mark.parametrize("side", ["A", "B"])
+def test_bias_moved_as_one_on_either_side(side):
+    good, bad = OLD - 0.1 * GB, OLD - 0.1 * 0.15
+    a, b = (good, bad) if side == "B" else (bad, good)
+    force = {"L2.b": OLD, "L2.W": np.zeros((2, 4))}
+    d = bias_grad_scalar(ctx(a, b, "L2.b", meta_a={"impl": "x"}, meta_b={"impl": "x"},
+                             in_force_a=force, in_force_b=force))
+    u, uo = OLD - bad, OLD - good
+    expect(d, "bias-grad-scalar", 0.8,
+           moved_text(f"side {side} (x)", "L2.b", float(u[0]), float(uo.min()), float(uo.max()),
+                      "A" if side == "B" else "B", False),
+           {"side": side, "update": float(u[0]), "units": 4, "dz_checked": False, "frozen": False})
+
+
+def test_bias_moved_as_one_from_the_previous_step_and_frozen():
+    """The parameters in force from the step before; side B's biases did not move: frozen, 0.6."""
+    good = OLD - 0.1 * GB
+    d = bias_grad_scalar(ctx(good, OLD.copy(), "L1.b", before_a=({"L1.b": OLD},), before_b=({"L1.b": OLD},)))
+    uo = OLD - good
+    expect(d, "bias-grad-scalar", 0.6, moved_text("side B", "L1.b", 0.0, float(uo.min()), float(uo.max()), "A", True),
+           {"side": "B", "update": 0.0, "units": 4, "dz_checked": False, "frozen": True})
+
+
+def test_bias_moved_as_one_frozen_boundary():
+    """From zeros: side B moved every bias by exactly 1e-7 of the largest update of side A (1.0): frozen;
+    by 2e-7: moved."""
+    zero = {"L1.b": np.zeros(3)}
+    good = np.array([-1.0, -0.5, -0.25])
+    d = bias_grad_scalar(ctx(good, np.full(3, -1e-7 * 1.0), "L1.b", in_force_a=zero, in_force_b=zero))
+    assert (d.confidence, d.evidence["frozen"], d.evidence["update"]) == (0.6, True, 1e-7)
+    d = bias_grad_scalar(ctx(good, np.full(3, -2e-7), "L1.b", in_force_a=zero, in_force_b=zero))
+    assert (d.confidence, d.evidence["frozen"]) == (0.8, False)
+
+
+def test_bias_moved_as_one_spread_is_held_to_the_larger_of_spread_and_scale():
+    zero = {"L1.b": np.zeros(3)}
+    # side A moved by 1.0 .. 1.001 (spread 1e-3, scale ~1): side B's spread of 5e-8 is within 1e-7 of the scale
+    good = -np.array([1.0, 1.001, 1.0005])
+    bad = -np.array([0.5, 0.5 + 5e-8, 0.5])
+    d = bias_grad_scalar(ctx(good, bad, "L1.b", in_force_a=zero, in_force_b=zero))
+    assert (d.confidence, d.evidence["side"], d.evidence["update"]) == (0.8, "B", 0.5)
+    assert bias_grad_scalar(ctx(good, -np.array([0.5, 0.5 + 2e-7, 0.5]), "L1.b", in_force_a=zero,
+                                in_force_b=zero)) is None
+    # side A moved by -1 .. 1 (spread 2 > scale 1): side B's spread of 1.5e-7 is within 1e-7 of the spread
+    good = -np.array([-1.0, 1.0, 0.5])
+    d = bias_grad_scalar(ctx(good, -np.array([0.5, 0.5 + 1.5e-7, 0.5]), "L1.b", in_force_a=zero, in_force_b=zero))
+    assert (d.confidence, d.evidence["side"]) == (0.8, "B")
+    assert bias_grad_scalar(ctx(good, -np.array([0.5, 0.5 + 3e-7, 0.5]), "L1.b", in_force_a=zero,
+                                in_force_b=zero)) is None
+    # float32: within 1e-4
+    g32, b32 = good.astype(np.float32), (-np.array([0.5, 0.5 + 1e-5, 0.5])).astype(np.float32)
+    z32 = {"L1.b": np.zeros(3, np.float32)}
+    assert bias_grad_scalar(ctx(g32, b32, "L1.b", in_force_a=z32, in_force_b=z32)).evidence["side"] == "B"
+    assert bias_grad_scalar(ctx(good, b32.astype(np.float64), "L1.b", in_force_a=zero, in_force_b=zero)) is None
+
+
+def test_bias_moved_as_one_refusals():
+    good, bad = OLD - 0.1 * GB, OLD - 0.015
+    f = {"L2.b": OLD}
+    assert bias_grad_scalar(ctx(good, bad, "L2.b")) is None  # no parameters in force
+    assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=f)) is None
+    assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_b=f)) is None
+    assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=f, in_force_b={"L1.b": OLD})) is None
+    assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a={"L1.b": OLD}, in_force_b=f)) is None
+    assert bias_grad_scalar(ctx(good, good.copy(), "L2.b", in_force_a=f, in_force_b=f)) is None  # the same
+    # both moved every bias by one amount (exactly, in binary)
+    assert bias_grad_scalar(ctx(OLD - 0.25, OLD - 0.5, "L2.b", in_force_a=f, in_force_b=f)) is None
+    # parameters in force of another shape: nothing to read (they used to raise or broadcast)
+    for other in ({"L2.b": OLD[:3]}, {"L2.b": OLD[:1]}, {"L2.b": OLD.reshape(1, 4)}):
+        assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=other, in_force_b=other)) is None
+        assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=f, in_force_b=other)) is None
+        assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=other, in_force_b=f)) is None
+    one = {"L2.b": OLD[:1]}
+    assert bias_grad_scalar(ctx(good[:1], bad[:1], "L2.b", in_force_a=one, in_force_b=one)) is None
+    nan = {"L2.b": np.array([0.5, np.nan, 1.0, 0.125])}
+    assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=nan, in_force_b=f)) is None
+    assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=f, in_force_b=nan)) is None
+    assert bias_grad_scalar(ctx(good, bad, "L2.W", in_force_a=f, in_force_b=f)) is None
