@@ -46,18 +46,18 @@ def expect(d: Diagnosis | None, code: str, conf: float, text: str, evidence: dic
 
 
 def test_reduction_factor_boundaries():
-    assert _reduction_factor(None, 5.0, 4, 0.25) == "B"  # |5 - 4| = 0.25·4 exactly
-    assert _reduction_factor(None, 3.0, 4, 0.25) == "B"
-    assert _reduction_factor(None, 5.25, 4, 0.25) is None
-    assert _reduction_factor(None, 0.3125, 4, 0.25) == "1/B"  # |0.3125 - 1/4| = 0.25/4 exactly
-    assert _reduction_factor(None, 0.1875, 4, 0.25) == "1/B"
-    assert _reduction_factor(None, 0.375, 4, 0.25) is None  # within 0.25·4 of 1/4, not within 0.25/4
-    assert _reduction_factor(None, 2.0, 2, 1e-6) == "B"  # the smallest batch that counts
-    assert _reduction_factor(None, 0.5, 2, 1e-6) == "1/B"
-    assert _reduction_factor(None, 1.0, 1, 1e-6) is None  # a batch of 1: every factor 1 is B
-    assert _reduction_factor(None, 4.0, None, 1e-6) is None
-    assert _reduction_factor(None, 0.0, 0, 1e-6) is None
-    assert _reduction_factor(None, 4.0000003, 4, 1e-7) == "B" and _reduction_factor(None, 4.000001, 4, 1e-7) is None
+    assert _reduction_factor(5.0, 4, 0.25) == "B"  # |5 - 4| = 0.25·4 exactly
+    assert _reduction_factor(3.0, 4, 0.25) == "B"
+    assert _reduction_factor(5.25, 4, 0.25) is None
+    assert _reduction_factor(0.3125, 4, 0.25) == "1/B"  # |0.3125 - 1/4| = 0.25/4 exactly
+    assert _reduction_factor(0.1875, 4, 0.25) == "1/B"
+    assert _reduction_factor(0.375, 4, 0.25) is None  # within 0.25·4 of 1/4, not within 0.25/4
+    assert _reduction_factor(2.0, 2, 1e-6) == "B"  # the smallest batch that counts
+    assert _reduction_factor(0.5, 2, 1e-6) == "1/B"
+    assert _reduction_factor(1.0, 1, 1e-6) is None  # a batch of 1: every factor 1 is B
+    assert _reduction_factor(4.0, None, 1e-6) is None
+    assert _reduction_factor(0.0, 0, 1e-6) is None
+    assert _reduction_factor(4.0000003, 4, 1e-7) == "B" and _reduction_factor(4.000001, 4, 1e-7) is None
 
 
 def red_text(name, c, B, summer, where, doubt=None):
@@ -971,3 +971,66 @@ def test_bias_moved_as_one_refusals():
     assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=nan, in_force_b=f)) is None
     assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=f, in_force_b=nan)) is None
     assert bias_grad_scalar(ctx(good, bad, "L2.W", in_force_a=f, in_force_b=f)) is None
+
+
+def test_bias_moved_as_one_exact_boundaries():
+    """From zeros, side A moved by 1.0, 0.5, 0.25 (scale and spread below 1: the allowance is 1e-7 of 1.0)."""
+    good = np.array([-1.0, -0.5, -0.25])
+
+    def moved(u, g=good):
+        zero = {"L1.b": np.zeros(len(g))}
+        return bias_grad_scalar(ctx(g, -np.asarray(u), "L1.b", in_force_a=zero, in_force_b=zero))
+
+    d = moved([0.0, 1e-7, 0.0])  # a spread of exactly the allowance still counts as one amount
+    assert (d.evidence["side"], d.evidence["update"], d.confidence) == ("B", 0.0, 0.6)
+    assert moved([0.0, 1.1e-7, 0.0]) is None
+    d = moved([1e-7, 1.5e-7, 1e-7])  # the first bias's update decides: 1e-7 is frozen, 1.5e-7 would not be
+    assert (d.evidence["update"], d.evidence["frozen"], d.confidence) == (1e-7, True, 0.6)
+    assert d.explanation.startswith(f"The update moved every one of side B's L1.b by the same amount ({fmt(1e-7)})")
+    d = moved([1.5e-7, 1e-7, 1.5e-7])
+    assert (d.evidence["update"], d.evidence["frozen"], d.confidence) == (1.5e-7, False, 0.8)
+    big = np.array([-2.0, -1.0, -0.5])  # scale 2: frozen up to 2e-7
+    assert moved([2e-7] * 3, big).evidence["frozen"] is True
+    assert moved([2.5e-7] * 3, big).evidence["frozen"] is False
+    d = moved([0.75, 0.75], good[:2])  # two biases are enough
+    assert (d.evidence["units"], d.evidence["update"]) == (2, 0.75)
+    assert moved([0.75], good[:1]) is None
+
+
+def test_bias_moved_as_one_needs_the_two_sides_to_differ():
+    """Equal biases on both sides, but different parameters in force: what moved is not the bias's doing."""
+    now = OLD - 0.1 * GB
+    d = bias_grad_scalar(ctx(now, now.copy(), "L2.b", in_force_a={"L2.b": now + 0.25}, in_force_b={"L2.b": OLD}))
+    assert d is None
+
+
+def test_lr_step_rates_exactly_at_the_tiny_threshold():
+    """Headers 1e6 (tiny = 1e-6·1e6 = 1.0 exactly); a - b = k·g exactly with g = ones: a rate of exactly 1.0 is
+    'does not apply the update', not a step."""
+    g = np.ones(4)
+    la = 1e6
+
+    def pair(k):
+        c = ctx(np.zeros(4), np.full(4, -k), "L1.b", {"L1.db": g}, {"L1.db": g},
+                {"learning_rate": la}, {"learning_rate": la})
+        return scaled(c)
+
+    d = pair(1.0 - la)  # if side A uses la, side B's rate is la + k = 1.0
+    assert d.evidence["hypotheses"][0] == {"uses_header_lr": "A", "lr_a": la, "lr_b": 1.0, "factor": None}
+    assert d.evidence["factor"] == la / (la - (1.0 - la)) and d.confidence == 0.85
+    assert "if side A uses it, side B does not apply the update at all; if side B uses it, side A steps with" \
+        in d.explanation
+    d = pair(la - 1.0)  # if side B uses la, side A's rate is la - k = 1.0
+    assert d.evidence["hypotheses"][1] == {"uses_header_lr": "B", "lr_a": 1.0, "lr_b": la, "factor": None}
+    assert d.evidence["factor"] == (2 * la - 1.0) / la
+    assert d.explanation.count("does not apply the update at all") == 1
+
+
+def test_lr_step_header_difference_exactly_at_its_tolerance():
+    """lb - la = 2^-17, and k is off it by exactly 1e-6·lb: the headers still give the factor."""
+    la, lb, k = 1.0, 1.0 + 2.0**-17, 8.629402160644531e-06
+    assert abs(k - (lb - la)) == 1e-6 * lb
+    g = np.ones(4)
+    d = scaled(ctx(np.zeros(4), np.full(4, -k), "L1.b", {"L1.db": g}, {"L1.db": g},
+                   {"learning_rate": la}, {"learning_rate": lb}))
+    assert (d.confidence, d.evidence["factor"], d.evidence["lr_difference_b_minus_a"]) == (0.9, lb / la, k)
