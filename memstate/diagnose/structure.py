@@ -363,7 +363,7 @@ def _bias_moved_as_one(ctx: DivergenceContext) -> Diagnosis | None:
     one s), while the other side's biases moved by different amounts."""
     from memstate.diagnose.common import in_force_of
 
-    if same(ctx.a, ctx.b):
+    if same(ctx.a, ctx.b) or np.shape(ctx.a) != np.shape(ctx.b):
         return None
     for side in sides(ctx):
         force, other_force = in_force_of(ctx, side.label), in_force_of(ctx, other_label(side))

@@ -971,6 +971,12 @@ def test_bias_moved_as_one_refusals():
     assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=nan, in_force_b=f)) is None
     assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=f, in_force_b=nan)) is None
     assert bias_grad_scalar(ctx(good, bad, "L2.W", in_force_a=f, in_force_b=f)) is None
+    # sides of different shapes (each with its own parameters in force): nothing to read; an empty side
+    # used to raise in np.ptp
+    empty = np.zeros(0)
+    assert bias_grad_scalar(ctx(empty, bad, "L2.b", in_force_a={"L2.b": empty}, in_force_b=f)) is None
+    assert bias_grad_scalar(ctx(good, empty, "L2.b", in_force_a=f, in_force_b={"L2.b": empty})) is None
+    assert bias_grad_scalar(ctx(good[:2], bad, "L2.b", in_force_a={"L2.b": OLD[:2]}, in_force_b=f)) is None
 
 
 def test_bias_moved_as_one_exact_boundaries():
