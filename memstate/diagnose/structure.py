@@ -14,7 +14,7 @@ from memstate.diagnose.context import Diagnosis, DivergenceContext
 
 
 
-def _reduction_factor(ctx: DivergenceContext, c: float, B: int | None, rtol: float) -> str | None:
+def _reduction_factor(c: float, B: int | None, rtol: float) -> str | None:
     """'B' when c ≈ B, '1/B' when c ≈ 1/B."""
     if not B or B < 2:
         return None
@@ -45,7 +45,7 @@ def reduction_mean_vs_sum(ctx: DivergenceContext) -> Diagnosis | None:
         c, resid = fit
     rtol = 1e-4 if is_f32(ctx) else 1e-6
     B = batch_size(ctx, ctx.inputs_a) or batch_size(ctx, ctx.inputs_b)
-    which = _reduction_factor(ctx, c, B, rtol)
+    which = _reduction_factor(c, B, rtol)
     if which is None or resid > rtol:
         return None
     summer, averager = ("B", "A") if which == "B" else ("A", "B")
@@ -183,8 +183,8 @@ def _lr_step(ctx: DivergenceContext) -> Diagnosis | None:
         hyps = [("A", la, la + k), ("B", la - k, la)]
         ev["hypotheses"] = [{"uses_header_lr": h, "lr_a": ra, "lr_b": rb,
                              "factor": rb / ra if ra > tiny and rb > tiny else None} for h, ra, rb in hyps]
-        valid = [h for h in ev["hypotheses"] if h["factor"] is not None]
-        factor, conf = (valid[0]["factor"], 0.85) if valid else (None, 0.7)
+        # la > 0, so la + k and la - k cannot both be below tiny: at least one reading has a factor
+        factor, conf = next(h["factor"] for h in ev["hypotheses"] if h["factor"] is not None), 0.85
         parts = []
         for h, ra, rb in hyps:
             other, rate = ("B", rb) if h == "A" else ("A", ra)
@@ -217,9 +217,9 @@ def scaled(ctx: DivergenceContext) -> Diagnosis | None:
         c = fit[0]
         B = batch_size(ctx, ctx.inputs_a) or batch_size(ctx, ctx.inputs_b)
         is_grad = ctx.name == "loss" or bool(GRAD.match(ctx.name))
-        if not (is_grad and _reduction_factor(ctx, c, B, 1e-4 if is_f32(ctx) else 1e-6)):
+        if not (is_grad and _reduction_factor(c, B, 1e-4 if is_f32(ctx) else 1e-6)):
             note = (f" The factor equals the batch size {B}, but {ctx.name} is not a gradient, so this is not a "
-                    f"mean/sum mix-up." if B and _reduction_factor(ctx, c, B, 1e-6) else "")
+                    f"mean/sum mix-up." if B and _reduction_factor(c, B, 1e-6) else "")
             return make("scaled", 0.85,
                         f"Side B's {ctx.name} is side A's times {fmt(c)} (residual {fmt(fit[1])} of its norm): one "
                         f"constant factor, e.g. a learning rate, a scale in an init or a missing/extra division.{note}",
@@ -246,11 +246,11 @@ def _scalar_factor(ctx: DivergenceContext, a: float, b: float) -> Diagnosis | No
     if simple is None:
         return None
     B = batch_size(ctx, ctx.inputs_a) or batch_size(ctx, ctx.inputs_b)
-    if (ctx.name == "loss" or GRAD.match(ctx.name)) and _reduction_factor(ctx, c, B, tol):
+    if (ctx.name == "loss" or GRAD.match(ctx.name)) and _reduction_factor(c, B, tol):
         return None  # the batch size: reduction-mean-vs-sum says it
     return make("scaled", 0.6,
                 f"Side B's {ctx.name} is side A's times {fmt(c)} = {simple}: one simple constant factor (a single "
-                f"number cannot show more; look for a missing or extra division or multiplication by {simple.lstrip('1/')}).",
+                f"number cannot show more; look for a missing or extra division or multiplication by {simple.removeprefix('1/')}).",
                 {"factor": c, "simple": simple, "residual": 0.0, "batch_size": B})
 
 
@@ -363,14 +363,17 @@ def _bias_moved_as_one(ctx: DivergenceContext) -> Diagnosis | None:
     one s), while the other side's biases moved by different amounts."""
     from memstate.diagnose.common import in_force_of
 
-    if same(ctx.a, ctx.b):
+    if same(ctx.a, ctx.b) or np.shape(ctx.a) != np.shape(ctx.b):
         return None
     for side in sides(ctx):
         force, other_force = in_force_of(ctx, side.label), in_force_of(ctx, other_label(side))
         if force is None or other_force is None or ctx.name not in force or ctx.name not in other_force:
             continue
-        u, uo = f64(force[ctx.name]) - side.x, f64(other_force[ctx.name]) - side.o
-        if u.shape != side.x.shape or u.size < 2 or not (all_finite(u) and all_finite(uo)):
+        old, old_o = f64(force[ctx.name]), f64(other_force[ctx.name])
+        if old.shape != side.x.shape or old_o.shape != side.o.shape or side.x.size < 2:
+            continue  # parameters of another shape (not this layer's): subtracting would broadcast or raise
+        u, uo = old - side.x, old_o - side.o
+        if not (all_finite(u) and all_finite(uo)):
             continue
         spread_o = float(np.ptp(uo))
         if spread_o == 0 or float(np.ptp(u)) > exact_rtol(ctx) * max(spread_o, scale(uo)):
