@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memstate.diagnose.common import fmt
+from memstate.diagnose.common import fmt, lstsq_fit
 from memstate.diagnose.context import DivergenceContext
 from memstate.diagnose.optimizer import grad_not_zeroed, momentum, weight_decay
 
@@ -415,8 +415,6 @@ def _weight_along(plain_resid):
 @pytest.mark.parametrize("resid, dtype, found", [(0.995e-6, "float64", False), (1.005e-6, "float64", True),
                                                  (0.995e-2, "float32", False), (1.005e-2, "float32", True)])
 def test_the_plain_update_must_miss_by_exactly_100_times_the_tolerance(resid, dtype, found):
-    from memstate.diagnose.common import lstsq_fit
-
     w = _weight_along(resid)
     u = LR * G + 0.5 * w
     assert lstsq_fit(u, G)[1] == pytest.approx(resid, rel=1e-6)
