@@ -100,11 +100,17 @@ def _optimizer_fit(ctx: DivergenceContext, code: str, second) -> tuple[Side, flo
     return None
 
 
+def _two_back(ctx: DivergenceContext, side: Side) -> bool:
+    """Whether the side's previous two steps both hold the parameter, so that its previous update is known."""
+    before = before_of(ctx, side)
+    return len(before) >= 2 and ctx.name in before[1] and ctx.name in before[0]
+
+
 def _previous_velocity(ctx: DivergenceContext, side: Side, w_in: np.ndarray, g: np.ndarray):
     """The previous step's update lr·v (two steps back known), else the previous step's gradient (v = g on the
     first step with momentum)."""
     before = before_of(ctx, side)
-    if len(before) >= 2 and ctx.name in before[1] and ctx.name in before[0]:
+    if _two_back(ctx, side):
         return f64(before[1][ctx.name]) - f64(before[0][ctx.name])
     m = PARAM.match(ctx.name)
     gp = before[0].get(f"L{m.group(1)}.d{m.group(2)}") if before and m else None
@@ -118,8 +124,7 @@ def momentum(ctx: DivergenceContext) -> Diagnosis | None:
     if found is None:
         return None
     side, lr, c, resid, other_lr = found
-    before = before_of(ctx, side)
-    two_back = len(before) >= 2 and ctx.name in before[1]
+    two_back = _two_back(ctx, side)  # (the velocity fitted: lr·v_prev, so c = μ; else dW_prev, so c = lr·μ)
     mu = c if two_back else c / lr
     if not 0.05 <= mu <= 1.5:
         return None

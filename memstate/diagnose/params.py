@@ -66,12 +66,15 @@ def _dense(a: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray | None:
 
 
 def _matches(x: np.ndarray, candidate: np.ndarray | None, plain: np.ndarray | None, ctx: DivergenceContext) -> bool:
-    """The candidate reproduces x to rounding, and a thousand times better than the untransformed one."""
+    """The candidate reproduces x to rounding, while the untransformed one does not and is a thousand times
+    worse (when the parameters as given reproduce x, nothing was changed when loading them: a transformation
+    that leaves them as they are, such as rounding integers, must not be named)."""
     if candidate is None or candidate.shape != x.shape or not all_finite(candidate):
         return False
     err = rel_err(x, candidate)
     base = rel_err(x, plain) if plain is not None and plain.shape == x.shape else np.inf
-    return err <= (1e-6 if is_f32(ctx) else 1e-12) and err <= 1e-3 * base
+    tol = 1e-6 if is_f32(ctx) else 1e-12
+    return err <= tol < base and err <= 1e-3 * base
 
 
 def _recompute(ctx: DivergenceContext, side: Side, force: dict, t: Transform
@@ -164,17 +167,17 @@ def _recovered(ctx: DivergenceContext) -> Diagnosis | None:
     got_a, got_b = recovered_params(step_of(ctx, "A"), i), recovered_params(step_of(ctx, "B"), i)
     if got_a is None or got_b is None:
         return None
+    tol = 1e-6 if is_f32(ctx) else 1e-11
     for side in sides(ctx):
         (wx, bx, lr), (wo, bo, _) = (got_a, got_b) if side.label == "A" else (got_b, got_a)
-        if same(wx, wo) and same(bx, bo):
-            return None
         for how, t in transforms(wx.shape[0] == wx.shape[1]):
             tw, tb = t(wo), t(bo)
             if tw.shape != wx.shape:
                 continue
             err = max(rel_err(wx, tw), rel_err(bx, tb))
             base = max(rel_err(wx, wo), rel_err(bx, bo))
-            if err <= (1e-6 if is_f32(ctx) else 1e-11) and err <= 1e-3 * base:
+            # (the recovered parameters must differ by more than rounding: the same start is no mismatch)
+            if err <= tol < base and err <= 1e-3 * base:
                 return make("params-load-mismatch", 0.9,
                             f"{who(side)}'s layer-{i} parameters in force at step {ctx.step}, recovered from its own "
                             f"step (z - (a·W' + b') = lr·(a·dW + db) gives lr = {fmt(lr)}, then W = W' + lr·dW), "

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from memstate.diagnose.common import before_of, close, exact_rtol, f64, fit_factor, fmt, same
+from memstate.diagnose.common import before_of, close, exact_rtol, f64, fit_factor, fmt, same, scale
 from memstate.diagnose.context import DivergenceContext
 
 MAX_ROWS = 4096  # row matching is quadratic in the rows: larger tensors skip the permutation test
 
 
-def _rows_equal(x: np.ndarray, y: np.ndarray, rtol: float) -> np.ndarray:
-    """Which rows of x equal the same row of y (to rtol of the pair's scale)."""
-    s = max(float(np.nanmax(np.abs(x), initial=0.0)), float(np.nanmax(np.abs(y), initial=0.0)))
+def _equal(x: np.ndarray, y: np.ndarray, atol: float) -> np.ndarray:
+    """Which elements of x equal y's: within atol, the same infinity, or nan on both sides."""
     with np.errstate(all="ignore"):
-        ok = (np.abs(x - y) <= rtol * s) | (np.isnan(x) & np.isnan(y))
+        return (np.abs(x - y) <= atol) | (x == y) | (np.isnan(x) & np.isnan(y))
+
+
+def _rows_equal(x: np.ndarray, y: np.ndarray, rtol: float) -> np.ndarray:
+    """Which rows of x equal the same row of y (to rtol of the pair's scale: its largest finite |value|, so
+    that an infinity on both sides does not make every difference small)."""
+    ok = _equal(x, y, rtol * scale(x, y))
     return np.all(ok.reshape(len(x), -1), axis=1)
 
 
@@ -37,11 +42,11 @@ def _permutation(a: np.ndarray, b: np.ndarray, rtol: float) -> list[int] | None:
     if len(a) > MAX_ROWS or len(a) < 2:
         return None
     fa, fb = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    s = max(float(np.nanmax(np.abs(fa), initial=0.0)), float(np.nanmax(np.abs(fb), initial=0.0)))
+    atol = rtol * scale(fa, fb)
     perm = []
     for row in fb:
         with np.errstate(all="ignore"):
-            hits = np.flatnonzero(np.all(np.abs(fa - row) <= rtol * s, axis=1))
+            hits = np.flatnonzero(np.all((np.abs(fa - row) <= atol) | (fa == row), axis=1))
         if hits.size == 0:
             return None
         perm.append(int(hits[0]))
@@ -52,9 +57,7 @@ def _confined(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[str, int] | No
     """("row", i) or ("column", j) when every differing element of a 2-D pair is in that one row or column."""
     if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 2:
         return None
-    s = max(float(np.nanmax(np.abs(a), initial=0.0)), float(np.nanmax(np.abs(b), initial=0.0)))
-    with np.errstate(all="ignore"):
-        diff = ~((np.abs(a - b) <= rtol * s) | (np.isnan(a) & np.isnan(b)))
+    diff = ~_equal(a, b, rtol * scale(a, b))
     rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
     if len(rows) == 1:
         return "row", int(rows[0])
