@@ -46,7 +46,7 @@ def op_tolerance(tolerances: Tolerances, name: str, dtype: np.dtype, terms: int)
     return tol
 
 
-def _widened(errors, scale: np.ndarray):
+def _widened(errors, scale: np.ndarray | rc.Lazy):
     """The comparator's elementwise errors with the magnitude raised to the scale of the operation's terms."""
     with np.errstate(all="ignore"):
         s = np.broadcast_to(np.abs(rc.f64(rc.materialize(scale))), errors.abs.shape)
@@ -54,7 +54,8 @@ def _widened(errors, scale: np.ndarray):
     return replace(errors, magnitude=np.maximum(errors.magnitude, s))
 
 
-def compare_op(recorded: np.ndarray, ref: np.ndarray, scale: np.ndarray, tol: Tolerance, full: bool = True) -> _Cmp:
+def compare_op(recorded: np.ndarray, ref: np.ndarray, scale: np.ndarray | rc.Lazy, tol: Tolerance,
+               full: bool = True) -> _Cmp:
     """Recorded against recomputed with the comparator's metrics and its element test under `tol`.
 
     An element passes when |recorded - recomputed| <= atol + rtol * magnitude (or is within `tol.ulps`),
@@ -118,7 +119,7 @@ def _argmax(ndim: int, shape: tuple[int, ...]) -> bool:
     return ndim == 2 and shape[-1] > 1
 
 
-def tensor_comparison(k: int, name: str, ref: np.ndarray, value: np.ndarray, scale: np.ndarray,
+def tensor_comparison(k: int, name: str, ref: np.ndarray, value: np.ndarray, scale: np.ndarray | rc.Lazy,
                       tol: Tolerance) -> tuple[TensorComparison, Any, np.ndarray | None]:
     """The comparator's TensorComparison of one operation, with its elementwise errors and failing mask."""
     ref = np.asarray(ref, dtype=np.float64)
