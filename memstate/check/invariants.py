@@ -61,6 +61,7 @@ def inputs_finite_for_invariants(name: str, t: Mapping[str, np.ndarray], n_layer
 def nonfinite(a: np.ndarray) -> int:
     """How many elements of `a` are nan or inf (0 at the cost of one sum when its sum is finite: a sum with
     any nan or inf in it is not)."""
-    if a.size == 0 or math.isfinite(float(a.sum(dtype=np.float64))):
-        return 0
+    with np.errstate(over="ignore", invalid="ignore"):  # (a sum that overflows counts the long way)
+        if a.size == 0 or math.isfinite(float(a.sum(dtype=np.float64))):
+            return 0
     return int(a.size - np.count_nonzero(np.isfinite(a)))

@@ -85,7 +85,8 @@ def _invariants(st: State, k: int, name: str, t: Mapping[str, np.ndarray], n_lay
     return violated
 
 
-def _compare(st: State, name: str, value: np.ndarray, ref: np.ndarray, scale: np.ndarray, terms: int) -> _Cmp:
+def _compare(st: State, name: str, value: np.ndarray, ref: np.ndarray, scale: np.ndarray | rc.Lazy,
+             terms: int) -> _Cmp:
     """The comparison of one operation under its (cached) tolerance; full metrics for the worst so far."""
     key = (name, dtype_name(value.dtype), terms)
     tol = st.tol_cache.get(key)
@@ -102,7 +103,7 @@ def _compare(st: State, name: str, value: np.ndarray, ref: np.ndarray, scale: np
 
 
 def _recompute(plan: Plan, view: Mapping[str, np.ndarray], p: Mapping[str, np.ndarray]
-               ) -> tuple[np.ndarray, np.ndarray, str]:
+               ) -> tuple[np.ndarray, np.ndarray | rc.Lazy, str]:
     """The plan's value and scale; a shape that does not fit the operation is a message, not a traceback."""
     try:
         if isinstance(view, Derivation):
@@ -171,8 +172,8 @@ def _tally(st: State, k: int, op: OpCheck, c: _Cmp, tally: _StepTally) -> None:
 
 
 def _failure(st: State, k: int, op: OpCheck, plan: Plan, ref: np.ndarray, value: np.ndarray,
-             scale: np.ndarray, t: Mapping[str, np.ndarray], pos: int, names: list[str], settings: rc.Settings,
-             tally: _StepTally) -> None:
+             scale: np.ndarray | rc.Lazy, t: Mapping[str, np.ndarray], pos: int, names: list[str],
+             settings: rc.Settings, tally: _StepTally) -> None:
     """A failing operation: counted, kept, and (the first) turned into the first divergence and its context."""
     name = op.name
     tally.failed = True
@@ -203,7 +204,7 @@ def full_step(k: int, kept: list[Op]) -> StepComparison:
     return StepComparison(k, tuple(tensor_comparison(k, o.name, o.ref, o.value, o.scale, o.tol)[0] for o in kept))
 
 
-def divergence(k: int, name: str, plan: Plan, ref: np.ndarray, value: np.ndarray, scale: np.ndarray,
+def divergence(k: int, name: str, plan: Plan, ref: np.ndarray, value: np.ndarray, scale: np.ndarray | rc.Lazy,
                tol: Tolerance, inputs: list[str], problem: str = "") -> FirstDivergence:
     """The first failing operation as the comparator's FirstDivergence (A = recomputed, B = the trace)."""
     tc, errors, fail = tensor_comparison(k, name, ref, value, scale, tol)

@@ -118,8 +118,8 @@ def fast_parse_trusted(raw: bytes, doc: Any) -> bool:
     It is when `raw` has no -0 token, no \\u surrogate escape, no integer token of 19 digits or more (which
     orjson reads as a float beyond 64 bits; not looked for inside a step line's "data" list, `_outside_data`),
     and as many `":` key ends as `doc` has keys (a duplicate key, or a key end inside a string, makes them
-    differ: the slow parse decides). When the fast parser fails (bad JSON, NaN, deep nesting, a huge integer), call loads_strict too: its BadJSON is
-    the error readers report.
+    differ: the slow parse decides). When the fast parser fails (bad JSON, NaN, deep nesting, a huge
+    integer), call loads_strict too: its BadJSON is the error readers report.
     """
     objects = raw.count(b"{")
     if _NEGATIVE_ZERO.search(raw) or (b"\\" in raw and _SURROGATE_ESCAPE.search(raw)) \

@@ -202,3 +202,18 @@ def test_identical_binary_steps_take_the_one_pass_path(tmp_path, monkeypatch):
     _record(jsonl, range(6))
     with pytest.raises(AssertionError, match="tensor by tensor"):  # JSONL has no step bytes to compare
         compare(a, jsonl)
+
+
+def test_same_payload_finds_a_difference_in_the_last_element_of_a_large_step(tmp_path):
+    n = 3 * (1 << 16) + 5  # several blocks of words and a short last one
+    a = np.linspace(-1.0, 1.0, n)
+    b = a.copy()
+    p, q = tmp_path / "p.safetensors", tmp_path / "q.safetensors"
+    _write_safetensors(p, {"w": a, "v": np.ones(3, dtype=np.float32)}, pad_to=256)  # data on a word boundary
+    _write_safetensors(q, {"w": b, "v": np.ones(3, dtype=np.float32)}, pad_to=256)
+    pp = read_step_payload(p, True)[2]
+    assert pp.data.ctypes.data % 8 == 0
+    assert same_payload(pp, read_step_payload(q, True)[2])
+    b[-1] = np.nextafter(b[-1], 2.0)
+    _write_safetensors(q, {"w": b, "v": np.ones(3, dtype=np.float32)}, pad_to=256)
+    assert not same_payload(pp, read_step_payload(q, True)[2])
