@@ -24,7 +24,13 @@ def _safe_loss(z: np.ndarray, y: np.ndarray) -> float:
     return float(-np.sum(y * lp))
 
 
-def _loss_inputs(ctx: DivergenceContext, side: Side) -> tuple[np.ndarray, np.ndarray] | None:
+def _has_loss(ctx: DivergenceContext) -> bool:
+    """Whether both sides hold a loss value: a malformed trace can record an empty one, and a diagnoser must
+    answer None there rather than raise."""
+    return np.size(ctx.a) > 0 and np.size(ctx.b) > 0
+
+
+def _loss_inputs(side: Side) -> tuple[np.ndarray, np.ndarray] | None:
     p = side.inputs.get("probs")
     if p is None:
         return None
@@ -36,13 +42,17 @@ def _loss_inputs(ctx: DivergenceContext, side: Side) -> tuple[np.ndarray, np.nda
 @diagnoser("log-of-zero")
 def log_of_zero(ctx: DivergenceContext) -> Diagnosis | None:
     """The loss is -inf/inf/nan on one side only and that side's probs contain exact zeros: log(0)."""
-    if ctx.name != "loss":
+    return _log_of_zero(ctx)
+
+
+def _log_of_zero(ctx: DivergenceContext) -> Diagnosis | None:
+    if ctx.name != "loss" or not _has_loss(ctx):
         return None
     for side in sides(ctx):
         if all_finite(side.x) or not all_finite(side.o):
             continue
-        value = float(side.x.ravel()[0]) if side.x.size else math.nan
-        got = _loss_inputs(ctx, side)
+        value = float(side.x.ravel()[0])
+        got = _loss_inputs(side)
         if got is None:
             return make("log-of-zero", 0.45,
                         f"{who(side)}'s loss is {value} while {other_label(side)}'s is finite; the probs are not "
@@ -76,10 +86,14 @@ def log_of_zero(ctx: DivergenceContext) -> Diagnosis | None:
 @diagnoser("log-masked")
 def log_masked(ctx: DivergenceContext) -> Diagnosis | None:
     """A finite loss that equals the cross-entropy with the log(0) terms dropped (np.ma.log)."""
-    if ctx.name != "loss" or not (all_finite(ctx.a) and all_finite(ctx.b)) or same(ctx.a, ctx.b):
+    return _log_masked(ctx)
+
+
+def _log_masked(ctx: DivergenceContext) -> Diagnosis | None:
+    if ctx.name != "loss" or not _has_loss(ctx) or not (all_finite(ctx.a) and all_finite(ctx.b)) or same(ctx.a, ctx.b):
         return None
     for side in sides(ctx):
-        got = _loss_inputs(ctx, side)
+        got = _loss_inputs(side)
         if got is None:
             continue
         p, y = got
@@ -135,11 +149,15 @@ def _plain_log_of(p: np.ndarray, y: np.ndarray, loss: float) -> bool:
 @diagnoser("log-epsilon")
 def log_epsilon(ctx: DivergenceContext) -> Diagnosis | None:
     """The loss is lower by exactly what log(p + eps) instead of log(p) gives, for a small eps."""
-    if ctx.name != "loss" or not (all_finite(ctx.a) and all_finite(ctx.b)) or same(ctx.a, ctx.b):
+    return _log_epsilon(ctx)
+
+
+def _log_epsilon(ctx: DivergenceContext) -> Diagnosis | None:
+    if ctx.name != "loss" or not _has_loss(ctx) or not (all_finite(ctx.a) and all_finite(ctx.b)) or same(ctx.a, ctx.b):
         return None
     f32 = is_f32(ctx)
     for side in sides(ctx):
-        got = _loss_inputs(ctx, side)
+        got = _loss_inputs(side)
         if got is None or not all_finite(got[0]):
             continue
         p, y = got
@@ -185,7 +203,6 @@ def log_epsilon(ctx: DivergenceContext) -> Diagnosis | None:
     return None
 
 
-
 __all__ = ["log_epsilon", "log_masked", "log_of_zero"]
 
 
@@ -216,6 +233,10 @@ def _own_ce(ctx: DivergenceContext, inputs: dict) -> float | None:
 @diagnoser("loss-mean-over-classes")
 def loss_mean_over_classes(ctx: DivergenceContext) -> Diagnosis | None:
     """The loss (and the output dz) divided by B·C (or C): averaged over every entry of the B×C matrix."""
+    return _loss_mean_over_classes(ctx)
+
+
+def _loss_mean_over_classes(ctx: DivergenceContext) -> Diagnosis | None:
     is_dz = ctx.name == _output_layer(ctx)
     if (ctx.name != "loss" and not is_dz) or same(ctx.a, ctx.b):
         return None
@@ -290,12 +311,16 @@ def replaced_log(p: np.ndarray, y: np.ndarray, loss: float) -> tuple[str, float,
 @diagnoser("log-zero-replaced")
 def log_zero_replaced(ctx: DivergenceContext) -> Diagnosis | None:
     """A finite loss whose log(p) of exact zeros was swapped for a constant log(c) (only those terms)."""
-    if ctx.name != "loss" or same(ctx.a, ctx.b):
+    return _log_zero_replaced(ctx)
+
+
+def _log_zero_replaced(ctx: DivergenceContext) -> Diagnosis | None:
+    if ctx.name != "loss" or not _has_loss(ctx) or same(ctx.a, ctx.b):
         return None
     for side in sides(ctx):
         if not all_finite(side.x):
             continue
-        got = _loss_inputs(ctx, side)
+        got = _loss_inputs(side)
         if got is None or not all_finite(got[0]):
             continue
         p, y = got
@@ -305,7 +330,7 @@ def log_zero_replaced(ctx: DivergenceContext) -> Diagnosis | None:
             continue
         red, c, n = found
         log_c = math.log(c) if c > 0 else -float(np.finfo(np.float64).max)
-        other = float(side.o.ravel()[0]) if side.o.size else math.nan
+        other = float(side.o.ravel()[0])
         ce_o = _own_ce(ctx, side.other_inputs)
         k = 1.0 / len(p) if red == "mean" else 1.0
         other_ok = not math.isfinite(other) or (ce_o is not None and abs(ce_o * k - other) <= 1e-9 * abs(other))

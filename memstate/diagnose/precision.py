@@ -12,16 +12,27 @@ from memstate.diagnose.context import Diagnosis, DivergenceContext
 
 
 
-def _quantised(x: np.ndarray, n: int) -> bool:
-    """Every finite value is on the 10**-n grid (within 2 ulps)."""
+def _ulp(x: np.ndarray, raw: np.dtype) -> np.ndarray:
+    """The spacing of each |x| in the dtype its side recorded it in: a float32 value rounded to n decimals is
+    the float32 nearest the grid point, up to half a float32 ulp (not a float64 one) away from it."""
+    dt = np.float32 if raw == np.float32 else np.float64
+    return np.spacing(np.abs(x).astype(dt)).astype(np.float64)
+
+
+def _quantised(x: np.ndarray, n: int, raw: np.dtype) -> bool:
+    """Every finite value is on the 10**-n grid (within 2 ulps of the side's dtype)."""
     fin = x[np.isfinite(x)]
     with np.errstate(all="ignore"):
-        return bool(np.all(np.abs(fin - np.round(fin, n)) <= 2 * np.spacing(np.abs(fin))))
+        return bool(np.all(np.abs(fin - np.round(fin, n)) <= 2 * _ulp(fin, raw)))
 
 
 @diagnoser("precision-rounding")
 def precision_rounding(ctx: DivergenceContext) -> Diagnosis | None:
     """One side's values are the other side's rounded to N decimals (e.g. toFixed(8) on parameters)."""
+    return _precision_rounding(ctx)
+
+
+def _precision_rounding(ctx: DivergenceContext) -> Diagnosis | None:
     for side in sides(ctx):
         x, o = side.x, side.o
         if x.shape != o.shape or x.size < 4 or same(x, o) or not (all_finite(x) and all_finite(o)):
@@ -30,17 +41,18 @@ def precision_rounding(ctx: DivergenceContext) -> Diagnosis | None:
         if s == 0 or np.count_nonzero(x) < 2:
             continue
         eps = F32_EPS if side.raw_dtype == np.float32 else F64_EPS
+        raw_o = np.asarray(ctx.b if side.label == "A" else ctx.a).dtype
         for n in range(0, 16):
             if 10.0**-n > 0.01 * s:
                 continue  # a grid this coarse for values this small is not "rounding to n decimals"
             if 10.0**-n < 1e3 * eps * s:
                 break  # the grid is as fine as the float itself: rounding is invisible
-            if not _quantised(x, n):
+            if not _quantised(x, n, side.raw_dtype):
                 continue
-            if _quantised(o, n):
+            if _quantised(o, n, raw_o):
                 break  # both sides are on the grid: not this
             diff = float(np.abs(x - o).max())
-            exact = bool(np.all(np.abs(x - np.round(o, n)) <= 2 * np.spacing(np.abs(x))))
+            exact = bool(np.all(np.abs(x - np.round(o, n)) <= 2 * _ulp(x, side.raw_dtype)))
             if not exact and diff > 50 * 10.0**-n:
                 break
             param = bool(PARAM.match(ctx.name))
@@ -70,6 +82,10 @@ def _f32_representable(x: np.ndarray, raw: np.dtype) -> bool:
 def dtype_float32(ctx: DivergenceContext) -> Diagnosis | None:
     """Differences of float32 rounding: one side float32-exact (every value survives a float32 round trip)
     while the other is not."""
+    return _dtype_float32(ctx)
+
+
+def _dtype_float32(ctx: DivergenceContext) -> Diagnosis | None:
     a, b = f64(ctx.a), f64(ctx.b)
     if a.shape != b.shape or same(a, b):
         return None
@@ -80,7 +96,7 @@ def dtype_float32(ctx: DivergenceContext) -> Diagnosis | None:
         return None
     for side in sides(ctx):
         rep_x = _f32_representable(side.x, side.raw_dtype)
-        rep_o = _f32_representable(side.o, np.dtype(np.float64)) if side.o.size else True
+        rep_o = _f32_representable(side.o, np.dtype(np.float64))
         header = str(side.meta.get("dtype", "")) == "float32" and str(side.other_meta.get("dtype", "")) == "float64"
         mix = (side.meta.get("variant") or {}).get("dtype_mix") if isinstance(side.meta.get("variant"), dict) else None
         mix_here = bool(mix) and ctx.name.startswith(f"{mix}.")
@@ -107,6 +123,10 @@ def dtype_float32(ctx: DivergenceContext) -> Diagnosis | None:
 def drift(ctx: DivergenceContext) -> Diagnosis | None:
     """No local cause: the worst error per step started at rounding level and its running maximum rose by
     a decade or more over several steps, never jumping by more than 1.5 decades at once."""
+    return _drift(ctx)
+
+
+def _drift(ctx: DivergenceContext) -> Diagnosis | None:
     if any(not np.isfinite(e) for _, e in ctx.history):
         return None
     pts = [(int(s), float(e)) for s, e in ctx.history if e > 0]
@@ -122,7 +142,7 @@ def drift(ctx: DivergenceContext) -> Diagnosis | None:
         return None
     slope, icpt = np.polyfit(steps, env, 1)
     ss = float(np.sum((env - env.mean()) ** 2))
-    r2 = 1 - float(np.sum((env - (slope * steps + icpt)) ** 2)) / ss if ss > 0 else 0.0
+    r2 = 1 - float(np.sum((env - (slope * steps + icpt)) ** 2)) / ss  # ss > 0: env rose by a decade or more
     growth_per_step = 10.0 ** (growth / float(steps[-1] - steps[0]))
     conf = 0.5 + (0.1 if r2 >= 0.9 else 0.0) + (0.1 if ctx.inputs_agree is False else 0.0)
     return make("drift", conf,
@@ -136,7 +156,6 @@ def drift(ctx: DivergenceContext) -> Diagnosis | None:
                  "last_error": pts[-1][1], "max_error": 10.0 ** env[-1], "growth_decades": growth,
                  "growth_per_step": growth_per_step, "largest_jump_decades": float(rises.max()), "r2": r2,
                  "points": len(pts), "inputs_agree": ctx.inputs_agree})
-
 
 
 __all__ = ["drift", "dtype_float32", "precision_rounding"]
