@@ -121,14 +121,17 @@ def fast_parse_trusted(raw: bytes, doc: Any) -> bool:
     differ: the slow parse decides). When the fast parser fails (bad JSON, NaN, deep nesting, a huge
     integer), call loads_strict too: its BadJSON is the error readers report.
     """
-    objects = raw.count(b"{")
+    first = raw.find(b"{")
+    objects = 0 if first < 0 else 1 if raw.find(b"{", first + 1) < 0 else 2  # none, one, more
+    outside = _outside_data(raw, doc, objects)
     if _NEGATIVE_ZERO.search(raw) or (b"\\" in raw and _SURROGATE_ESCAPE.search(raw)) \
-            or _LONG_INTEGER.search(_outside_data(raw, doc, objects)):
+            or _LONG_INTEGER.search(outside):
         return False
     if not objects:  # no object anywhere, so no key (a `":` could only sit inside a string)
         return _KEY_END.search(raw) is None
     if isinstance(doc, dict) and objects == 1:  # one object, no other: its keys are all the keys
-        return len(_KEY_END.findall(raw)) == len(doc)  # (skips walking a long flat "data" list)
+        # (a flat data list holds no key: a `":` in it is inside a string, so it is not searched)
+        return len(_KEY_END.findall(outside)) == len(doc)
     return len(_KEY_END.findall(raw)) == _count_keys(doc)
 
 
@@ -137,7 +140,7 @@ _DATA_LIST = re.compile(rb'"data"\s*:\s*\[')
 
 def _outside_data(raw: bytes, doc: Any, objects: int) -> bytes:
     """`raw` less the text of its "data" list when `doc` is one flat object with such a list (a step line;
-    `objects`: how many "{" `raw` holds).
+    `objects`: how many "{" `raw` holds, 2 standing for more than one).
 
     A long integer token there cannot change what is read: orjson reads it as the float nearest to it, which
     is what the integer becomes when the data is made a float64 array (float32 goes through float64), and
@@ -149,7 +152,7 @@ def _outside_data(raw: bytes, doc: Any, objects: int) -> bytes:
         return raw
     found = _DATA_LIST.search(raw)
     end = raw.find(b"]", found.end()) if found is not None else -1
-    return raw if found is None or end < 0 else raw[:found.start()] + raw[end:]
+    return raw if found is None or end < 0 else raw[:found.end()] + raw[end:]  # (keeps the "data" key)
 
 
 def _count_keys(doc: Any) -> int:
