@@ -63,6 +63,15 @@ def test_a_missing_input_is_derived_and_the_composition_is_described():
     assert p.terms({}) == 8
 
 
+def test_terms_add_up_along_the_composition_on_the_steps_tensors():
+    def sized(name, inputs, of):
+        r = rule(name, inputs)
+        return rc.Rule(r.name, r.formula, r.inputs, r.params, lambda t: t[of].shape[-1], r.fn)
+    rb, rcc = sized("b", ("a",), "a"), sized("c", ("b",), "w")
+    p = plans({"a", "c"}, graph(rb, rcc))["c"]
+    assert p.terms({"a": np.ones((2, 3)), "w": np.ones(7)}) == 10
+
+
 def test_the_chain_is_in_evaluation_order_and_shared_intermediates_appear_once():
     ra, rb, re_, rcc = rule("b", ("a",)), rule("d", ("b",)), rule("e", ("b", "d")), rule("c", ("e", "b", "y"))
     p = plans({"a", "y", "c"}, graph(ra, rb, re_, rcc))["c"]
@@ -103,6 +112,10 @@ def test_reach_plans_a_tensor_that_is_not_recorded():
     assert p == Plan("c", rcc, (("b", rb),), ("a",), ("W",))
     assert reach("c", frozenset({"a"}), graph(rb, rcc), False, KNOWN) == \
         Unreachable("the parameters in force are unknown", "params")
+    needs_lr = rule("b", ("a",), needs=("lr",))
+    assert reach("b", frozenset({"a"}), graph(needs_lr), True, rc.Settings(2)) == \
+        Unreachable("the learning rate is unknown", "lr")
+    assert reach("b", frozenset({"a"}), graph(needs_lr), True, KNOWN) == Plan("b", needs_lr, (), ("a",), ())
 
 
 def test_the_search_remembers_each_name_it_reached():

@@ -372,3 +372,20 @@ def test_names_outside_the_network_and_the_order_without_declared_layers():
                                     "x": np.ones((1, 2)), "probs": np.ones((1, 2)), "y": np.ones((1, 2))})
     assert list(out) == ["x", "y", "L1.a", "L2.a", "probs", "L2.W"]
     assert list(apply_map(parse_map({}), {"loss": np.ones(()), "x": np.ones((1, 2))})) == ["x", "loss"]
+
+
+def test_every_shadowed_canonical_name_is_explained():
+    m = parse_map({"tensors": {"x": {"from": "X"}, "L1.W": {"from": "W"}}}, "M")
+    assert err(apply_map, m, {"X": np.ones((1, 2)), "W": np.ones((2, 2)), "x": np.ones((1, 2)),
+                              "L1.W": np.ones((2, 2))}) == (
+        "M: step 0: port tensors 'x', 'L1.W' neither mapped nor ignored; tensors.x takes x from 'X' instead; "
+        "tensors.L1.W takes L1.W from 'W' instead: map each with [tensors.\"CANONICAL\"] from = \"x\", or list it "
+        "in ignore = [...]")
+
+
+def test_the_transpose_hint_needs_both_axes_to_fit_reversed():
+    # [5, 4] reversed is [4, 5]: the first axis fits the canonical [4, 3], the second does not
+    msg = err(apply_map, parse_map({}), {"L1.W": np.ones((5, 4))}, layers=[4, 3])
+    assert msg.endswith("cannot be the canonical [4, 3] (batch None, widths [4, 3])")
+    msg = err(apply_map, parse_map({}), {"L1.W": np.ones((4, 4))}, layers=[4, 3])
+    assert msg.endswith("cannot be the canonical [4, 3] (batch None, widths [4, 3])")
