@@ -545,3 +545,12 @@ def test_lr_fit_keeps_the_first_100000_fits_and_counts_the_rest():
     assert len(fit.fits) == 100_000 and fit.fits[-1] == rc.TensorFit(1, "w", 0.5, fit.fits[-1].allowance)
     assert fit.add(2, "w", old, new, g) == 0.5
     assert len(fit.fits) == 100_000 and fit.count == 100_001
+
+
+def test_reduction_inference_from_a_loss_recorded_as_a_one_element_array():
+    t = STEPS[0].tensors
+    base = {n: t[n] for n in ("L2.z", "y")}
+    for shape in ((), (1,), (1, 1)):
+        red, how, factor = rc.infer_reduction(dict(base, loss=np.asarray(t["loss"]).reshape(shape)), 2)
+        assert red == "mean" and how.startswith("loss = 0.125") and factor is None, shape
+    assert rc.infer_reduction(dict(base, loss=np.array([np.inf])), 2)[0] is None
