@@ -477,3 +477,192 @@ def test_lr_consistency_declared_rate_agreement_is_within_the_fit_precision():
     assert not off.consistent and "odd one" not in off.evidence
     exact = infer.lr_consistency(_state(), Inferred(0.1 + 0.1 * prec, "h"), fit, "float32")
     assert exact.consistent
+
+
+# ---------------------------------------------------------------- cases found by mutation testing
+
+def test_header_scenario_compares_the_layers_of_meta_settings_and_positive_widths():
+    note = infer.header_scenario({"scenario": "mnist14-relu-f32", "settings": {"layers": [196, 16, 10]}})
+    assert note == (None, "the header names scenario 'mnist14-relu-f32', whose layers ([196, 32, 10]) is not the "
+                          "run's ([196, 16, 10], meta.settings): using the header's own settings")
+    assert infer.header_settings({"settings": {"layers": [4, 0]}}) == {}
+    assert infer.header_settings({"settings": {"layers": [1, 1]}}) == {"layers": [1, 1]}
+
+
+def test_the_backward_vote_leaves_out_the_loss_and_needs_the_batch_of_x_or_y():
+    t, p = net(red="mean")
+    kept = keep(t, "x", "y", "L1.a", "L2.z", "probs", "loss", "L1.dW")
+    assert infer._backward_vote(kept, ["loss", "L1.dW"], 2, "relu", p, "H") == \
+        ("mean", "L1.dW = 0.25 * its value derived with a summed loss = 1/B, B = 4")
+    # x and y alone: the whole pass derived, the batch read off them
+    assert infer._backward_vote(keep(t, "x", "y", "L2.db"), ["L2.db"], 2, "relu", p, "H") == \
+        ("mean", "L2.db = 0.25 * its value derived with a summed loss = 1/B, B = 4")
+
+
+def test_observe_derives_the_layer_input_when_probs_is_recorded_and_probs_when_the_input_is():
+    t, p = net(red="mean")
+    for names in (("x", "y", "probs", "L2.dW"), ("x", "y", "L1.a", "L2.dW")):
+        s = Spec.from_declared({"activation": ("relu", "header")})
+        s.observe(0, keep(t, *names), 2, None, p)
+        assert s.reduction == Inferred("mean", "inferred", "mean", "step 0: L2.dW = 0.25 * (probs - y) = 1/B, "
+                                                                   "B = 4"), names
+
+
+def test_observe_a_loss_that_cannot_be_compared_ends_the_search_with_the_reason():
+    s = Spec.from_declared({})
+    s.observe(2, {"x": np.ones((4, 3)), "loss": np.asarray(1.0)}, 2, None)
+    assert s.red_seen and s.reduction == Inferred(None, "unknown", None, "step 2: neither the output layer's dz "
+                                                  "nor the loss could be compared with probs - y")
+    s = Spec.from_declared({})
+    s.observe(2, {"x": np.ones((4, 3)), "L2.dz": np.ones((4, 2))}, 2, None)
+    assert s.red_seen and s.reduction.evidence == ("step 2: neither the output layer's dz nor the loss could be "
+                                                   "compared with probs - y")
+
+
+def test_observe_the_activation_bound_is_the_recorded_dtype_s():
+    t, _ = net("sigmoid")
+    z = t["L1.z"].astype(np.float32)
+    a = (1 / (1 + np.exp(-z))).astype(np.float32)
+    assert not np.array_equal(a.astype(np.float64), 1 / (1 + np.exp(-z.astype(np.float64))))
+    s = Spec.from_declared({})
+    s.observe(0, {"L1.z": z, "L1.a": a}, 2, "float32")
+    assert s.activation.value == "sigmoid"
+    s = Spec.from_declared({})
+    s.observe(0, {"L1.z": z, "L1.a": a}, 2, None)  # read as float64: float32 rounding is too much
+    assert s.activation.value == "other"
+
+
+def test_derived_goes_on_after_a_name_that_cannot_be_derived():
+    t, p = net()
+    bad = {"x": np.ones((4, 7)), "y": t["y"], "L2.z": t["L2.z"]}
+    view = infer._derived(bad, ["L1.z", "probs"], rc.Settings(2, "relu", "mean"), p)
+    assert "L1.z" not in view and "probs" in view
+    np.testing.assert_allclose(view["probs"], t["probs"], rtol=1e-12)
+
+
+def test_try_settings_goes_on_after_a_gradient_that_cannot_be_derived_and_fits_at_step_k():
+    t, p = net()
+    kept = keep(t, "y", "L1.z", "L1.a", "probs", "L1.W", "L2.W")
+    kept["x"] = np.ones((5, 3))  # another batch size: L1.dW = x^T L1.dz cannot be computed
+    c = infer._try_settings(rc.Settings(2, "relu", "mean"), 7, kept, ["L1.W", "L2.W"], p)
+    assert list(c.grads) == ["L2.W"] and [(f.step, f.name) for f in c.fits] == [(7, "L2.W")]
+
+
+def test_passes_uses_the_tensor_s_own_tolerance_its_dtype_and_the_terms_scale():
+    from memstate.comparator.tolerance import Rule
+    t, p = net()
+    plans = infer.plan_step(frozenset(["x", "L1.z"]), rc.rules(rc.Settings(2)), True, rc.Settings(2))
+    d = infer.Derivation(keep(t, "x", "L1.z"), p)
+    loose = Tolerances(rules=(Rule("L1.z", rtol=0.1),))
+    assert infer._passes(t["L1.z"] * 1.01, plans["L1.z"], d, loose)
+    assert not infer._passes(t["L1.z"] * 1.01, plans["L1.z"], d, Tolerances())
+    z32 = t["L1.z"].astype(np.float32)
+    assert infer._passes(z32, plans["L1.z"], d, Tolerances())
+    # z = 1e8 - 1e8 + 1 cancels: an error of 1e-6 is tiny against the terms (2e8), not against z (1)
+    x = np.array([[1.0, 1.0]])
+    q = {"L1.W": np.array([[1e8], [-1e8]]), "L1.b": np.array([1.0])}
+    d = infer.Derivation({"x": x}, q)
+    assert infer._passes(np.array([[1.0 + 1e-6]]), plans["L1.z"], d, Tolerances())
+    assert not infer._passes(np.array([[2.0]]), plans["L1.z"], d, Tolerances())  # 1 > 1e-10 * 2e8
+
+
+def test_search_activation_keeps_a_declared_other_and_lists_every_blocked_tensor():
+    # (the listing is in the step's order: it was in set order, which changed with PYTHONHASHSEED)
+    t, p = net("sigmoid")
+    kept = keep(t, "x", "y", "L1.z", "probs", "L2.dW")
+    s = Spec.from_declared({"activation": ("tanh", "header"), "reduction": ("mean", "h")})
+    before = s.activation
+    infer.search_activation(s, 0, kept, 2, p, Tolerances())
+    assert s.activation == before and not s.act_seen
+    s = Spec.from_declared({"reduction": ("mean", "h")})
+    infer.search_activation(s, 1, kept, 2, p, Tolerances())
+    assert s.activation == Inferred("sigmoid", "inferred", "sigmoid", "step 1: the recorded tensors that need the "
+                                    "activation (probs, L2.dW) check with relu 0 of 2, shifted-relu 0 of 2, "
+                                    "sigmoid 2 of 2")
+
+
+def test_fit_step_records_each_fit_at_its_step_and_tensor_and_rounds_the_rate_in_the_dtype():
+    lr = 0.5 * (1 + 1e-9)  # a float32 fit cannot tell this from 0.5
+    t, p = net("relu", "mean", lr=lr)
+    s = Spec.from_declared({})
+    s.fit_step(6, keep(t, "L1.W", "L1.dW", "L2.b", "L2.db"), 2, p, "float32")
+    assert [(f.step, f.name) for f in s.lr_fit.fits] == [(6, "L1.W"), (6, "L2.b")]
+    assert s.learning_rate == Inferred(0.5, "fitted")
+    s = Spec.from_declared({})
+    s.fit_step(6, keep(t, "L1.W", "L1.dW"), 2, p, "float64")
+    assert s.learning_rate == Inferred(0.5000000005, "fitted")
+    s = Spec.from_declared({"activation": ("relu", "h")})
+    s.fit_step(8, keep(t, "x", "y", "loss", "L1.W", "L2.b"), 2, p, "float32", Tolerances())
+    assert [(f.step, f.name) for f in s.lr_fit.fits] == [(8, "L1.W"), (8, "L2.b")]
+    assert s.learning_rate == Inferred(0.5, "fitted")
+
+
+def test_the_search_adopts_exactly_what_it_chose_with_every_candidate_listed():
+    t, p = net("sigmoid", "sum", lr=0.5)
+    s = Spec.from_declared({"lr": (0.5, "header")})
+    s.fit_step(3, keep(t, "x", "y", "L1.W", "L1.b", "L2.W", "L2.b"), 2, p, "float64", Tolerances())
+    listing = s.activation.evidence[len("step 3: the updates, derived through each activation ("):-1]
+    parts = listing.split("; ")
+    assert [q.split(":")[0] for q in parts] == [f"{a}, {r}" for a in rc.ACTIVATIONS for r in ("mean", "sum")]
+    assert parts[5] == "sigmoid, sum: 4 of 4 updates agree"
+    assert s.activation == Inferred("sigmoid", "inferred", "sigmoid", s.activation.evidence)
+    assert s.reduction == Inferred("sum", "inferred", "sum", "step 3: the updates, derived with each reduction")
+    # a declared reduction stays as declared while the activation is searched
+    s = Spec.from_declared({"lr": (0.5, "header"), "reduction": ("sum", "header")})
+    s.fit_step(3, keep(t, "x", "y", "L1.W", "L1.b", "L2.W", "L2.b"), 2, p, "float64", Tolerances())
+    assert s.activation.value == "sigmoid" and s.reduction == Inferred("sum", "header") and not s.red_seen
+
+
+def test_score_agreement_with_a_declared_rate_of_zero():
+    c = infer._Candidate(rc.Settings(2), "x", {}, [rc.TensorFit(0, "a", 0.0, 0.0)], None)
+    assert Spec.from_declared({"lr": (0.0, "h")})._score(c)[:3] == (1, 1, 0)
+
+
+def test_lr_consistency_checks_the_declared_rate_not_the_consensus():
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.1, 1e-9)], count=1, lo=0.1, hi=0.1)
+    st = _state()
+    lr = infer.lr_consistency(st, Inferred(0.2, "header"), fit, "float64")
+    assert not lr.consistent and lr.inferred == 0.1
+    assert st.first_finding is not None and st.first_finding.name == "a"
+    assert "the odd one out: a (worst a at step 0" in lr.evidence
+    # unknown (the walk adopts a step's fit, so only a direct call): the consensus, checked as the value
+    st = _state()
+    lr = infer.lr_consistency(st, Inferred(None, "unknown"), fit, "float64")
+    assert lr == Inferred(0.1, "fitted", 0.1, lr.evidence, True) and st.findings == {}
+    odd = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.1, 1e-9), rc.TensorFit(0, "b", 0.1, 1e-9),
+                         rc.TensorFit(0, "c", 0.3, 1e-9)], count=3, lo=0.1, hi=0.3)
+    st = _state()
+    lr = infer.lr_consistency(st, Inferred(None, "unknown"), odd, "float64")
+    assert (lr.value, lr.consistent, st.first_finding.name) == (0.1, False, "c")
+
+
+def test_lr_consistency_rounds_the_fit_in_the_dtype():
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.1 * (1 + 1e-9), 1e-3)], count=1, lo=0.1, hi=0.1)
+    assert infer.lr_consistency(_state(), Inferred(0.1, "fitted"), fit, "float32").inferred == 0.1
+    assert infer.lr_consistency(_state(), Inferred(0.1, "fitted"), fit, "float64").inferred == 0.1000000001
+
+
+def test_lr_consistency_boundaries_at_a_rate_of_zero():
+    # checked lr 0: 0.25 off with an allowance of 0.25 is exactly 1x: consistent, no finding
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.25, 0.25)], count=1, lo=0.25, hi=0.25)
+    st = _state()
+    infer.lr_consistency(st, Inferred(0.0, "header"), fit, "float64")
+    assert st.findings == {}
+    # 1.5x: inconsistent
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.375, 0.25)], count=1, lo=0.375, hi=0.375)
+    st = _state()
+    assert not infer.lr_consistency(st, Inferred(0.0, "header"), fit, "float64").consistent
+    assert st.first_finding.code == "lr-consistent"
+    # a declared 0 and a consensus of exactly 0 agree
+    zero = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.0, 1e-3)], count=1, lo=0.0, hi=0.0)
+    assert infer.lr_consistency(_state(), Inferred(0.0, "header"), zero, "float64").consistent
+
+
+def test_lr_consistency_of_a_fitted_rate_needs_both_consistency_and_the_same_value():
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.1, 1e-9), rc.TensorFit(0, "b", 0.1, 1e-9),
+                         rc.TensorFit(1, "c", 0.3, 1e-9)], count=3, lo=0.1, hi=0.3)
+    lr = infer.lr_consistency(_state(), Inferred(0.1, "fitted"), fit, "float64")
+    assert lr.source == "fitted" and lr.value == 0.1 and not lr.consistent
+    close = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.1, 1e-3)], count=1, lo=0.1, hi=0.1)
+    lr = infer.lr_consistency(_state(), Inferred(0.1 * (1 + 1e-15), "fitted"), close, "float64")
+    assert lr.inferred == 0.1 and lr.consistent is False
