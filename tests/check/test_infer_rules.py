@@ -666,3 +666,12 @@ def test_lr_consistency_of_a_fitted_rate_needs_both_consistency_and_the_same_val
     close = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.1, 1e-3)], count=1, lo=0.1, hi=0.1)
     lr = infer.lr_consistency(_state(), Inferred(0.1 * (1 + 1e-15), "fitted"), close, "float64")
     assert lr.inferred == 0.1 and lr.consistent is False
+
+
+def test_lr_consistency_of_an_unknown_rate_checks_the_rounded_consensus_with_its_evidence():
+    # a float32 fit rounds 0.1 * (1 + 1e-9) to 0.1; with an allowance of 1e-20 the fit is 1000x off that
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.1 * (1 + 1e-9), 1e-20)], count=1, lo=0.1, hi=0.1)
+    st = _state()
+    lr = infer.lr_consistency(st, Inferred(None, "unknown"), fit, "float32")
+    assert lr.value == 0.1 and not lr.consistent and st.first_finding.name == "a"
+    assert lr.evidence.startswith("W' = W - lr * dW fitted per tensor over 1 parameter updates: consensus lr = ")
