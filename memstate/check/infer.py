@@ -286,8 +286,8 @@ def search_activation(spec: Spec, k: int, t: Mapping[str, np.ndarray], n_layers:
     if spec.activation.value is not None or n_layers < 2:
         return
     base = spec.settings(n_layers)
-    blocked = [n for n, p in plan_step(frozenset(t), rc.rules(base), in_force is not None, base).items()
-               if isinstance(p, Unreachable) and p.needs == "activation"]
+    first = plan_step(frozenset(t), rc.rules(base), in_force is not None, base)
+    blocked = [n for n in t if isinstance(p := first.get(n), Unreachable) and p.needs == "activation"]  # t's order
     if not blocked:
         return
     counts: dict[str, int] = {}
@@ -381,7 +381,9 @@ def lr_consistency(st: State, lr: Inferred, fit: rc.LrFit, dtype: str | None) ->
     evidence = (f"W' = W - lr * dW fitted per tensor over {fit.count} parameter updates: consensus lr = "
                 f"{consensus:.17g} (the median of the agreeing fits), per-tensor fits {fit.lo:.9g} to "
                 f"{fit.hi:.9g}{where}")
-    if lr.source == "fitted":  # the value the updates were checked with: the fit of the first fitted step
+    if lr.value is None:  # not declared and not adopted from a step's fit (the walk adopts one): the consensus
+        lr = Inferred(fitted, "fitted", fitted, evidence, consistent)
+    elif lr.source == "fitted":  # the value the updates were checked with: the fit of the first fitted step
         lr = Inferred(lr.value, "fitted", fitted, evidence, consistent and fitted == lr.value)
     else:
         agrees = abs(consensus - lr.value) <= rc.lr_precision(dtype) * abs(lr.value)

@@ -367,12 +367,11 @@ def _dims(placed: Mapping[str, tuple[Entry, np.ndarray]], layers: Sequence[int] 
         if _WEIGHT_ROLE.match(name) and a.ndim == 2:
             widths.setdefault(i - 1, a.shape[0])
             widths.setdefault(i, a.shape[1])
+    # y and probs give no width: the output width is declared with the layers, or unknown (y fits any)
     for name, a in arrays.items():
         i = _layer(name)
         if name == "x" and a.ndim == 2:
             widths.setdefault(0, a.shape[1])
-        elif name in ("y", "probs") and a.ndim == 2 and n_layers is not None:
-            widths.setdefault(n_layers, a.shape[1])
         elif _VECTOR_ROLE.match(name) and sum(d != 1 for d in a.shape) <= 1:
             widths.setdefault(i, a.size)
         elif i and _BATCH_ROLE.match(name) and a.ndim == 2:
@@ -392,12 +391,10 @@ def _fit(layout: LayoutMap, e: Entry, arr: np.ndarray, dims: Dims, step: int) ->
     if arr.ndim == len(exp) and all(x is None or x == a for x, a in zip(exp, arr.shape)):
         return arr
     core = [d for d in arr.shape if d != 1]
+    # (a vector's width is always known here when it has at most one axis longer than 1: _dims reads it off
+    # the vector itself, so an [n, 1] bias and a [1] loss are all reshaped here)
     if None not in exp and core == [d for d in exp if d != 1]:
         return arr.reshape(exp)  # type: ignore[arg-type]
-    if len(exp) == 1 and len(core) <= 1 and (exp[0] is None or exp[0] == arr.size):
-        return arr.reshape(-1)
-    if len(exp) == 0 and arr.size == 1:
-        return arr.reshape(())
     shown = "[" + ", ".join("?" if d is None else str(d) for d in exp) + "]"
     hint = ""
     if arr.ndim == 2 and all(x is None or x == a for x, a in zip(exp, arr.shape[::-1])):

@@ -473,3 +473,97 @@ def test_rules_with_a_fitted_dz_factor_instead_of_a_reduction():
     assert float(sc) == pytest.approx(abs(float(v)) + np.abs(logs).sum() * 0.375 + 1.0, rel=1e-12)
     named = rc.rules(rc.Settings(2, "relu", "mean", 0.1, c))  # a named reduction: the factor is ignored
     np.testing.assert_allclose(named["L2.dz"][0].fn(t, p)[0], (pr - y) / 8, rtol=1e-12)
+
+
+def test_lr_consensus_agreement_is_inclusive_where_the_relative_slack_is_zero():
+    # at lr 0 the 1e-12 relative slack is 0: 0.25 - 0 = 0.125 + 0.125 exactly, so the fit at 0 agrees with both
+    # neighbours (which do not agree with each other) and its group of three wins
+    fits = [rc.TensorFit(0, "a", 0.0, 0.125), rc.TensorFit(1, "b", 0.25, 0.125), rc.TensorFit(2, "c", -0.25, 0.125)]
+    lr, group = rc.consensus(fits)
+    assert lr == 0.0 and [f.name for f in group] == ["a", "b", "c"]
+    # more than 64 fits: the median (0.0) takes those within their own allowance, the boundary included
+    many = ([rc.TensorFit(k, f"m{k}", -1.0, 0.0) for k in range(31)] + [rc.TensorFit(31, "edge", -0.25, 0.25)]
+            + [rc.TensorFit(32, "mid", 0.0, 0.0)] + [rc.TensorFit(33 + k, f"p{k}", 1.0, 0.0) for k in range(32)])
+    lr, group = rc.consensus(many)
+    assert lr == -0.125 and [f.name for f in group] == ["edge", "mid"]
+
+
+def test_lr_consensus_relative_slack_is_1e_minus_12_of_the_rate():
+    base = 1e-3
+    inside = [rc.TensorFit(0, "a", base, 0.0), rc.TensorFit(1, "b", base + 5e-16, 0.0)]  # 5e-13 relative
+    assert len(rc.consensus(inside)[1]) == 2
+    outside = [rc.TensorFit(0, "a", base, 0.0), rc.TensorFit(1, "b", base + 2e-15, 0.0)]  # 2e-12 relative
+    assert rc.consensus(outside) == (base, [outside[0]])
+    many = [rc.TensorFit(k, f"p{k}", base + (2e-15 if k % 2 else 0.0), 0.0) for k in range(65)]
+    lr, group = rc.consensus(many)  # median base: the fits 2e-12 away are out
+    assert lr == base and len(group) == 33
+    many = [rc.TensorFit(k, f"p{k}", base + (5e-16 if k % 2 else 0.0), 0.0) for k in range(65)]
+    assert len(rc.consensus(many)[1]) == 65
+
+
+def test_lr_agreement_per_name_and_consistency_at_lr_zero_and_relative_slack():
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", 0.25, 0.25), rc.TensorFit(0, "b", 0.5, 0.25)])
+    assert [row[5] for row in fit.per_name(0.0)] == [True, False]  # 0.25 off with an allowance of 0.25: agrees
+    assert fit.consistency(0.0) == (2.0, (0, "b"))
+    base = 1e-3
+    fit = rc.LrFit(fits=[rc.TensorFit(0, "a", base + 5e-16, 0.0), rc.TensorFit(0, "b", base + 2e-15, 0.0)])
+    assert [row[5] for row in fit.per_name(base)] == [True, False]
+    worst, at = fit.consistency(base)
+    assert at == (0, "b") and worst == pytest.approx(2.0, rel=1e-3)
+
+
+def test_reduction_from_the_output_dW_needs_the_layer_input_of_the_right_batch():
+    probs = np.array([[0.5, 0.5]] * 4)
+    y = np.array([[1.0, 0.0]] * 4)
+    x = np.arange(12.0).reshape(4, 3)
+    dW = x.T @ (probs - y) / 4
+    red, how, factor = rc.infer_reduction({"probs": probs, "y": y, "x": x, "L1.dW": dW}, 1)
+    assert (red, how, factor) == ("mean", "L1.dW = 0.25 * (probs - y) = 1/B, B = 4", None)
+    a1 = np.arange(12.0).reshape(4, 3)
+    assert rc.infer_reduction({"probs": probs, "y": y, "L1.a": a1, "L2.dW": a1.T @ (probs - y)}, 2)[0] == "sum"
+    # a layer input of another batch size (or not a matrix) cannot be multiplied with probs - y: no ratio
+    neither = (None, "neither the output layer's dz nor the loss could be compared with probs - y", None)
+    assert rc.infer_reduction({"probs": probs, "y": y, "L1.a": np.ones((5, 3)), "L2.dW": dW}, 2) == neither
+    assert rc.infer_reduction({"probs": probs, "y": y, "L1.a": np.ones((4, 3, 1)), "L2.dW": dW}, 2) == neither
+    assert rc.infer_reduction({"probs": probs, "y": y, "L2.dW": dW}, 2) == neither
+
+
+def test_reduction_inference_is_silent_when_the_output_dW_overflows():
+    import warnings
+    probs = np.array([[0.5, 0.5]] * 4)
+    y = np.array([[1.0, 0.0]] * 4)
+    a1 = np.full((4, 3), 1e308)  # a1^T (probs - y) is +-2e308: inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        red, how, _ = rc.infer_reduction({"probs": probs, "y": y, "L1.a": a1, "L2.dW": np.ones((3, 2)),
+                                          "L2.dz": (probs - y) / 4}, 2)
+    assert red == "mean" and how == "L2.dz = 0.25 * (probs - y) = 1/B, B = 4"
+
+
+def test_activation_inference_at_exactly_its_bound_takes_the_activation():
+    bound = rc.rounding_bound(np.dtype("float32"), 8)
+    assert bound == 2.0 ** -19
+    at = {"L1.z": np.array([[1.0, -2.0]]), "L1.a": np.array([[1.0 + 2.0 ** -19, 0.0]])}
+    inferred, errors = rc.infer_activation(at, 2, np.dtype("float32"))
+    assert errors["relu"] == bound and inferred == "relu"
+    above = {"L1.z": np.array([[1.0, -2.0]]), "L1.a": np.array([[1.0 + 2.0 ** -18, 0.0]])}
+    assert rc.infer_activation(above, 2, np.dtype("float32"))[0] == "other"
+
+
+def test_lr_fit_keeps_the_first_100000_fits_and_counts_the_rest():
+    one = rc.TensorFit(0, "w", 0.5, 0.0)
+    fit = rc.LrFit(fits=[one] * 99_999, count=99_999)
+    old, new, g = np.array([1.0, 2.0]), np.array([0.5, 1.5]), np.array([1.0, 1.0])
+    assert fit.add(1, "w", old, new, g) == 0.5
+    assert len(fit.fits) == 100_000 and fit.fits[-1] == rc.TensorFit(1, "w", 0.5, fit.fits[-1].allowance)
+    assert fit.add(2, "w", old, new, g) == 0.5
+    assert len(fit.fits) == 100_000 and fit.count == 100_001
+
+
+def test_reduction_inference_from_a_loss_recorded_as_a_one_element_array():
+    t = STEPS[0].tensors
+    base = {n: t[n] for n in ("L2.z", "y")}
+    for shape in ((), (1,), (1, 1)):
+        red, how, factor = rc.infer_reduction(dict(base, loss=np.asarray(t["loss"]).reshape(shape)), 2)
+        assert red == "mean" and how.startswith("loss = 0.125") and factor is None, shape
+    assert rc.infer_reduction(dict(base, loss=np.array([np.inf])), 2)[0] is None
