@@ -64,3 +64,14 @@ def test_exports_stay_functions_after_the_testing_layer_is_imported():
             "print(type(memstate.compare).__name__, type(memstate.run).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["function", "function"]
+
+
+def test_the_repository_tracks_no_virtual_environment_or_symbolic_link():
+    """A .venv symlink once slipped into a commit (.gitignore's `.venv/` matches a folder, not a link): a
+    fresh clone then ran `make test` in another checkout's environment. Nothing tracked may be a link."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an unpacked sdist): nothing is tracked")
+    listed = subprocess.run(["git", "ls-files", "-s"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    links = [line.split("\t", 1)[1] for line in listed.splitlines() if line.startswith("120000 ")]
+    assert links == []
+    assert not any(line.split("\t", 1)[1].startswith(".venv") for line in listed.splitlines())
