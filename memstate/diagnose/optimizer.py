@@ -21,6 +21,10 @@ def _fit_tol(ctx: DivergenceContext) -> float:
 @diagnoser("grad-not-zeroed")
 def grad_not_zeroed(ctx: DivergenceContext) -> Diagnosis | None:
     """dW (or db) is this step's gradient plus the previous step's recorded one: gradients accumulate."""
+    return _grad_not_zeroed(ctx)
+
+
+def _grad_not_zeroed(ctx: DivergenceContext) -> Diagnosis | None:
     m = GRAD.match(ctx.name)
     if not m or m.group(2) not in ("W", "b") or same(ctx.a, ctx.b):
         return None
@@ -75,7 +79,7 @@ def _plain(ctx: DivergenceContext, side: Side) -> float | None:
     return float(fit[0][0]) if fit is not None and fit[1] <= _fit_tol(ctx) else None
 
 
-def _optimizer_fit(ctx: DivergenceContext, code: str, second) -> tuple[Side, float, float, float, float | None] | None:
+def _optimizer_fit(ctx: DivergenceContext, second) -> tuple[Side, float, float, float, float | None] | None:
     """For the first side whose update is `u = lr·g + c·second(side)` exactly but not `u = lr·g`:
     (side, lr, c, residual, the other side's plain lr or None)."""
     if not PARAM.match(ctx.name) or same(ctx.a, ctx.b):
@@ -106,7 +110,7 @@ def _two_back(ctx: DivergenceContext, side: Side) -> bool:
     return len(before) >= 2 and ctx.name in before[1] and ctx.name in before[0]
 
 
-def _previous_velocity(ctx: DivergenceContext, side: Side, w_in: np.ndarray, g: np.ndarray):
+def _previous_velocity(ctx: DivergenceContext, side: Side, g: np.ndarray):
     """The previous step's update lr·v (two steps back known), else the previous step's gradient (v = g on the
     first step with momentum)."""
     before = before_of(ctx, side)
@@ -120,7 +124,11 @@ def _previous_velocity(ctx: DivergenceContext, side: Side, w_in: np.ndarray, g: 
 @diagnoser("momentum")
 def momentum(ctx: DivergenceContext) -> Diagnosis | None:
     """The update is W' = W - lr·v with v = μ·v + dW: the previous step's update carried over."""
-    found = _optimizer_fit(ctx, "momentum", lambda side, w, g: _previous_velocity(ctx, side, w, g))
+    return _momentum(ctx)
+
+
+def _momentum(ctx: DivergenceContext) -> Diagnosis | None:
+    found = _optimizer_fit(ctx, lambda side, w, g: _previous_velocity(ctx, side, g))
     if found is None:
         return None
     side, lr, c, resid, other_lr = found
@@ -141,7 +149,11 @@ def momentum(ctx: DivergenceContext) -> Diagnosis | None:
 @diagnoser("weight-decay")
 def weight_decay(ctx: DivergenceContext) -> Diagnosis | None:
     """The update is W' = W - lr·(dW + λ·W): weight decay (L2 regularisation) left on."""
-    found = _optimizer_fit(ctx, "weight-decay", lambda side, w, g: w)
+    return _weight_decay(ctx)
+
+
+def _weight_decay(ctx: DivergenceContext) -> Diagnosis | None:
+    found = _optimizer_fit(ctx, lambda side, w, g: w)
     if found is None:
         return None
     side, lr, c, resid, other_lr = found

@@ -192,6 +192,10 @@ def _recovered(ctx: DivergenceContext) -> Diagnosis | None:
 @diagnoser("params-load-mismatch")
 def params_load_mismatch(ctx: DivergenceContext) -> Diagnosis | None:
     """The parameters in force are the given ones rounded, truncated, cast to float32 or transposed."""
+    return _params_load_mismatch(ctx)
+
+
+def _params_load_mismatch(ctx: DivergenceContext) -> Diagnosis | None:
     if not (_Z.match(ctx.name) or _DA.match(ctx.name) or PARAM.match(ctx.name)) or same(ctx.a, ctx.b):
         return None
     return _with_known(ctx) or _recovered(ctx)

@@ -29,13 +29,13 @@ def test_diagnoser_registers_its_code_and_silences_numpy():
     def divide(cx: DivergenceContext) -> Diagnosis | None:
         """Divides by zero."""
         value = np.float64(1.0) / np.float64(0.0)
-        return c.make("drift", 0.5, "x", {"v": value})
+        return c.make("drift", 0.5, "x", {"v": value, "name": cx.name})
 
     wrapped = c.diagnoser("drift")(divide)
     assert wrapped is not divide and wrapped.__name__ == "divide" and wrapped.__doc__ == "Divides by zero."
     assert c.entry(wrapped) == c.Entry("drift", wrapped, False)
     with np.errstate(all="raise"):
-        assert wrapped(ctx()).evidence == {"v": "inf"}
+        assert wrapped(ctx()).evidence == {"v": "inf", "name": "t"}  # the context itself is passed on
         with pytest.raises(FloatingPointError):
             divide(ctx())
     fallback = c.diagnoser("unknown", fallback=True)(divide)

@@ -421,3 +421,30 @@ def test_the_plain_update_must_miss_by_exactly_100_times_the_tolerance(resid, dt
     before = ({"L1.W": w},)
     d = weight_decay(opt_ctx(w - LR * G, w - u, before, before, meta_a={"dtype": dtype}))
     assert (d is not None) == found
+
+
+def test_a_side_with_history_that_did_not_accumulate_is_passed_over_for_the_other():
+    """Both sides recorded the previous step's dW; A's is this step's gradient alone, B's adds the previous
+    one: A is passed over (not the end of the search) and B is named, recomputed or taken from A."""
+    own = X.T @ DZ
+    both = dict(before_a=({"L1.dW": P},), before_b=({"L1.dW": P},))
+    d = grad_not_zeroed(ctx("L1.dW", own, own + P, **both))
+    assert (d.confidence, d.evidence["side"], d.evidence["recomputed"]) == (0.95, "B", True)
+    # without dz: A's value is not B's plus the previous gradient, so A is passed over and B is taken against A
+    d = grad_not_zeroed(ctx("L1.dW", own, own + P, inputs_a={}, inputs_b={}, **both))
+    assert (d.confidence, d.evidence["side"], d.evidence["recomputed"]) == (0.85, "B", False)
+
+
+#: a previous gradient and parameters in force of powers of two on other entries than GD's: μ = c / lr is exact
+VP = np.array([[0.0, 1.0], [0.0, 0.0], [0.5, 0.0]])
+WP = np.array([[0.5, 0.0], [2.0, 1.5], [0.0, 0.25]])
+
+
+@pytest.mark.parametrize("mu", [0.05, 1.5])
+def test_momentum_of_exactly_the_ends_of_its_range(mu):
+    first = ({"L1.W": WP, "L1.dW": VP},)
+    c = DivergenceContext(4, "L1.W", WP - 0.125 * GD, WP - 0.125 * GD - 0.125 * mu * VP, {"L1.dW": GD},
+                          {"L1.dW": GD}, (), True, before_a=first, before_b=first)
+    d = momentum(c)
+    assert (d.evidence["momentum"], d.evidence["learning_rate"], d.evidence["velocity_from"]) == (
+        mu, 0.125, "previous gradient")
