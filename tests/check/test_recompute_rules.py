@@ -567,3 +567,32 @@ def test_reduction_inference_from_a_loss_recorded_as_a_one_element_array():
         red, how, factor = rc.infer_reduction(dict(base, loss=np.asarray(t["loss"]).reshape(shape)), 2)
         assert red == "mean" and how.startswith("loss = 0.125") and factor is None, shape
     assert rc.infer_reduction(dict(base, loss=np.array([np.inf])), 2)[0] is None
+
+
+def test_lr_fit_of_a_matrix_with_non_finite_elements_uses_the_finite_ones():
+    """fit_one's masked path on 2-d tensors (the fast path's dots are not finite): the same fit as on the
+    finite elements alone, flattened."""
+    rng = np.random.default_rng(5)
+    old, grad = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    new = old - 0.25 * grad
+    old[0, 1], new[2, 3], grad[1, 0] = np.nan, np.inf, np.nan
+    ok = np.isfinite(old) & np.isfinite(new) & np.isfinite(grad)
+    g, d = grad[ok], (old - new)[ok]
+    fit = rc.fit_one(7, "L1.W", old, new, grad)
+    assert (fit.step, fit.name) == (7, "L1.W")
+    assert fit.lr == float(g @ d) / float(g @ g)
+    assert fit.lr == pytest.approx(0.25, rel=1e-14)
+    eps = float(np.finfo(np.float64).eps)
+    assert fit.allowance == 4 * eps * (float(np.linalg.norm(new[ok])) + abs(fit.lr) * np.sqrt(g @ g)) / np.sqrt(g @ g)
+
+
+def test_rules_compute_in_float64_from_float32_tensors():
+    t32 = {k: np.asarray(v, dtype=np.float32) for k, v in STEPS[1].tensors.items()}
+    p32 = {k: np.asarray(v, dtype=np.float32) for k, v in in_force(1).items()}
+    assert rc.f64(t32["x"]).dtype == np.float64
+    value, scale = rc.rules(SETTINGS)["L1.z"][0].fn(t32, p32)
+    want = rc.f64(t32["x"]) @ rc.f64(p32["L1.W"]) + rc.f64(p32["L1.b"])
+    assert value.dtype == np.float64 and np.array_equal(value, want)
+    fit = rc.fit_one(1, "L1.W", p32["L1.W"], t32["L1.W"], t32["L1.dW"])
+    old, new, grad = (rc.f64(a).reshape(-1) for a in (p32["L1.W"], t32["L1.W"], t32["L1.dW"]))
+    assert fit.lr == float(grad @ (old - new)) / float(grad @ grad)
