@@ -381,3 +381,17 @@ def test_completed_summary_equals_the_full_metrics(pair):
         assert (max_abs, scale) == (float(e.abs.max(initial=0.0)), float(e.magnitude.max(initial=0.0)))
         got = completed_metrics(summary_metrics(a, b, max_abs, scale), a, b)
         assert_same_as_full(got, tensor_metrics(a, b))
+
+
+def test_completed_metrics_raise_no_floating_point_warning():
+    tiny, big = 5e-324, 1.7e308
+    pairs = [(np.zeros(4), np.zeros(4)),  # scale 0: nothing is divided by it
+             (np.array([big, -big, 1.0]), np.array([np.nextafter(big, 0.0), -big, 1.0])),
+             (np.array([tiny, 0.0, -tiny]), np.array([2 * tiny, 0.0, -tiny])),
+             (np.array([1.0, 0.0], dtype=np.float32), np.array([1.0, 1e-45], dtype=np.float32))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for a, b in pairs:
+            assert within_tolerance(a, b, 1e-6, 1e-9)[0] and completes_to_full(a, b).detail == "full"
+    assert completes_to_full(*pairs[0]).cosine == 1.0
+    assert completes_to_full(*pairs[2]).max_elem_rel_error == 0.5
