@@ -28,6 +28,10 @@ def _reduction_factor(c: float, B: int | None, rtol: float) -> str | None:
 @diagnoser("reduction-mean-vs-sum")
 def reduction_mean_vs_sum(ctx: DivergenceContext) -> Diagnosis | None:
     """The loss or a gradient differs by exactly the batch size B: one side sums, the other averages."""
+    return _reduction_mean_vs_sum(ctx)
+
+
+def _reduction_mean_vs_sum(ctx: DivergenceContext) -> Diagnosis | None:
     gm = GRAD.match(ctx.name)
     if ctx.name != "loss" and not gm:
         return None
@@ -94,6 +98,10 @@ def _reduction_doubt(ctx: DivergenceContext, summer: str, B: int | None, n: int 
 @diagnoser("bias-grad-axis")
 def bias_grad_axis(ctx: DivergenceContext) -> Diagnosis | None:
     """db summed over the feature axis of a square dz (batch == layer width) instead of the batch axis."""
+    return _bias_grad_axis(ctx)
+
+
+def _bias_grad_axis(ctx: DivergenceContext) -> Diagnosis | None:
     m = GRAD.match(ctx.name)
     if not m or m.group(2) != "b":
         return None
@@ -123,6 +131,10 @@ def bias_grad_axis(ctx: DivergenceContext) -> Diagnosis | None:
 @diagnoser("transposed")
 def transposed(ctx: DivergenceContext) -> Diagnosis | None:
     """One side is the transpose of the other (square, or with the shape swapped or kept)."""
+    return _transposed(ctx)
+
+
+def _transposed(ctx: DivergenceContext) -> Diagnosis | None:
     a, b = f64(ctx.a), f64(ctx.b)
     if a.ndim != 2 or b.ndim != 2 or a.size < 2 or same(a, b) or scale(a) == 0:
         return None
@@ -206,6 +218,10 @@ def _lr_step(ctx: DivergenceContext) -> Diagnosis | None:
 def scaled(ctx: DivergenceContext) -> Diagnosis | None:
     """b ≈ c·a for one constant c (not ±1; not B or 1/B for the loss/gradients), or updated params whose
     steps differ by a constant factor (a learning-rate mismatch)."""
+    return _scaled(ctx)
+
+
+def _scaled(ctx: DivergenceContext) -> Diagnosis | None:
     a, b = f64(ctx.a), f64(ctx.b)
     if a.shape != b.shape or a.size < 1 or same(a, b):
         return None
@@ -257,6 +273,10 @@ def _scalar_factor(ctx: DivergenceContext, a: float, b: float) -> Diagnosis | No
 @diagnoser("sign-flip")
 def sign_flip(ctx: DivergenceContext) -> Diagnosis | None:
     """b ≈ -a, everywhere or on a consistent subset (rows/columns) with equal magnitudes."""
+    return _sign_flip(ctx)
+
+
+def _sign_flip(ctx: DivergenceContext) -> Diagnosis | None:
     a, b = f64(ctx.a), f64(ctx.b)
     if a.shape != b.shape or a.size < 1 or not (all_finite(a) and all_finite(b)):
         return None
@@ -294,6 +314,10 @@ def sign_flip(ctx: DivergenceContext) -> Diagnosis | None:
 @diagnoser("nan-origin")
 def nan_origin(ctx: DivergenceContext) -> Diagnosis | None:
     """The first tensor where nan/inf appears on one side only, while that side's inputs are finite."""
+    return _nan_origin(ctx)
+
+
+def _nan_origin(ctx: DivergenceContext) -> Diagnosis | None:
     a, b = f64(ctx.a), f64(ctx.b)
     if a.shape != b.shape:
         return None
@@ -323,6 +347,10 @@ __all__ = ["bias_grad_axis", "nan_origin", "reduction_mean_vs_sum", "scaled", "s
 @diagnoser("bias-grad-scalar")
 def bias_grad_scalar(ctx: DivergenceContext) -> Diagnosis | None:
     """db is one number, dz summed over the batch *and* the units, repeated for every bias."""
+    return _bias_grad_scalar(ctx)
+
+
+def _bias_grad_scalar(ctx: DivergenceContext) -> Diagnosis | None:
     m = GRAD.match(ctx.name)
     if PARAM.match(ctx.name) and ctx.name.endswith(".b"):
         return _bias_moved_as_one(ctx)

@@ -11,6 +11,9 @@ from memstate.diagnose.catalogue import diagnose
 from memstate.diagnose.common import fmt
 from memstate.diagnose.context import DivergenceContext
 from memstate.diagnose.softmax import (
+    _binary_ce,
+    _sigmoid,
+    output_sigmoid,
     softmax_column_sum,
     softmax_form,
     softmax_global_max,
@@ -308,3 +311,248 @@ def test_global_sum_fallback_needs_rows_that_do_not_sum_to_one():
     """One row 1e-7 off the other side's: its matrix and its row both sum to 1, so nothing says global sum."""
     one = probs(Z[:1].copy())
     assert softmax_global_sum(ctx(one, one * (1 + 1e-7))) is None
+
+
+# ----------------------------------------------------------------------------------------- output-sigmoid
+
+
+def plain_sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def bce(p, y):
+    return float(-np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+Y = np.eye(3)[[0, 2, 1, 0]]  # one-hot labels for Z
+
+
+def sig_text(who, rs):
+    return (f"{who}'s probs are sigmoid(z) of its own logits, element by element, not a softmax: its rows sum to "
+            f"{fmt(float(rs.min()))}..{fmt(float(rs.max()))} instead of 1. The output layer is a sigmoid "
+            f"(multi-label / binary head) where the scenario has a softmax. Fix: probs = softmax(z) over each row "
+            f"(and the cross-entropy of the softmax).")
+
+
+def bce_text(who, loss, red, sig):
+    return (f"{who}'s loss {fmt(loss)} is the {red} binary cross-entropy -Σ(y·log p + (1-y)·log(1-p)) of its probs, "
+            f"which are {'sigmoid(z) of its logits' if sig else 'not a softmax (rows do not sum to 1)'}: the output "
+            f"layer is a sigmoid with binary cross-entropy, not a softmax with cross-entropy. Fix: softmax over each "
+            f"row and -Σ y·log p.")
+
+
+def test_sigmoid_is_exact_in_both_branches_and_never_nan():
+    z = np.array([-800.0, -3.0, -1e-300, 0.0, 2.0, 800.0])
+    s = _sigmoid(z)
+    e = np.exp(-np.abs(z))
+    assert s.tolist() == [0.0, e[1] / (1 + e[1]), e[2] / (1 + e[2]), 0.5, 1 / (1 + e[4]), 1.0]
+    assert s[1] == pytest.approx(plain_sigmoid(-3.0), rel=1e-15) and s[4] == pytest.approx(plain_sigmoid(2.0), rel=1e-15)
+
+
+def test_binary_cross_entropy_skips_terms_with_a_zero_coefficient():
+    p = np.array([[0.25, 0.5, 0.0], [1.0, 0.125, 0.75]])
+    y = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    want = -(np.log(0.25) + np.log(0.5) + 0.0 + 0.0 + np.log(0.875) + np.log(0.25))
+    assert _binary_ce(p, y) == pytest.approx(want, rel=1e-15)
+    # soft labels: both terms count
+    ys = np.array([[0.25, 0.5, 0.0], [0.75, 0.0, 0.0]])
+    ps = np.array([[0.5, 0.25, 0.5], [0.5, 0.5, 0.5]])
+    want = -(0.25 * np.log(0.5) + 0.75 * np.log(0.5) + 0.5 * np.log(0.25) + 0.5 * np.log(0.75) + np.log(0.5)
+             + 0.75 * np.log(0.5) + 0.25 * np.log(0.5) + np.log(0.5) + np.log(0.5))
+    assert _binary_ce(ps, ys) == pytest.approx(want, rel=1e-15)
+    assert _binary_ce(np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]])) == np.inf  # log(0) on a label
+    # the formula holds for any coefficient: y = 2 takes -log(1 - p) once
+    assert _binary_ce(np.array([[0.5, 0.75]]), np.array([[2.0, 0.0]])) == pytest.approx(
+        -(2 * np.log(0.5) - np.log(0.5) + np.log(0.25)), rel=1e-15)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_output_sigmoid_on_the_probs_in_each_dtype(dt):
+    z = Z.astype(dt)
+    good, bad = probs(z), _sigmoid(Z).astype(dt)
+    rs = bad.astype(np.float64).sum(axis=1)
+    for a, b, who in ((good, bad, "Side B"), (bad, good, "Side A")):
+        d = output_sigmoid(ctx(a, b, z, z))
+        assert (d.code, d.confidence) == ("output-sigmoid", 0.95)
+        assert d.evidence == {"side": who[-1], "row_sums": rs.tolist(), "other_side_correct": True}
+        assert d.explanation == sig_text(who, rs)
+    # the other side's logits missing, or its probs no softmax of them: 0.85
+    d = output_sigmoid(ctx(good, bad, None, z, meta_b={"impl": "port"}))
+    assert (d.confidence, d.evidence["other_side_correct"]) == (0.85, False)
+    assert d.explanation == sig_text("Side B (port)", rs)
+    d = output_sigmoid(ctx(probs(z, "row", "global"), bad, z, z))
+    assert (d.confidence, d.evidence["other_side_correct"]) == (0.85, False)
+
+
+def test_output_sigmoid_on_the_probs_needs_sigmoid_of_its_own_logits():
+    z = Z.copy()
+    good, bad = probs(z), _sigmoid(z)
+    assert output_sigmoid(ctx(good, bad, z, None)) is None  # no logits: no sigmoid shown
+    assert output_sigmoid(ctx(good, bad, z, z + 1e-3)) is None  # sigmoid of other logits
+    assert output_sigmoid(ctx(good, bad * (1 + 2e-9), z, z)) is None  # float64: within 1e-9 of each element
+    assert output_sigmoid(ctx(good, bad * (1 + 5e-10), z, z)).confidence == 0.95
+    z32 = z.astype(np.float32)
+    b32 = _sigmoid(z).astype(np.float32)
+    assert output_sigmoid(ctx(probs(z32), b32 * np.float32(1 + 2e-4), z32, z32)) is None  # float32: 1e-4
+    assert output_sigmoid(ctx(probs(z32), b32 * np.float32(1 + 5e-5), z32, z32)).confidence == 0.95
+    assert output_sigmoid(ctx(good, bad, z, z, name="L2.a")) is None  # only probs and the loss
+    assert output_sigmoid(ctx(bad, bad.copy(), z, z)) is None  # both sides the same
+    assert output_sigmoid(ctx(good.ravel(), bad.ravel(), z, z)) is None
+
+
+def test_output_sigmoid_rows_that_sum_to_one_are_not_a_sigmoid():
+    """sigmoid(a) + sigmoid(-a) = 1: such rows look like a softmax's, and a 2-class softmax is itself a sigmoid
+    (of 2a), so that is not read as a sigmoid head."""
+    z = np.array([[1.0, -1.0], [0.5, -0.5], [-2.0, 2.0]])
+    sig = _sigmoid(z)
+    assert np.abs(sig.sum(axis=1) - 1).max() < 1e-15
+    assert output_sigmoid(ctx(probs(z), sig, z, z)) is None
+    skew = sig.copy()
+    skew[:, 0] = _sigmoid(z[:, 0] + 1e-5)  # rows now sum to 1 + ~2e-6: no longer a softmax's
+    zs = z.copy()
+    zs[:, 0] += 1e-5
+    assert output_sigmoid(ctx(probs(z), skew, z, zs)).evidence["row_sums"] == skew.sum(axis=1).tolist()
+
+
+def test_output_sigmoid_probs_that_are_a_softmax_of_the_logits_are_not_a_sigmoid():
+    """A softmax row equals its sigmoid only in the limit: with logits of -800, 0 and +800 the two agree to the
+    last bit on every element, so the probs are read as the softmax they also are."""
+    z = np.array([[800.0, -800.0, -800.0], [-800.0, 800.0, -800.0]])
+    p = probs(z)
+    assert (p == _sigmoid(z)).all() and (p.sum(axis=1) == 1).all()
+    zo = z.copy()
+    zo[0, 0] = 799.0
+    c = ctx(probs(zo) * 0.5, p, zo, z)
+    assert output_sigmoid(c) is None
+
+
+def loss_ctx(la, lb, pb, zb=None, y=Y, meta_b=None) -> DivergenceContext:
+    """Side A a correct softmax and its cross-entropy; side B's loss `lb` of probs `pb` (with logits `zb`)."""
+    ia = {"L2.z": Z, "probs": probs(Z), "y": y}
+    ib = {"probs": pb, "y": y} if zb is None else {"L2.z": zb, "probs": pb, "y": y}
+    return DivergenceContext(0, "loss", np.float64(la), np.float64(lb), ia, ib, ((0, 1.0),), None, {}, meta_b or {})
+
+
+def test_output_sigmoid_on_the_loss_mean_and_sum_with_logits():
+    ps = _sigmoid(Z)
+    ce = float(-np.sum(Y * np.log(probs(Z)))) / 4
+    total = _binary_ce(ps, Y)
+    assert total == pytest.approx(bce(ps, Y), rel=1e-14)
+    for red, loss in (("mean", total / 4), ("sum", total)):
+        d = output_sigmoid(loss_ctx(ce, loss, ps, Z))
+        assert (d.code, d.confidence) == ("output-sigmoid", 0.95)
+        assert d.evidence == {"side": "B", "loss": loss, "binary_cross_entropy": loss, "reduction": red,
+                              "logits_checked": True}
+        assert d.explanation == bce_text("Side B", loss, red, True)
+
+
+def test_output_sigmoid_on_the_loss_without_logits():
+    ps = _sigmoid(Z)
+    total = _binary_ce(ps, Y)
+    d = output_sigmoid(loss_ctx(1.0, total, ps, meta_b={"impl": "js"}))
+    assert (d.confidence, d.evidence["logits_checked"], d.evidence["reduction"]) == (0.85, False, "sum")
+    assert d.explanation == bce_text("Side B (js)", total, "sum", False)
+    # without logits, probs whose rows sum to 1 are taken for a softmax
+    pairs = _sigmoid(np.array([[1.0, -1.0], [0.5, -0.5], [-2.0, 2.0], [0.0, 0.0]]))
+    y2 = np.eye(2)[[0, 1, 1, 0]]
+    assert output_sigmoid(loss_ctx(1.0, _binary_ce(pairs, y2), pairs, y=y2)) is None
+    # with logits the probs must be their sigmoid
+    assert output_sigmoid(loss_ctx(1.0, total, ps, Z + 0.5)) is None
+    sm = probs(Z)
+    assert output_sigmoid(loss_ctx(1.0, _binary_ce(sm, Y), sm, Z)) is None  # a softmax: no
+    assert output_sigmoid(loss_ctx(1.0, _binary_ce(sm, Y), sm)) is None
+
+
+def test_output_sigmoid_on_the_loss_tolerance_and_refusals():
+    ps = _sigmoid(Z)
+    total = _binary_ce(ps, Y)
+    assert output_sigmoid(loss_ctx(1.0, total * (1 + 5e-10), ps, Z)).evidence["reduction"] == "sum"
+    assert output_sigmoid(loss_ctx(1.0, total * (1 + 2e-9), ps, Z)) is None
+    assert output_sigmoid(loss_ctx(1.0, total / 4 * (1 - 5e-10), ps, Z)).evidence["reduction"] == "mean"
+    assert output_sigmoid(loss_ctx(1.0, total / 4 * (1 - 2e-9), ps, Z)) is None
+    assert output_sigmoid(loss_ctx(1.0, np.nan, ps, Z)) is None  # a non-finite loss
+    assert output_sigmoid(loss_ctx(1.0, total, ps, Z, y=Y[:, :2])) is None  # labels of another shape
+    c = loss_ctx(1.0, total, ps, Z)
+    del c.inputs_b["probs"]
+    assert output_sigmoid(c) is None
+    c = loss_ctx(1.0, total, ps, Z)
+    del c.inputs_b["y"]
+    assert output_sigmoid(c) is None
+    assert output_sigmoid(loss_ctx(total, total, ps, Z)) is None  # the same loss on both sides
+
+
+def test_output_sigmoid_on_a_loss_of_exactly_zero():
+    """Saturated sigmoids on multi-label targets give probs of exactly 0 and 1 on the labels: a binary
+    cross-entropy of exactly 0, which is matched exactly (the tolerance is relative to the loss)."""
+    y = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    ps = _sigmoid(np.where(y > 0, 800.0, -800.0))
+    assert _binary_ce(ps, y) == 0.0 and (ps == y).all()
+    c = DivergenceContext(0, "loss", np.float64(0.5), np.float64(0.0), {}, {"probs": ps, "y": y}, ((0, 1.0),),
+                          None, {}, {})
+    d = output_sigmoid(c)
+    assert (d.evidence["reduction"], d.evidence["loss"], d.confidence) == ("mean", 0.0, 0.85)
+    c = DivergenceContext(0, "loss", np.float64(0.5), np.float64(1e-290), {}, {"probs": ps, "y": y}, ((0, 1.0),),
+                          None, {}, {})
+    assert output_sigmoid(c) is None
+
+
+def test_output_sigmoid_on_the_loss_of_side_a():
+    ps = _sigmoid(Z)
+    total = _binary_ce(ps, Y)
+    c = loss_ctx(1.0, total, ps, Z)
+    swapped = DivergenceContext(0, "loss", c.b, c.a, c.inputs_b, c.inputs_a, ((0, 1.0),), None, {}, {})
+    d = output_sigmoid(swapped)
+    assert (d.evidence["side"], d.confidence) == ("A", 0.95)
+    assert d.explanation == bce_text("Side A", total, "sum", True)
+
+
+def test_output_sigmoid_on_the_loss_probs_that_are_also_the_softmax_are_not_a_sigmoid():
+    """Logits of ±800 saturate: sigmoid and softmax give the same exact 0s and 1s, so probs equal to the labels
+    (a binary cross-entropy of 0) are no evidence of a sigmoid."""
+    y = np.eye(3)[[0, 2]]
+    z = np.where(y > 0, 800.0, -800.0)
+    p = probs(z)
+    assert (p == _sigmoid(z)).all() and (p == y).all()
+    c = DivergenceContext(0, "loss", np.float64(0.5), np.float64(0.0), {}, {"L2.z": z, "probs": p, "y": y},
+                          ((0, 1.0),), None, {}, {})
+    assert output_sigmoid(c) is None
+
+
+def test_output_sigmoid_on_the_loss_ignores_logits_of_another_shape():
+    """Logits that are not the probs' shape are no logits of them: the probs are judged without logits."""
+    ps = _sigmoid(Z)
+    total = _binary_ce(ps, Y)
+    d = output_sigmoid(loss_ctx(1.0, total, ps, Z[:, :2]))
+    assert (d.confidence, d.evidence["logits_checked"], d.evidence["reduction"]) == (0.85, False, "sum")
+
+
+def test_a_global_max_with_a_global_sum_is_a_global_sum():
+    """exp(z - max(z)) / sum over the whole matrix: the batch's max cancels (one constant), so it is the global
+    sum that is wrong, not the max."""
+    z = Z.copy()
+    good, bad = probs(z), probs(z, "global", "global")
+    c = ctx(good, bad, z, z)
+    assert softmax_match(c, list(sides(c))[1]) == ("global", "global", True)
+    assert softmax_global_max(c) is None
+    d = softmax_global_sum(c)
+    assert (d.confidence, d.evidence["form"]) == (0.95, {"max": "global", "sum": "global"})
+
+
+def test_output_sigmoid_other_side_is_judged_at_the_dtype_s_tolerance():
+    """The other side counts as a correct softmax within 1e-9 of each element in float64 (1e-4 in float32)."""
+    z = Z.copy()
+    good, bad = probs(z), _sigmoid(z)
+    assert output_sigmoid(ctx(good * (1 + 5e-10), bad, z, z)).confidence == 0.95
+    d = output_sigmoid(ctx(good * (1 + 2e-9), bad, z, z))
+    assert (d.confidence, d.evidence["other_side_correct"]) == (0.85, False)
+    z32 = z.astype(np.float32)
+    g32, b32 = probs(z32), _sigmoid(z).astype(np.float32)
+    assert output_sigmoid(ctx(g32 * np.float32(1 + 5e-5), b32, z32, z32)).confidence == 0.95
+    assert output_sigmoid(ctx(g32 * np.float32(1 + 2e-4), b32, z32, z32)).confidence == 0.85
+
+
+def test_output_sigmoid_other_side_correct_with_logits_beyond_exp_s_range():
+    """The other side's logits are near 800: its correct softmax subtracts each row's max (exp(800) is inf)."""
+    zo = Z + 800.0
+    d = output_sigmoid(ctx(probs(zo), _sigmoid(Z), zo, Z))
+    assert (d.confidence, d.evidence["other_side_correct"]) == (0.95, True)

@@ -1040,3 +1040,117 @@ def test_lr_step_header_difference_exactly_at_its_tolerance():
     d = scaled(ctx(np.zeros(4), np.full(4, -k), "L1.b", {"L1.db": g}, {"L1.db": g},
                    {"learning_rate": la}, {"learning_rate": lb}))
     assert (d.confidence, d.evidence["factor"], d.evidence["lr_difference_b_minus_a"]) == (0.9, lb / la, k)
+
+
+def test_bias_grad_axis_each_side_is_judged_by_its_own_dz():
+    """Side A's dz is not square (it is passed over), side B's is: B is still read, with A's batch sums."""
+    dz_a = np.arange(1.0, 13.0).reshape(4, 3) ** 1.5
+    d = bias_grad_axis(ctx(dz_a.sum(axis=0), DZ3.sum(axis=1), "L2.db", {"L2.dz": dz_a}, {"L2.dz": DZ3}))
+    assert (d.code, d.evidence["side"], d.evidence["dz_shape"]) == ("bias-grad-axis", "B", [3, 3])
+
+
+def test_bias_grad_axis_needs_the_feature_sum_to_differ_from_the_batch_sum():
+    """Side A's dz sums to 6 along both axes: its db is both sums, so nothing says which axis it took, though
+    side B's db is its own dz's batch sum."""
+    eq = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0], [2.0, 3.0, 1.0]])
+    assert bias_grad_axis(ctx(eq.sum(axis=1), DZ3.sum(axis=0), "L2.db", {"L2.dz": eq}, {"L2.dz": DZ3})) is None
+    # the same with a side A that does differ: found
+    d = bias_grad_axis(ctx(DZ3.sum(axis=1), DZ3.sum(axis=0), "L2.db", {"L2.dz": DZ3}, {"L2.dz": DZ3}))
+    assert (d.code, d.evidence["side"]) == ("bias-grad-axis", "A")
+
+
+def test_sign_flip_tolerance_is_relative_to_the_larger_side():
+    """|b| exceeds |a| by 1e-7 and a fraction of an ulp: more than 1e-7 of side A's scale, within 1e-7 of the
+    pair's (the larger side's), which is the one that counts, whichever side it is."""
+    big = 1.0 + 450359963 * 2.0**-52
+    assert 1e-7 < big - 1.0 <= 1e-7 * big
+    for a, b in ((np.array([1.0, 0.5]), np.array([-big, -0.5])), (np.array([-big, -0.5]), np.array([1.0, 0.5]))):
+        sf_expect(sign_flip(ctx(a, b, "L1.z")), "L1.z", "every element", 0.9, 2, 2)
+
+
+def test_sign_flip_tolerance_grows_with_the_scale():
+    """Scale 4: an element of 2e-6 is below 10·(4·1e-7) and so not significant; at scale 1 it counts."""
+    sf_expect(sign_flip(ctx(np.array([4.0, 2e-6]), np.array([-4.0, 2e-6]), "L1.z")), "L1.z", "every element", 0.9,
+              1, 1)
+    sf_expect(sign_flip(ctx(np.array([1.0, 2e-6]), np.array([-1.0, 2e-6]), "L1.z")), "L1.z", "1 of 2 elements", 0.6,
+              1, 2)
+    # and the magnitudes may differ by 4e-7 at scale 4
+    sf_expect(sign_flip(ctx(np.array([4.0, 0.0]), np.array([-4.0, -4e-7]), "L1.z")), "L1.z", "every element", 0.9,
+              1, 1)
+
+
+def test_transposed_identical_vectors_are_not_a_transpose():
+    """A 1×n (or n×1) matrix read back under its own shape is its own transpose reshaped: equal sides say
+    nothing."""
+    row, col = np.array([[1.0, 2.0, 3.0]]), np.array([[1.0], [2.0], [3.0]])
+    assert transposed(ctx(row, row.copy(), "L1.b")) is None
+    assert transposed(ctx(col, col.copy(), "L1.b")) is None
+    tr_expect(transposed(ctx(row, col, "L1.b")), "L1.b", row, col, "transpose", 0.9)
+
+
+def test_transposed_symmetry_threshold_is_10_times_the_tolerance():
+    """Asymmetric by 1.05e-6 of the scale: just above 10 x 1e-7, so a transpose does show."""
+    far = np.array([[1.0, 0.5, 0.25], [0.5, 1.0, 0.75], [0.25, 0.75, 0.5]])
+    far[0, 1] += 1.05e-6
+    tr_expect(transposed(ctx(far, far.T.copy(), "L1.dz")), "L1.dz", far, far, "transpose", 0.9)
+
+
+def test_bias_moved_as_one_only_for_a_layer_s_bias():
+    """A tensor whose name ends in .b but is not L<n>.b is no bias: its update is not read."""
+    good, bad = OLD - 0.1 * GB, OLD - 0.015
+    f = {"out.b": OLD, "L2.b": OLD}
+    assert bias_grad_scalar(ctx(good, bad, "out.b", in_force_a=f, in_force_b=f)) is None
+    assert bias_grad_scalar(ctx(good, bad, "L2.b", in_force_a=f, in_force_b=f)).evidence["side"] == "B"
+
+
+def test_bias_grad_scalar_needs_a_vector_db():
+    """A db recorded as a 1×n matrix is not read (the trace's db is one number per unit, a vector)."""
+    total = float(M43.sum())
+    good, bad = M43.sum(axis=0).reshape(1, 3), np.full((1, 3), total)
+    assert bias_grad_scalar(ctx(good, bad, "L2.db", {"L2.dz": M43}, {"L2.dz": M43})) is None
+    assert bias_grad_scalar(ctx(good.ravel(), bad.ravel(), "L2.db", {"L2.dz": M43}, {"L2.dz": M43})) is not None
+
+
+def test_bias_grad_scalar_cancelling_sum_tolerance_is_1e7_of_the_sum_of_magnitudes():
+    """dz sums to exactly 0 with sum |dz| = 4: a constant db within 4e-7 (+ 1e-7 of itself) of 0 is that sum;
+    4.1e-7 is not. The same without dz, from the other side's db [2, -2]."""
+    dz = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
+    good = dz.sum(axis=0)
+    for c in (3e-7, 3.9e-7):
+        d = bias_grad_scalar(ctx(good, np.full(3, c), "L2.db", {"L2.dz": dz}, {"L2.dz": dz}))
+        assert (d.confidence, d.evidence) == (0.95, {"side": "B", "value": 0.0, "units": 3, "dz_checked": True})
+        d = bias_grad_scalar(ctx(np.array([2.0, -2.0]), np.full(2, c), "L1.db"))
+        assert (d.confidence, d.evidence) == (0.85, {"side": "B", "value": 0.0, "units": 2, "dz_checked": False})
+    assert bias_grad_scalar(ctx(good, np.full(3, 4.1e-7), "L2.db", {"L2.dz": dz}, {"L2.dz": dz})) is None
+    assert bias_grad_scalar(ctx(np.array([2.0, -2.0]), np.full(2, 4.1e-7), "L1.db")) is None
+
+
+def test_bias_grad_scalar_reads_side_b_after_a_constant_side_a_that_is_no_sum():
+    """Both sides constant: side A's 7s are not its dz's sum (nor, without dz, the sum of B's), side B's are."""
+    total = float(M43.sum())
+    d = bias_grad_scalar(ctx(np.full(3, 7.0), np.full(3, total), "L2.db", {"L2.dz": M43}, {"L2.dz": M43}))
+    assert (d.confidence, d.evidence) == (0.85, {"side": "B", "value": total, "units": 3, "dz_checked": True})
+    d = bias_grad_scalar(ctx(np.full(2, 7.0), np.full(2, 14.0), "L1.db"))
+    assert (d.confidence, d.evidence) == (0.85, {"side": "B", "value": 14.0, "units": 2, "dz_checked": False})
+
+
+def test_reduction_needs_the_same_shape_and_reads_two_elements_by_a_fit():
+    one = np.float64(1.0)
+    assert reduction_mean_vs_sum(ctx(one, np.array([4.0]), "loss", {"x": X4})) is None  # () vs (1,)
+    assert reduction_mean_vs_sum(ctx(M43, 4 * M43.reshape(3, 4), "L2.dz", {"x": X4})) is None  # same values
+    # two elements: the factor is fitted to both, not read from the first
+    assert reduction_mean_vs_sum(ctx(np.array([1.0, 1.0]), np.array([4.0, 5.0]), "L2.db", {"x": X4})) is None
+    d = reduction_mean_vs_sum(ctx(np.array([1.0, 2.0]), np.array([4.0, 8.0]), "L2.db", {"x": X4}))
+    assert (d.evidence["ratio_b_over_a"], d.evidence["residual"]) == (4.0, 0.0)
+
+
+def test_scaled_needs_the_same_shape_even_for_one_number():
+    assert scaled(ctx(np.float64(1.0), np.array([3.0]), "L1.z")) is None
+    assert scaled(ctx(np.array([1.0]), np.array([3.0]), "L1.z")).evidence["simple"] == "3"
+
+
+def test_scaled_leaves_a_per_sample_loss_times_the_batch_size_to_reduction():
+    """A loss recorded per sample (a vector) counts as a loss: a factor B there is a mean/sum mix-up."""
+    v = np.array([0.5, 1.25, 0.75, 2.0])
+    assert scaled(ctx(v, 4 * v, "loss", {"x": X4})) is None
+    assert scaled(ctx(v, 4 * v, "L2.a", {"x": X4})).evidence["factor"] == 4.0
