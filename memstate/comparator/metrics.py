@@ -299,18 +299,33 @@ def within_tolerance(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> 
             np.subtract(xa, xb, out=dd, dtype=np.float64)
             np.abs(dd, out=dd)
             np.abs(xa, out=mm, dtype=np.float64)
-            np.abs(xb, out=tt, dtype=np.float64)
-            np.maximum(mm, tt, out=mm)
-            bd, bm = float(dd.max()), float(mm.max())
+            bd, bm = float(dd.max()), _largest(float(mm.max()), float(xb.max()), -float(xb.min()))
             if not (math.isfinite(bm) and math.isfinite(bd)):
                 return False, bd, bm
-            if bd > atol:
-                np.multiply(mm, rtol, out=tt)
-                tt += atol
-                if not bool(np.less_equal(dd, tt, out=ok[:k]).all()):
-                    return False, bd, bm
+            if bd > atol and not _block_within(dd, mm, tt, ok[:k], xb, rtol, atol):
+                return False, bd, bm
             max_d, max_m = max(max_d, bd), max(max_m, bm)
     return True, max_d, max_m
+
+
+def _largest(*values: float) -> float:
+    """max(values), nan if any is nan (as numpy's max; Python's depends on the order)."""
+    return math.nan if any(v != v for v in values) else max(values)
+
+
+def _block_within(dd: np.ndarray, mm: np.ndarray, tt: np.ndarray, ok: np.ndarray, xb: np.ndarray, rtol: float,
+                  atol: float) -> bool:
+    """Whether every |a-b| (dd) <= atol + rtol*max(|a|,|b|), |a| given (mm). First against atol + rtol*|a|,
+    which is no larger (also rounded), so passing it passes; only a block that fails it pays for |b|."""
+    np.multiply(mm, rtol, out=tt)
+    tt += atol
+    if bool(np.less_equal(dd, tt, out=ok).all()):
+        return True
+    np.abs(xb, out=tt, dtype=np.float64)
+    np.maximum(mm, tt, out=mm)
+    np.multiply(mm, rtol, out=tt)
+    tt += atol
+    return bool(np.less_equal(dd, tt, out=ok).all())
 
 
 def summary_metrics(a: np.ndarray, b: np.ndarray, max_abs: float, scale: float, argmax: bool = False) -> TensorMetrics:
