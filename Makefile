@@ -31,7 +31,7 @@ docs: $(STAMP)
 	$(PY) scripts/doc_outputs.py
 
 fuzz: $(STAMP)
-	$(PY) -m pytest -q -m fuzz tests/robust
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -m fuzz tests/robust
 
 # Mutation testing of the decision code, each module against its own tests (docs/testing.md); minutes, not
 # part of `make test`.
