@@ -395,3 +395,20 @@ def test_completed_metrics_raise_no_floating_point_warning():
             assert within_tolerance(a, b, 1e-6, 1e-9)[0] and completes_to_full(a, b).detail == "full"
     assert completes_to_full(*pairs[0]).cosine == 1.0
     assert completes_to_full(*pairs[2]).max_elem_rel_error == 0.5
+
+
+def test_within_tolerance_takes_b_s_magnitude_when_a_s_alone_is_not_enough():
+    """The first test uses atol + rtol*|a| only; a pair it refuses is judged again with max(|a|, |b|), |b| taken in
+    float64 (int8's -128 has no int8 absolute value)."""
+    a, b = np.array([1], dtype=np.int8), np.array([-128], dtype=np.int8)
+    assert within_tolerance(a, b, 2.0, 0.0) == (True, 129.0, 128.0)  # 129 <= 2 * 128, not 2 * 1
+    assert within_tolerance(a, b, 1.0, 0.0) == (False, 129.0, 128.0)
+    x, y = np.array([1.0, 0.5]), np.array([1.0, 3.0])
+    assert within_tolerance(x, y, 0.9, 0.0) == (True, 2.5, 3.0)  # 2.5 <= 0.9 * 3, though > 0.9 * 0.5
+
+
+def test_within_tolerance_returns_nan_for_the_scale_when_b_holds_a_nan():
+    ok, dmax, scale = within_tolerance(np.array([1.0, 2.0]), np.array([1.0, np.nan]), 1e-9, 0.0)
+    assert not ok and math.isnan(dmax) and math.isnan(scale)
+    ok, dmax, scale = within_tolerance(np.array([np.nan, 2.0]), np.array([1.0, 2.0]), 1e-9, 0.0)
+    assert not ok and math.isnan(dmax) and math.isnan(scale)
