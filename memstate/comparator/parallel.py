@@ -28,7 +28,7 @@ from memstate.formats.trace import Step, read_step, step_file_name
 RANGES_PER_JOB = 4  # ranges per worker: small enough to balance, large enough to amortise a task
 MAX_RANGE = 64  # steps in one range at most
 MIN_BYTES = 1 << 30  # less data than this per side is compared in-process: starting workers costs more
-# (one core compares 2 to 4 GB/s of bit-identical or within-tolerance steps; a worker takes 0.3 to 1 s to
+# (one core compares 3 to 9 GB/s of bit-identical or within-tolerance steps; a worker takes 0.3 to 1 s to
 # start and import numpy, so below about 1 GiB a side --jobs 2 was slower than --jobs 1: docs/scale.md)
 
 
