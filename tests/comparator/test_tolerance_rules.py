@@ -238,3 +238,15 @@ def test_oracle_allowance_is_factor_times_error_plus_one_rounding():
 def test_ceil_3g_rounds_up_to_three_digits(x, text):
     assert ceil_3g(x) == text
     assert not math.isfinite(x) or x <= 0 or float(text) >= x
+
+
+def test_the_least_atol_is_nudged_as_an_atol_not_as_an_rtol():
+    """min_passing's atol is the least atol that passes (one ulp less fails): it is tried as an atol. Tried as
+    an rtol (times a magnitude of 1e-6), the same value would fail and be pushed far past the least one."""
+    a, b = np.array([1e-6]), np.array([1e-6 + 1e-3])
+    tol = Tolerance(rtol=1e-10, atol=1e-12)
+    errors = element_errors(a, b)
+    least = min_passing(errors, tol).atol
+    assert not replace(tol, atol=least).out_of_tolerance(errors).any()
+    assert replace(tol, atol=float(np.nextafter(least, 0.0))).out_of_tolerance(errors).all()
+    assert least == pytest.approx(1e-3, rel=1e-9)
