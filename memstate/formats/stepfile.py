@@ -92,7 +92,7 @@ class Payload:
     """A step file's tensor bytes as one flat array, with the layout that gives them meaning.
 
     `layout` lists (offset, end, dtype, shape, name) by offset; two payloads with equal layouts and equal
-    bytes hold the same tensors bit for bit, name for name (`same_payload`): the comparator settles a
+    bytes hold the same tensors bit for bit, name for name (memstate.comparator.compare.same_payload): the comparator settles a
     bit-identical step with one pass over its bytes instead of one call per tensor (issue 14)."""
 
     layout: tuple[tuple[int, int, str, tuple[int, ...], str], ...]
@@ -141,30 +141,3 @@ def read_step_payload(path: str | os.PathLike, mapped: bool = False, populate: b
         out[name] = (dtype, arr.reshape(shape))
     data = np.frombuffer(buf, dtype=np.uint8, count=end, offset=start) if end else np.empty(0, dtype=np.uint8)
     return meta, out, Payload(tuple(layout), data)
-
-
-def same_payload(p: Payload, q: Payload) -> bool:
-    """Equal layouts and equal bytes: every tensor of one file is bit-identical to its namesake in the other.
-
-    The bytes are compared as 8-byte words where both start on a word boundary (a file written by the
-    safetensors library always does), block by block, so the first difference ends the pass."""
-    if p.layout != q.layout or p.data.size != q.data.size:
-        return False
-    a, b = p.data, q.data
-    words = a.size // 8 if a.ctypes.data % 8 == 0 and b.ctypes.data % 8 == 0 else 0
-    if words and not _equal_blocks(a[:words * 8].view(np.uint64), b[:words * 8].view(np.uint64)):
-        return False
-    return _equal_blocks(a[words * 8:], b[words * 8:])
-
-
-_BLOCK = 1 << 16  # words compared at a time: both sides' blocks stay in the L2 cache
-
-
-def _equal_blocks(a: np.ndarray, b: np.ndarray) -> bool:
-    eq = np.empty(min(a.size, _BLOCK), dtype=bool)
-    for start in range(0, a.size, _BLOCK):
-        chunk = eq[:min(_BLOCK, a.size - start)]
-        np.equal(a[start:start + _BLOCK], b[start:start + _BLOCK], out=chunk)
-        if not chunk.all():
-            return False
-    return True

@@ -1,7 +1,7 @@
 """The comparator's step-level fast paths (issue 14) give what the per-tensor path gives.
 
 Two binary step files with the same layout and the same bytes are settled in one pass over their bytes
-(memstate.formats.stepfile.same_payload); detail="divergent" (what `memstate diff --format text` asks for)
+(memstate.comparator.compare.same_payload); detail="divergent" (what `memstate diff --format text` asks for)
 skips the full metrics of kept steps that pass. Each is checked against the slow path on the same traces:
 a flipped bit anywhere, -0 against 0, nan payloads, float32 with an odd byte count, a header whose length
 leaves the data off an 8-byte boundary, and layouts that differ only in names or order.
@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memstate.comparator import compare as compare_module
-from memstate.comparator.compare import compare
+from memstate.comparator.compare import compare, same_payload
 from memstate.formats.recorder import Recorder
-from memstate.formats.stepfile import read_step_payload, same_payload
+from memstate.formats.stepfile import read_step_payload
 from memstate.report import text as report_text
 
 NAMES = ("x", "L1.z", "L1.a", "probs", "loss", "L1.W")
