@@ -299,14 +299,7 @@ def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype, path: object, te
     if not has_strings and not np.isfinite(flat).all():
         raise FormatError(path, '"data" holds a number out of float64 range; write "inf"/"-inf" as strings',
                           tensor, line)
-    if dt.itemsize == 4:
-        with np.errstate(over="ignore"):
-            narrow = flat.astype(np.float32)
-        if (np.isinf(narrow) & np.isfinite(flat)).any():
-            raise FormatError(path, '"data" holds a number out of float32 range; write "inf"/"-inf" as strings',
-                              tensor, line)
-        flat = narrow
-    return flat.reshape(shape)
+    return _narrowed(flat, dt, path, tensor, line).reshape(shape)
 
 
 def _from_parsed(flat: np.ndarray, shape: tuple[int, ...], dt: np.dtype, path: object, tensor: str | None,
@@ -315,14 +308,19 @@ def _from_parsed(flat: np.ndarray, shape: tuple[int, ...], dt: np.dtype, path: o
     count = math.prod(shape)
     if flat.size != count:
         raise FormatError(path, f'"data" has {flat.size} values but shape {list(shape)} needs {count}', tensor, line)
-    if dt.itemsize == 4:
-        with np.errstate(over="ignore"):
-            narrow = flat.astype(np.float32)
-        if (np.isinf(narrow) & np.isfinite(flat)).any():
-            raise FormatError(path, '"data" holds a number out of float32 range; write "inf"/"-inf" as strings',
-                              tensor, line)
-        return narrow.reshape(shape)
-    return flat.reshape(shape)
+    return _narrowed(flat, dt, path, tensor, line).reshape(shape)
+
+
+def _narrowed(flat: np.ndarray, dt: np.dtype, path: object, tensor: str | None, line: int | None) -> np.ndarray:
+    """The float64 values in the tensor's dtype; a finite value beyond float32's range is an error, not an inf."""
+    if dt.itemsize != 4:
+        return flat
+    with np.errstate(over="ignore"):
+        narrow = flat.astype(np.float32)
+    if (np.isinf(narrow) & np.isfinite(flat)).any():
+        raise FormatError(path, '"data" holds a number out of float32 range; write "inf"/"-inf" as strings',
+                          tensor, line)
+    return narrow
 
 
 def _from_b64(text: Any, shape: tuple[int, ...], dt: np.dtype, path: object, tensor: str | None,
