@@ -47,10 +47,10 @@ from memstate.comparator.tolerance import DEFAULTS
 from memstate.formats.convert import convert_trace
 from memstate.formats.recorder import Recorder
 from memstate.formats.trace import read_trace
-from memstate.runner.harness import prepare_data, run
+from memstate.runner.harness import run
 from memstate.runner.initparams import scenario_params
-from memstate.runner.registry import get_impl
-from memstate.runner.scenario import iter_batches, load_scenario
+from memstate.runner.scenario import load_scenario
+from training_step import step_function
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "mnist784-100-10.toml"
 
@@ -88,15 +88,7 @@ def perturbed_copy(src: Path, dst: Path, rel: float) -> None:
 
 
 def train_step_seconds(scenario, repeat: int) -> float:
-    net = get_impl("numpy").make(scenario.net_spec(), scenario_params(scenario))
-    data = prepare_data(scenario.data)
-    batches = iter_batches(scenario, len(data.train_y), 100_000)
-    lr, keep_nothing = scenario.training.learning_rate, (lambda name, value: None)
-
-    def one() -> None:
-        b = next(batches)
-        net.train_step(data.train_x[b.indices], data.train_y[b.indices], lr, keep_nothing)
-
+    one = step_function("numpy", scenario)
     one()
     with blas_threads(1):  # the fastest numpy step here: the floor check is held to
         return best(one, repeat * 3)

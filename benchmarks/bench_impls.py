@@ -10,26 +10,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from memstate.runner.initparams import scenario_params
 from memstate.runner.registry import available, get_impl
-from memstate.runner.harness import prepare_data
-from memstate.runner.scenario import iter_batches, load_scenario
+from memstate.runner.scenario import load_scenario
+from training_step import step_function
 
 SCENARIOS = ("mnist14-relu", "mnist14-relu-f32", "mnist784-100-10")
 SLOW = {"scalar": {"mnist784-100-10"}}  # too slow to be useful there: 784x100 Values per sample
 
 
 def steps_per_second(impl_name: str, scenario_name: str, budget: float) -> tuple[float, float, int]:
-    scenario = load_scenario(scenario_name)
-    net = get_impl(impl_name).make(scenario.net_spec(), scenario_params(scenario))
-    data = prepare_data(scenario.data)
-    batches = iter_batches(scenario, len(data.train_y), 100_000)
-    lr, keep_nothing = scenario.training.learning_rate, (lambda name, value: None)
-
-    def one() -> None:
-        b = next(batches)
-        net.train_step(data.train_x[b.indices], data.train_y[b.indices], lr, keep_nothing)
-
+    one = step_function(impl_name, load_scenario(scenario_name))
     began = time.perf_counter()
     one()
     first = time.perf_counter() - began
