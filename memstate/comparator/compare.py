@@ -34,7 +34,7 @@ from memstate.comparator.curves import EVAL_PREFIX, STOP_PREFIX, Curves, CurveTr
 from memstate.comparator.localize import Localization, WorstElement, localize
 from memstate.comparator.metadiff import MetaChange, meta_diff
 from memstate.comparator.parallel import RangeJudge, worth_it
-from memstate.formats.readahead import InLine, ReadAhead, read_ahead
+from memstate.formats.readahead import InLine, ReadAhead, read_ahead, reading_pool
 from memstate.comparator.metrics import (TensorMetrics, bit_identical, completed_metrics, element_errors,
                                         dtype_name, identical_metrics, identical_summary,
                                         max_abs_error, summary_metrics, tensor_metrics, within_tolerance)
@@ -934,7 +934,9 @@ def compare(a: TraceLike, b: TraceLike, *, tolerances: Tolerances | None = None,
         # mapped, not populated: pages are faulted in as they are read, which costs less than populating
         # them first, and the workers (when there are) read the data, so this process touches only what the
         # report needs
-        its = {side: read_ahead(r.steps(include_incomplete=True, mapped=True, populate=False), r.encoding)
+        pool = reading_pool()
+        stack.callback(pool.shutdown)
+        its = {side: read_ahead(r.steps(include_incomplete=True, mapped=True, populate=False), r.encoding, pool)
                for side, r in readers.items()}
         for it in its.values():
             stack.callback(it.close)

@@ -116,16 +116,27 @@ def fast_parse_trusted(raw: bytes, doc: Any) -> bool:
     reads as floats: the same array once decoded); if not, parse `raw` with loads_strict instead.
 
     It is when `raw` has no -0 token, no \\u surrogate escape, no integer token of 19 digits or more (which
-    orjson reads as a float beyond 64 bits; not looked for inside a step line's "data" list, `_outside_data`),
+    orjson reads as a float beyond 64 bits; not looked for inside a step line's "data" list, `_data_span`),
     and as many `":` key ends as `doc` has keys (a duplicate key, or a key end inside a string, makes them
     differ: the slow parse decides). When the fast parser fails (bad JSON, NaN, deep nesting, a huge
     integer), call loads_strict too: its BadJSON is the error readers report.
     """
+    objects = _objects(raw)
+    span = _data_span(raw, doc, objects)
+    outside = raw if span is None else raw[:span[0]] + raw[span[1]:]
+    return _NEGATIVE_ZERO.search(raw) is None and _trusted(raw, doc, objects, outside)
+
+
+def _objects(raw: bytes) -> int:
+    """How many "{" `raw` holds: 0, 1, or 2 standing for more than one (inside strings too)."""
     first = raw.find(b"{")
-    objects = 0 if first < 0 else 1 if raw.find(b"{", first + 1) < 0 else 2  # none, one, more
-    outside = _outside_data(raw, doc, objects)
-    if _NEGATIVE_ZERO.search(raw) or (b"\\" in raw and _SURROGATE_ESCAPE.search(raw)) \
-            or _LONG_INTEGER.search(outside):
+    return 0 if first < 0 else 1 if raw.find(b"{", first + 1) < 0 else 2
+
+
+def _trusted(raw: bytes, doc: Any, objects: int, outside: bytes) -> bool:
+    """fast_parse_trusted less its -0 scan, which the caller has done: no surrogate escape, no long integer
+    in `outside` (`raw` less its data list, or all of it), and the keys counted as many times as written."""
+    if (b"\\" in raw and _SURROGATE_ESCAPE.search(raw)) or _LONG_INTEGER.search(outside):
         return False
     if not objects:  # no object anywhere, so no key (a `":` could only sit inside a string)
         return _KEY_END.search(raw) is None
@@ -138,21 +149,64 @@ def fast_parse_trusted(raw: bytes, doc: Any) -> bool:
 _DATA_LIST = re.compile(rb'"data"\s*:\s*\[')
 
 
-def _outside_data(raw: bytes, doc: Any, objects: int) -> bytes:
-    """`raw` less the text of its "data" list when `doc` is one flat object with such a list (a step line;
-    `objects`: how many "{" `raw` holds, 2 standing for more than one).
+def _data_span(raw: bytes, doc: Any, objects: int) -> tuple[int, int] | None:
+    """Where the text of the "data" list starts (after its "[") and ends (at the first "]" after it) when
+    `doc` is one flat object with such a list (a step line; `objects`: `_objects(raw)`); else None.
 
-    A long integer token there cannot change what is read: orjson reads it as the float nearest to it, which
-    is what the integer becomes when the data is made a float64 array (float32 goes through float64), and
-    one beyond float64's range fails orjson, so the strict parse reports it. Scanning 2 MB of data for long
-    integers cost 18 times orjson's parse (issue 14). The span ends at the first "]" after the list opens:
-    if a string in the list holds one, more text is scanned, never less.
+    In valid JSON `"data": [` outside a string is a key and its list (inside a string its quotes would be
+    escaped), and one object holds one "data" key unless a duplicate, which the key count catches. If a
+    string in the list holds a "]", the span is shorter than the list: what is decided from the span alone
+    (`_numbers_only`) then sees the string's opening quote first.
     """
     if not (isinstance(doc, dict) and isinstance(doc.get("data"), list)) or objects != 1:
-        return raw
+        return None
     found = _DATA_LIST.search(raw)
     end = raw.find(b"]", found.end()) if found is not None else -1
-    return raw if found is None or end < 0 else raw[:found.end()] + raw[end:]  # (keeps the "data" key)
+    return None if found is None or end < 0 else (found.end(), end)
+
+
+_NOT_A_NUMBER = tuple(bytes([c]) for c in b'"[{tfn')  # how a string, list, object, true, false, null begins
+
+
+def _numbers_only(raw: bytes, span: tuple[int, int], data: list) -> np.ndarray | None:
+    """The "data" list as a float64 array when its text holds numbers only and no integer token -0 (which
+    orjson reads as 0); None when the list needs the general path (`_from_data` after the full trust test).
+
+    Faster than a type pass over the list and a -0 scan of its text (issue 14): a few byte searches over
+    the text, a look at the types only where the array holds a zero, and the -0 scan only when one of
+    those zeros was an integer token. orjson reads every number token
+    as a finite float, or as an int of at most 64 bits, which float64 holds exactly or rounds to nearest.
+    """
+    start, end = span
+    if any(raw.find(c, start, end) >= 0 for c in _NOT_A_NUMBER):
+        return None
+    flat = np.array(data, dtype=np.float64)
+    # A zero may be an integer token -0. None is when every token has a point (as many as commas + 1: what
+    # orjson and most writers print for a float), else when no zero was read as an int, else when the text
+    # holds no -0 token (a writer that prints whole floats as integers, as JavaScript does).
+    if not flat.all() and raw.count(b".", start, end) != raw.count(b",", start, end) + 1 \
+            and int in set(map(type, map(data.__getitem__, np.flatnonzero(flat == 0).tolist()))) \
+            and _NEGATIVE_ZERO.search(raw, start, end):
+        return None
+    return flat
+
+
+def loads_record(raw: bytes) -> Any:
+    """One JSONL record, as `loads_fast` reads it, except that a step line's "data" list of plain numbers
+    comes back as a float64 array (what `decode_fields` takes as parsed), with no pass over it in Python."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return loads_strict(raw)
+    objects = _objects(raw)
+    span = _data_span(raw, doc, objects)
+    if span is not None:
+        outside = raw[:span[0]] + raw[span[1]:]
+        flat = _numbers_only(raw, span, doc["data"])
+        if flat is not None and _NEGATIVE_ZERO.search(outside) is None and _trusted(raw, doc, objects, outside):
+            doc["data"] = flat
+            return doc
+    return doc if fast_parse_trusted(raw, doc) else loads_strict(raw)
 
 
 def _count_keys(doc: Any) -> int:

@@ -21,7 +21,8 @@ from memstate.formats.map import LayoutMap, apply_map, parse_map
 from memstate.formats.params import check_envelope
 from memstate.formats.stepfile import BadStepFile, Payload, read_step_payload
 from memstate.formats.bigline import STREAM_BYTES, BadData, LineTooLong, max_line_bytes, parse_big_record, read_line
-from memstate.formats.tensorjson import BadJSON, decode_fields, decode_name, loads_fast, loads_strict, short_json
+from memstate.formats.tensorjson import (BadJSON, decode_fields, decode_name, loads_fast, loads_record, loads_strict,
+                                         short_json)
 
 FORMAT = "memstate.trace"
 HEADER_FILE = "header.json"
@@ -326,7 +327,7 @@ def _parse_line(raw: bytes, path: Path, lineno: int) -> Any:
             raise FormatError(path, str(e), line=lineno) from None
         if obj is not None:
             return obj
-    return loads_fast(raw)
+    return loads_record(raw)
 
 
 def _record_step(obj: Any, path: Path, lineno: int) -> int:

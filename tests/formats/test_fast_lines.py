@@ -5,6 +5,11 @@ list (orjson reads them as floats, which is what they become in the array; scann
 cost 18 times the parse). These tests build lines with such tokens in the data, in other fields and in
 strings that look like a data list, and check that the fast path and the strict one decode to the same
 bits or fail alike.
+
+`loads_record` (what the JSONL reader calls) goes further: a data list whose text holds numbers only comes
+back as a float64 array, decided by byte searches and a look at the types where the array holds a zero
+(an integer token -0, which orjson reads as 0, sends the line to the exact parse). The same property holds
+for it, over tokens that are not numbers too (strings, true, null, nested lists and objects).
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import math
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memstate.errors import FormatError
-from memstate.formats.tensorjson import decode_fields, fast_parse_trusted, loads_fast, loads_strict
+from memstate.formats.tensorjson import decode_fields, fast_parse_trusted, loads_fast, loads_record, loads_strict
 
 TOKENS = st.sampled_from([b"0.5", b"-0.25", b"1e-7", b"-0", b"0", b"7", b"12345678901234567890",
                           b"-98765432109876543210123", b"1" + b"0" * 30, b'"nan"', b'"-inf"', b"0.00012345678901234567"])
@@ -62,3 +68,50 @@ def test_long_integers_outside_the_data_are_not_trusted_from_orjson():
     assert decode_fields(loads_fast(inside), "t")[0] == 12345678901234567890.0
     decoy = b'{"step":3,"name":"\\"data\\":[","shape":[123456789012345678901],"dtype":"float64","data":[1]}'
     assert not fast_parse_trusted(decoy, orjson.loads(decoy))  # the name only looks like the data list
+
+
+ANY_TOKEN = TOKENS | st.sampled_from([b"-0.0", b"0.0", b"0e0", b"-0e0", b"-0 ", b"-0\n", b"1E-5", b"true", b"null",
+                                      b'"1.5"', b'"]"', b"[1]", b'{"a": -0}', b'"inf"', b"3.5e38", b"1e39"])
+
+
+def _line(tokens: list[bytes], name: str, dtype: str, spaces: bool, shape: int | None = None) -> bytes:
+    sep = b" , " if spaces else b","
+    count = len(tokens) if shape is None else shape
+    return (b'{"step":3,"name":' + name.encode() + b',"shape":[' + str(count).encode() + b'],"dtype":"'
+            + dtype.encode() + b'","data":' + (b"[ " if spaces else b"[") + sep.join(tokens) + b"]}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ANY_TOKEN, max_size=8), NAMES, st.sampled_from(["float64", "float32"]), st.booleans(),
+       st.sampled_from([None, 0, 2]))
+def test_record_lines_decode_as_the_strict_parse_does(tokens, name, dtype, spaces, shape):
+    """loads_record's array (or list) decodes to the strict parse's bits, or fails with the same message."""
+    raw = _line(tokens, name, dtype, spaces, shape)
+    try:
+        strict = loads_strict(raw)
+    except ValueError as e:  # BadJSON: the record reader raises it too (through loads_strict)
+        with pytest.raises(type(e)):
+            loads_record(raw)
+        return
+    fast = loads_record(raw)
+    assert list(fast) == list(strict) and fast["name"] == strict["name"]
+    want, got = _decode(strict), _decode(fast)
+    if isinstance(want, str):
+        assert got == want
+    else:
+        assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+def test_record_data_of_plain_numbers_is_an_array_and_keeps_negative_zero():
+    floats = loads_record(_line([b"0.5", b"-0.0", b"0.0", b"1e-7"], '"w"', "float64", False))
+    assert isinstance(floats["data"], np.ndarray) and floats["data"].dtype == np.float64
+    assert np.signbit(floats["data"]).tolist() == [False, True, False, False]
+    ints = loads_record(_line([b"2", b"-0", b"0"], '"w"', "float64", True))
+    assert isinstance(ints["data"], list)  # an integer -0: the exact parse, which keeps its sign
+    assert [math.copysign(1, v) for v in ints["data"]] == [1, -1, 1]
+    no_zero = loads_record(_line([b"2", b"-3", b"1e-7"], '"w"', "float64", False))
+    assert isinstance(no_zero["data"], np.ndarray) and no_zero["data"].tolist() == [2.0, -3.0, 1e-7]
+    plus_zero = loads_record(_line([b"2", b"0", b"1.5"], '"w"', "float64", False))
+    assert isinstance(plus_zero["data"], np.ndarray) and not np.signbit(plus_zero["data"]).any()
+    nonfinite = loads_record(_line([b'"nan"', b"1.0"], '"w"', "float64", False))
+    assert isinstance(nonfinite["data"], list)  # strings: the general path spells them out
