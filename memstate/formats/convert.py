@@ -120,8 +120,7 @@ def encode_range(path: str, steps: tuple[int, ...], b64: bool, out: str, run_id:
             tensors = read_step_file(Path(path) / step_file_name(k), k, run_id, mapped=True)
             lines = [dumps_record({"step": k, "name": name}, arr, b64=b64) for name, arr in tensors.items()]
             lines.append(terminator(k))
-            lines.append(b"")
-            fh.write(b"\n".join(lines))
+            fh.writelines(lines)
 
 
 def _parallel_to_jsonl(reader: TraceReader, writer: JsonlWriter, b64: bool, jobs: int) -> int:

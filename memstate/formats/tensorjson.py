@@ -276,20 +276,21 @@ def encode_fields(arr: np.ndarray, *, b64: bool = False) -> dict[str, Any]:
 
 
 def dumps_record(head: dict[str, Any], arr: np.ndarray, *, b64: bool = False) -> bytes:
-    """One JSON line (without the newline) for {**head, **encode_fields(arr)}: the same JSON values, by orjson.
+    """One JSON line, ending in its newline, for {**head, **encode_fields(arr)}: the same JSON values, by orjson.
 
     Finite values go through orjson's numpy serializer as float64 (so a float32 value is written as its
     exact double, docs/format.md); a tensor holding nan or inf spells them "nan", "inf", "-inf".
-    -0.0 is written -0.0.
+    -0.0 is written -0.0. orjson appends the newline itself, so a writer can hand the lines to `writelines`
+    without joining them (a copy of every step's text, issue 14).
     """
     if b64:
-        return orjson.dumps({**head, **encode_fields(arr, b64=True)})
+        return orjson.dumps({**head, **encode_fields(arr, b64=True)}, option=orjson.OPT_APPEND_NEWLINE)
     name = dtype_name(arr)
     flat = np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
     finite = flat.size == 0 or (math.isfinite(float(flat.max())) and math.isfinite(float(flat.min())))
     data: Any = flat if finite else encode_fields(flat)["data"]
     return orjson.dumps({**head, "shape": list(arr.shape), "dtype": name, "data": data},
-                        option=orjson.OPT_SERIALIZE_NUMPY)
+                        option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
 
 
 def encode_tensor(name: str, arr: np.ndarray, *, b64: bool = False) -> dict[str, Any]:
