@@ -38,6 +38,15 @@ def _decode(doc):
         return str(e)
 
 
+def _assert_decode_alike(strict, fast):
+    """Both parses decode to the same bits and dtype, or to the same error message."""
+    want, got = _decode(strict), _decode(fast)
+    if isinstance(want, str):
+        assert got == want
+    else:
+        assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(TOKENS, min_size=1, max_size=6), NAMES, STEPS, st.sampled_from(["float64", "float32"]),
        st.booleans())
@@ -51,11 +60,7 @@ def test_fast_and_strict_step_lines_decode_alike(tokens, name, step, dtype, spac
     assert type(fast["step"]) is type(strict["step"])  # a long step number is never read as a float
     if step == b"-0":
         assert math.copysign(1, fast["step"]) == -1  # -0 keeps its sign
-    want, got = _decode(strict), _decode(fast)
-    if isinstance(want, str):
-        assert got == want
-    else:
-        assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    _assert_decode_alike(strict, fast)
 
 
 def test_long_integers_outside_the_data_are_not_trusted_from_orjson():
@@ -95,11 +100,7 @@ def test_record_lines_decode_as_the_strict_parse_does(tokens, name, dtype, space
         return
     fast = loads_record(raw)
     assert list(fast) == list(strict) and fast["name"] == strict["name"]
-    want, got = _decode(strict), _decode(fast)
-    if isinstance(want, str):
-        assert got == want
-    else:
-        assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    _assert_decode_alike(strict, fast)
 
 
 def test_record_data_of_plain_numbers_is_an_array_and_keeps_negative_zero():
