@@ -1,0 +1,194 @@
+"""`check --jobs N`: ranges of consecutive steps of a binary trace walked in worker processes (issue 14).
+
+Each step is recomputed from the parameters the step before it recorded, and the walk learns its settings
+(activation, loss reduction, learning rate) from the first steps that show them. So the main process walks
+the first steps itself until the settings are settled (at most one range), then hands every later range to
+a worker with those settings: `check_range` reads the step before its range for the parameters in force,
+walks the range with a fresh State and returns that State (counts, per-name statistics, findings, notes,
+the series one bucket per step: no arrays but the last step's comparison when asked).
+
+The main process walks the steps in order as before: where it reaches a range a worker walked cleanly it
+only maps the step files (for the parameters in force and the steps the root causes look back on) and
+merges the worker's State (memstate.check.merge). A range that cannot be merged exactly (an operation
+failed in it, its settings changed, a learning rate was still being fitted, a step could not be read, its
+steps are not the ones listed) is walked again by the main process with the true State, so the report is
+the serial one: the smallest failing step wins, with its diagnosis. After a range whose settings changed,
+or whose steps were not the listed ones, every later range is walked in the main process.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+from memstate.blas import blas_threads
+from memstate.check import merge
+from memstate.check import recompute as rc
+from memstate.check.infer import Spec
+from memstate.check.root_causes import CheckRoots
+from memstate.check.state import State
+from memstate.check.step import full_step
+from memstate.check.walk import Walk
+from memstate.comparator.compare import StepComparison
+from memstate.comparator.parallel import plan_ranges
+from memstate.comparator.tolerance import Tolerances
+from memstate.formats.trace import Step, read_step, step_file_name
+from memstate.names import param_names
+from memstate.workers import files_hold, process_context
+
+MIN_BYTES = 64 << 20  # less data than this is checked in-process: starting workers costs more
+# (check recomputes every operation: about 0.1 to 0.3 GB/s of float64 step files a core, against 0.3 to 1 s
+# to start a worker and import numpy; docs/scale.md)
+SETTLE_STEPS = 2  # the main process walks at least these first steps itself, until the settings are settled
+# (without a params file the learning rate is first fitted at step 1)
+PRELOAD = ("memstate.check.parallel",)
+
+
+@dataclass(frozen=True)
+class CheckRange:
+    """The unit of work: these consecutive steps of a binary trace, checked under settled settings."""
+
+    path: str
+    steps: tuple[int, ...]
+    prev: int | None  # the step the walk checks just before steps[0] (its parameters are in force at steps[0])
+    run_id: str | None
+    spec: Spec  # the settings the main process settled (with no learning-rate fits of its own)
+    n_layers: int
+    dtype: str
+    tolerances: Tolerances
+    meta: dict
+    p_source: str
+    last: bool = False  # the trace's last range: return the last step's comparison in full
+
+
+@dataclass
+class RangeResult:
+    """A range walked: its State to merge, or why the main process must walk it itself (`why`)."""
+
+    steps: tuple[int, ...]
+    state: State | None
+    lr_fit: rc.LrFit | None = None
+    last: tuple[int, StepComparison] | None = None
+    why: str = ""
+
+
+def check_range(unit: CheckRange) -> RangeResult:
+    """Walk one range in a worker. Any error (a step file that cannot be read, a bug) sends the range back
+    to the main process, whose own walk meets it and reports it as the serial walk does."""
+    try:
+        with blas_threads():
+            return _walk_range(unit)
+    except Exception as exc:  # noqa: BLE001 - the main process walks the range again and raises the right error
+        return RangeResult(unit.steps, None, why=f"{type(exc).__name__}: {exc}")
+
+
+def _walk_range(unit: CheckRange) -> RangeResult:
+    """The worker's walk: fresh State, the settled settings, the parameters in force from step `prev`."""
+    path = Path(unit.path)
+    st = merge.unbounded_state(State(unit.tolerances, unit.meta, False, roots=CheckRoots(unit.meta, False)))
+    spec = replace(unit.spec, lr_fit=rc.LrFit())
+    walk = Walk(st, spec, None, unit.p_source, unit.n_layers, unit.dtype, count=1, first_step=unit.steps[0],
+                prev_index=unit.prev)
+    if unit.prev is not None and unit.prev == unit.steps[0] - 1:
+        t = read_step(path / step_file_name(unit.prev), unit.prev, unit.run_id, mapped=True, populate=False)[0]
+        names = param_names(unit.n_layers)
+        walk.prev_params = {n: t[n] for n in names} if all(n in t for n in names) else None
+    before = merge.decisions(spec)
+    for k in unit.steps:
+        walk.step(k, read_step(path / step_file_name(k), k, unit.run_id, mapped=True, populate=False)[0])
+        why = merge.redo_reason(st.n_failures, before, merge.decisions(spec),
+                                unit.spec.learning_rate.value is None and spec.lr_fit.count > 0)
+        if why:
+            return RangeResult(unit.steps, None, why=f"step {k}: {why}")
+    last = None
+    if unit.last and st.last_kept is not None:
+        k, kept = st.last_kept
+        last = (k, kept if isinstance(kept, StepComparison) else full_step(k, kept))
+    st.roots, st.last_kept, st.tol_cache = None, None, {}
+    return RangeResult(unit.steps, st, spec.lr_fit, last)
+
+
+def worth_it(path: str | os.PathLike, steps: list[int]) -> bool:
+    """Whether the step files of `steps` in trace `path` hold at least MIN_BYTES."""
+    return files_hold((Path(path) / step_file_name(k) for k in steps), MIN_BYTES)
+
+
+def walk_in_ranges(walk: Walk, steps: Iterator[Step], listed: list[int], path: str | os.PathLike,
+                   run_id: str | None, jobs: int) -> tuple[tuple[int, int, str], ...]:
+    """Walk `steps` (the trace's complete steps, in order; `listed`: their numbers from the file names) as the
+    serial walk does, with the ranges after the first settled steps checked by `jobs` worker processes.
+    Returns each range handed out: (first step, last step, "" when merged, else why it was walked here)."""
+    first = plan_ranges(listed, jobs)
+    for step in islice(steps, max(SETTLE_STEPS, len(first[0]) if first else 0)):
+        walk.step(step.index, step.tensors)
+        if merge.settled(walk.spec):
+            break
+    rest = listed[walk.count:]
+    out: list[tuple[int, int, str]] = []
+    if rest and walk.n_layers is not None and walk.dtype is not None and rest[0] > (walk.last_step or 0):
+        ranges = [tuple(r) for r in plan_ranges(rest, jobs)]
+        spec = replace(walk.spec, lr_fit=rc.LrFit())
+        units = [CheckRange(str(path), r, prev, run_id, spec, walk.n_layers, walk.dtype, walk.st.tolerances,
+                            walk.st.meta, walk.p_source, i == len(ranges) - 1)
+                 for i, (r, prev) in enumerate(zip(ranges, [walk.last_step] + [r[-1] for r in ranges[:-1]]))]
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=process_context(PRELOAD))
+        try:
+            out = _fold(walk, steps, [(u.steps, pool.submit(check_range, u)) for u in units])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for step in steps:  # the serial walk of whatever is left (steps listed after the plan was made)
+        walk.step(step.index, step.tensors)
+    return tuple(out)
+
+
+def _fold(walk: Walk, steps: Iterator[Step], planned: list[tuple[tuple[int, ...], Future]]
+          ) -> list[tuple[int, int, str]]:
+    """Each planned range in order: merged from its worker, or walked here (and then every later one too,
+    when the settings changed in it or its steps were not the ones planned)."""
+    before = merge.decisions(walk.spec)
+    trusted, out = True, []
+    for rng, fut in planned:
+        got = list(islice(steps, len(rng)))
+        same = tuple(s.index for s in got) == rng
+        result = _result(fut) if trusted and same else None
+        if result is not None and result.state is not None:
+            for s in got:
+                walk.skip(s.index, s.tensors)
+            _absorb(walk, result)
+            out.append((rng[0], rng[-1], ""))
+            continue
+        fut.cancel()
+        for s in got:
+            walk.step(s.index, s.tensors)
+        why = result.why if result is not None else "the steps are not the ones listed" if not same \
+            else "it follows a range whose settings or steps changed" if not trusted else "its worker failed"
+        out.append((rng[0], rng[-1], why))
+        trusted = trusted and same and merge.decisions(walk.spec) == before
+        if not trusted:
+            for _, later in planned:
+                later.cancel()
+    return out
+
+
+def _result(fut: Future) -> RangeResult | None:
+    """A worker's result; None when the pool failed (a worker killed, a result that would not pickle)."""
+    try:
+        result = fut.result()
+    except Exception:  # noqa: BLE001 - the main process walks the range itself
+        return None
+    return result if isinstance(result, RangeResult) else None
+
+
+def _absorb(walk: Walk, result: RangeResult) -> None:
+    """A worker's range merged into the walk: its State, its learning-rate fits, its last step."""
+    assert result.state is not None and result.lr_fit is not None
+    merge.absorb(walk.st, result.state)
+    walk.spec.lr_fit = merge.lr_fit(walk.spec.lr_fit, result.lr_fit)
+    walk.st.last_kept = result.last
+
+
+__all__ = ["CheckRange", "MIN_BYTES", "RangeResult", "check_range", "walk_in_ranges", "worth_it"]
