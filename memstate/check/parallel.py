@@ -40,7 +40,7 @@ from memstate.formats.trace import Step, read_step, step_file_name
 from memstate.names import param_names
 from memstate.workers import files_hold, process_context
 
-MIN_BYTES = 64 << 20  # less data than this is checked in-process: starting workers costs more
+MIN_BYTES = 512 << 20  # less data than this is checked in-process: starting workers costs more
 # (check recomputes every operation: about 0.1 to 0.3 GB/s of float64 step files a core, against 0.3 to 1 s
 # to start a worker and import numpy; docs/scale.md)
 SETTLE_STEPS = 2  # the main process walks at least these first steps itself, until the settings are settled
