@@ -149,6 +149,7 @@ def absorb(st: State, part: State) -> None:
     st.unchecked = {**st.unchecked, **part.unchecked}
     st.used = used(st.used, part.used)
     st.history = st.history + part.history
+    st.full_steps = st.full_steps + part.full_steps  # none: only the first step and a failing one are kept
     replay(st.overview, part.overview)
     for name, per_step in part.series.items():
         replay(st.series.setdefault(name, _Buckets()), per_step)

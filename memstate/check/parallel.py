@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from memstate.blas import blas_threads
 from memstate.check import merge
@@ -60,18 +62,16 @@ class CheckRange:
     n_layers: int
     dtype: str
     tolerances: Tolerances
-    meta: dict
-    p_source: str
     last: bool = False  # the trace's last range: return the last step's comparison in full
 
 
 @dataclass
 class RangeResult:
-    """A range walked: its State to merge, or why the main process must walk it itself (`why`)."""
+    """A range walked: its State and learning-rate fits to merge, or why the main process must walk it
+    itself (`why`, with state None)."""
 
-    steps: tuple[int, ...]
     state: State | None
-    lr_fit: rc.LrFit | None = None
+    lr_fit: rc.LrFit = field(default_factory=rc.LrFit)
     last: tuple[int, StepComparison] | None = None
     why: str = ""
 
@@ -83,33 +83,38 @@ def check_range(unit: CheckRange) -> RangeResult:
         with blas_threads():
             return _walk_range(unit)
     except Exception as exc:  # noqa: BLE001 - the main process walks the range again and raises the right error
-        return RangeResult(unit.steps, None, why=f"{type(exc).__name__}: {exc}")
+        return RangeResult(None, why=f"{type(exc).__name__}: {exc}")
 
 
 def _walk_range(unit: CheckRange) -> RangeResult:
-    """The worker's walk: fresh State, the settled settings, the parameters in force from step `prev`."""
-    path = Path(unit.path)
-    st = merge.unbounded_state(State(unit.tolerances, unit.meta, False, roots=CheckRoots(unit.meta, False)))
+    """The worker's walk: fresh State, the settled settings, the parameters in force from step `prev`.
+    No diagnosis (a failing range is walked again by the main process), no header (only diagnoses read it)."""
+    st = merge.unbounded_state(State(unit.tolerances, {}, False, roots=CheckRoots({}, False)))
     spec = replace(unit.spec, lr_fit=rc.LrFit())
-    walk = Walk(st, spec, None, unit.p_source, unit.n_layers, unit.dtype, count=1, first_step=unit.steps[0],
-                prev_index=unit.prev)
-    if unit.prev is not None and unit.prev == unit.steps[0] - 1:
-        t = read_step(path / step_file_name(unit.prev), unit.prev, unit.run_id, mapped=True, populate=False)[0]
+    walk = Walk(st, spec, None, "", unit.n_layers, unit.dtype, count=1, prev_index=unit.prev)
+    if unit.prev == unit.steps[0] - 1:
+        t = _read(unit, unit.prev)
         names = param_names(unit.n_layers)
         walk.prev_params = {n: t[n] for n in names} if all(n in t for n in names) else None
     before = merge.decisions(spec)
     for k in unit.steps:
-        walk.step(k, read_step(path / step_file_name(k), k, unit.run_id, mapped=True, populate=False)[0])
+        walk.step(k, _read(unit, k))
         why = merge.redo_reason(st.n_failures, before, merge.decisions(spec),
                                 unit.spec.learning_rate.value is None and spec.lr_fit.count > 0)
         if why:
-            return RangeResult(unit.steps, None, why=f"step {k}: {why}")
+            return RangeResult(None, why=f"step {k}: {why}")
     last = None
-    if unit.last and st.last_kept is not None:
+    if unit.last:
+        assert st.last_kept is not None
         k, kept = st.last_kept
-        last = (k, kept if isinstance(kept, StepComparison) else full_step(k, kept))
+        last = (k, full_step(k, kept))  # type: ignore[arg-type]  # a list of Op: this walk merged nothing
     st.roots, st.last_kept, st.tol_cache = None, None, {}
-    return RangeResult(unit.steps, st, spec.lr_fit, last)
+    return RangeResult(st, spec.lr_fit, last)
+
+
+def _read(unit: CheckRange, k: int) -> dict[str, np.ndarray]:
+    """Step k's tensors, mapped as the main walk maps them (pages read as they are used)."""
+    return read_step(Path(unit.path) / step_file_name(k), k, unit.run_id, mapped=True, populate=False)[0]
 
 
 def worth_it(path: str | os.PathLike, steps: list[int]) -> bool:
@@ -122,24 +127,23 @@ def walk_in_ranges(walk: Walk, steps: Iterator[Step], listed: list[int], path: s
     """Walk `steps` (the trace's complete steps, in order; `listed`: their numbers from the file names) as the
     serial walk does, with the ranges after the first settled steps checked by `jobs` worker processes.
     Returns each range handed out: (first step, last step, "" when merged, else why it was walked here)."""
-    first = plan_ranges(listed, jobs)
-    for step in islice(steps, max(SETTLE_STEPS, len(first[0]) if first else 0)):
+    for step in islice(steps, max(SETTLE_STEPS, len(plan_ranges(listed, jobs)[0]))):
         walk.step(step.index, step.tensors)
         if merge.settled(walk.spec):
             break
     rest = listed[walk.count:]
     out: list[tuple[int, int, str]] = []
-    if rest and walk.n_layers is not None and walk.dtype is not None and rest[0] > (walk.last_step or 0):
+    if rest and walk.n_layers is not None and walk.dtype is not None:  # a dtype: a step was walked
         ranges = [tuple(r) for r in plan_ranges(rest, jobs)]
         spec = replace(walk.spec, lr_fit=rc.LrFit())
         units = [CheckRange(str(path), r, prev, run_id, spec, walk.n_layers, walk.dtype, walk.st.tolerances,
-                            walk.st.meta, walk.p_source, i == len(ranges) - 1)
+                            i == len(ranges) - 1)
                  for i, (r, prev) in enumerate(zip(ranges, [walk.last_step] + [r[-1] for r in ranges[:-1]]))]
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=process_context(PRELOAD))
         try:
             out = _fold(walk, steps, [(u.steps, pool.submit(check_range, u)) for u in units])
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(cancel_futures=True)
     for step in steps:  # the serial walk of whatever is left (steps listed after the plan was made)
         walk.step(step.index, step.tensors)
     return tuple(out)
@@ -185,7 +189,7 @@ def _result(fut: Future) -> RangeResult | None:
 
 def _absorb(walk: Walk, result: RangeResult) -> None:
     """A worker's range merged into the walk: its State, its learning-rate fits, its last step."""
-    assert result.state is not None and result.lr_fit is not None
+    assert result.state is not None
     merge.absorb(walk.st, result.state)
     walk.spec.lr_fit = merge.lr_fit(walk.spec.lr_fit, result.lr_fit)
     walk.st.last_kept = result.last

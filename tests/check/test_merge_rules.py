@@ -155,7 +155,7 @@ def test_decisions_and_settled():
 
 def test_absorb_merges_every_field_into_the_main_state():
     main, part = State(Tolerances(), {}, True), merge.unbounded_state(State(Tolerances(), {}, False))
-    main.operations, main.invariant_checks, main.recorded, main.verified, main.per_step = 10, 4, 12, 10, {6}
+    main.operations, main.invariant_checks, main.recorded, main.verified, main.per_step = 10, 4, 12, 10, {7}
     part.operations, part.invariant_checks, part.recorded, part.verified, part.per_step = 7, 3, 9, 7, {5, 6}
     main.unchecked, part.unchecked = {"a": None}, {"b": None, "a": None}
     main.history, part.history = [(0, 0.1)], [(1, 0.2), (2, 0.3)]
@@ -169,7 +169,7 @@ def test_absorb_merges_every_field_into_the_main_state():
     part.series.setdefault("loss", _Buckets()).add(1, 0.1, 0.2, "loss", False)
     merge.absorb(main, part)
     assert (main.operations, main.invariant_checks, main.recorded, main.verified) == (17, 7, 21, 17)
-    assert main.per_step == {5, 6} and list(main.unchecked) == ["a", "b"]
+    assert main.per_step == {5, 6, 7} and list(main.unchecked) == ["a", "b"]
     assert main.history == [(0, 0.1), (1, 0.2), (2, 0.3)] and main.worst == part.worst
     assert main.findings == part.findings and main.first_finding is f
     assert main.notes == {"n": [1]} and main.skips == part.skips and main.unverified == part.unverified
@@ -241,7 +241,7 @@ def test_a_range_walked_apart_and_merged_is_the_serial_walk(tmp_path_factory, dr
             main.step(s.index, s.tensors)
         unit = parallel.CheckRange(str(path), tuple(s.index for s in steps[split:]), steps[split - 1].index,
                                    reader.run_id, replace(main.spec, lr_fit=rc.LrFit()), main.n_layers, main.dtype,
-                                   main.st.tolerances, main.st.meta, main.p_source, last=True)
+                                   main.st.tolerances, last=True)
     result = parallel.check_range(unit)
     assert result.why == "" and result.state is not None
     for s in steps[split:]:
