@@ -2,10 +2,11 @@
 
 Each step is recomputed from the parameters the step before it recorded, and the walk learns its settings
 (activation, loss reduction, learning rate) from the first steps that show them. So the main process walks
-the first steps itself until the settings are settled (at most one range), then hands every later range to
-a worker with those settings: `check_range` reads the step before its range for the parameters in force,
-walks the range with a fresh State and returns that State (counts, per-name statistics, findings, notes,
-the series one bucket per step: no arrays but the last step's comparison when asked).
+the first steps itself until the settings are settled (at least SETTLE_STEPS, at most the first range's
+worth), then hands every later range to a worker with those settings: `check_range` reads the step before
+its range for the parameters in force, walks the range with a fresh State and returns that State (counts,
+per-name statistics, findings, notes, the series one bucket per step: no arrays but the last step's
+comparison when asked).
 
 The main process walks the steps in order as before: where it reaches a range a worker walked cleanly it
 only maps the step files (for the parameters in force and the steps the root causes look back on) and
@@ -43,8 +44,8 @@ from memstate.names import param_names
 from memstate.workers import files_hold, process_context
 
 MIN_BYTES = 512 << 20  # less data than this is checked in-process: starting workers costs more
-# (check recomputes every operation: about 0.1 to 0.3 GB/s of float64 step files a core, against 0.3 to 1 s
-# to start a worker and import numpy; docs/scale.md)
+# (check recomputes every operation: about 1 GB/s of float64 step files a core on issue 14's net, against 0.3
+# to 1 s to start a worker and import numpy; --jobs 2 broke even at about 500 MB on 2 cores: docs/scale.md)
 SETTLE_STEPS = 2  # the main process walks at least these first steps itself, until the settings are settled
 # (without a params file the learning rate is first fitted at step 1)
 PRELOAD = ("memstate.check.parallel",)
