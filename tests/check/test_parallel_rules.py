@@ -200,3 +200,15 @@ def test_a_range_that_is_walked_here_is_not_checked_by_a_worker_too(tmp_path, mo
                         if steps[0] == 1 else [tuple(steps)])
     check_trace(path, params=params, jobs=2)
     assert InlinePool.made[-1].ran == [(1,), (2,)]
+
+
+def test_a_trace_read_through_a_layout_map_stays_in_process(tmp_path):
+    """A foreign port's tensors are renamed as the trace is read: the workers, which read step files
+    themselves, would see other names."""
+    from memstate.formats.map import parse_map
+
+    path, params = writer_trace(tmp_path, "t")
+    identity = parse_map({"layout": {"batch": "rows", "weights": "in,out"}})
+    got = check_trace(path, params=params, jobs=2, layout=identity)
+    assert got.ranges == () and InlinePool.made == []
+    assert report(got) == report(check_trace(path, params=params, jobs=1, layout=identity))
