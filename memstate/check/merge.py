@@ -10,22 +10,24 @@ accumulated field, each the serial walk's own rule applied to a whole range at o
 - a series is replayed step by step into the main walk's downsampled buckets: the worker keeps one bucket
   per step (UNBOUNDED), so that the main walk's downsampling happens exactly as in a serial walk.
 
-`redo_reason` decides when a range cannot be merged exactly (it failed somewhere, the settings changed, or a
-learning rate was still to be fitted): the main process then walks that range itself (docs/scale.md).
+`redo_reason` and `failures_reason` decide when a range cannot be merged exactly (the settings changed, a
+learning rate was still to be fitted, it holds the first failing operation or a cause still to be
+diagnosed): the main process then walks that range itself (docs/scale.md).
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterable
 
 from memstate.check import recompute as rc
 from memstate.check.infer import Spec
-from memstate.check.result import Finding, NameStats, OpCheck
+from memstate.check.result import MAX_FAILURES, Finding, NameStats, OpCheck
 from memstate.check.state import State
 from memstate.comparator.compare import _Buckets
 from memstate.comparator.tolerance import Tolerance
+from memstate.diagnose.roots import MAX_DIAGNOSED, RootCauses
 
 UNBOUNDED = sys.maxsize  # a worker's bucket limit: one bucket per step, never downsampled
 
@@ -150,6 +152,10 @@ def absorb(st: State, part: State) -> None:
     st.used = used(st.used, part.used)
     st.history = st.history + part.history
     st.full_steps = st.full_steps + part.full_steps  # none: only the first step and a failing one are kept
+    st.n_failures += part.n_failures
+    st.failing_steps += part.failing_steps
+    st.failures = failure_list(st.failures, part.failures)
+    st.last_failing_step = part.last_failing_step if part.last_failing_step is not None else st.last_failing_step
     replay(st.overview, part.overview)
     for name, per_step in part.series.items():
         replay(st.series.setdefault(name, _Buckets()), per_step)
@@ -166,12 +172,10 @@ def settled(spec: Spec) -> bool:
     return spec.act_seen and spec.red_seen and spec.learning_rate.value is not None
 
 
-def redo_reason(failures: int, settled: tuple, now: tuple, fitted_unknown_lr: bool) -> str:
-    """Why a range a worker walked cannot be merged ("" when it can): a failing operation (its diagnosis
-    needs the steps and counts before it), settings that changed in it (the later ranges assumed the
-    old ones), or fits of a learning rate not yet known (adopting one depends on every earlier fit)."""
-    if failures:
-        return "an operation failed in it"
+def redo_reason(settled: tuple, now: tuple, fitted_unknown_lr: bool) -> str:
+    """Why a range a worker is walking cannot be merged ("" when it can, as far as the worker can tell):
+    settings that changed in it (the later ranges assumed the old ones), or fits of a learning rate not yet
+    known (adopting one depends on every earlier fit)."""
     if now != settled:
         return "the settings changed in it"
     if fitted_unknown_lr:
@@ -179,4 +183,29 @@ def redo_reason(failures: int, settled: tuple, now: tuple, fitted_unknown_lr: bo
     return ""
 
 
-__all__ = ["UNBOUNDED", "absorb", "decisions", "redo_reason", "replay", "settled", "unbounded_state"]
+def failures_reason(n_failures: int, first_known: bool, events: Iterable[tuple[int, str]],
+                    causes: RootCauses | None) -> str:
+    """Why a range with failing operations cannot be merged ("" when it can). A worker walks its range as if
+    an earlier step had failed (no first divergence of its own, nothing diagnosed); that is the serial walk
+    only when the main walk has its first failure already (`first_known`) and, when it diagnoses the root
+    causes (`causes`: the main walk's, None when it does not), its first cause, and every cause the range
+    adds (`events`: (step, name)) is of a name already diagnosed MAX_DIAGNOSED times, which the serial walk
+    only counts."""
+    if n_failures == 0:
+        return ""
+    if not first_known:
+        return "the first failing operation is in it"
+    if causes is None:
+        return ""
+    for k, name in events:
+        if causes.first is None or causes.diagnosed.get(name, 0) < MAX_DIAGNOSED or name not in causes.last_code:
+            return f"step {k}: {name} failed, a cause still to be diagnosed"
+    return ""
+
+
+def failure_list(a: list[OpCheck], b: list[OpCheck]) -> list[OpCheck]:
+    """The failing operations kept in full: the first MAX_FAILURES of both ranges."""
+    return (a + b)[:MAX_FAILURES]
+
+
+__all__ = ["UNBOUNDED", "absorb", "decisions", "failures_reason", "redo_reason", "replay", "settled", "unbounded_state"]

@@ -8,13 +8,14 @@ its range for the parameters in force, walks the range with a fresh State and re
 per-name statistics, findings, notes, the series one bucket per step: no arrays but the last step's
 comparison when asked).
 
-The main process walks the steps in order as before: where it reaches a range a worker walked cleanly it
-only maps the step files (for the parameters in force and the steps the root causes look back on) and
-merges the worker's State (memstate.check.merge). A range that cannot be merged exactly (an operation
-failed in it, its settings changed, a learning rate was still being fitted, a step could not be read, its
-steps are not the ones listed) is walked again by the main process with the true State, so the report is
-the serial one: the smallest failing step wins, with its diagnosis. After a range whose settings changed,
-or whose steps were not the listed ones, every later range is walked in the main process.
+The main process walks the steps in order as before: where it reaches a range a worker walked, it only
+maps the step files (for the parameters in force and the steps the root causes look back on) and merges
+the worker's State (memstate.check.merge). A worker walks as if an earlier step had failed; a range that
+cannot be merged exactly (it holds the first failing operation, or a cause still to be diagnosed; its
+settings changed; a learning rate was still being fitted; a step could not be read; its steps are not the
+ones listed) is walked again by the main process with the true State, so the report is the serial one:
+the smallest failing step wins, with its diagnosis. After a range whose settings changed, or whose steps
+were not the listed ones, every later range is walked in the main process.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -33,12 +34,13 @@ from memstate.check import merge
 from memstate.check import recompute as rc
 from memstate.check.infer import Spec
 from memstate.check.root_causes import CheckRoots
+from memstate.check.result import OpCheck
 from memstate.check.state import State
 from memstate.check.step import full_step
 from memstate.check.walk import Walk
 from memstate.comparator.compare import StepComparison
 from memstate.comparator.parallel import plan_ranges
-from memstate.comparator.tolerance import Tolerances
+from memstate.comparator.tolerance import Tolerance, Tolerances
 from memstate.formats.trace import Step, read_step, step_file_name
 from memstate.names import param_names
 from memstate.workers import files_hold, process_context
@@ -75,6 +77,26 @@ class RangeResult:
     lr_fit: rc.LrFit = field(default_factory=rc.LrFit)
     last: tuple[int, StepComparison] | None = None
     why: str = ""
+    events: tuple[tuple[int, str], ...] = ()  # (step, name) of each failing operation that is a cause
+
+
+class _Causes(CheckRoots):
+    """A worker's root causes: each failing operation that is a cause, not a consequence, kept as (step,
+    name) for the main walk to count (memstate.check.merge.failures_reason says when it may)."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.events: list[tuple[int, str]] = []
+
+    def failed(self, k: int, name: str, pos: int, context: Any) -> None:
+        if not self.consequence(name, pos):
+            self.failed_here.add(name)
+            self.events.append((k, name))
+
+
+#: a worker walks its range as if an earlier step had failed (no first divergence, nothing kept in full)
+FAILED_BEFORE = OpCheck(-1, "", "", (), (), "", "", (), False, None, 0.0, 0.0, 0.0, None, None, None,
+                        Tolerance(0.0, 0.0))
 
 
 def check_range(unit: CheckRange) -> RangeResult:
@@ -88,9 +110,11 @@ def check_range(unit: CheckRange) -> RangeResult:
 
 
 def _walk_range(unit: CheckRange) -> RangeResult:
-    """The worker's walk: fresh State, the settled settings, the parameters in force from step `prev`.
-    No diagnosis (a failing range is walked again by the main process), no header (only diagnoses read it)."""
-    st = merge.unbounded_state(State(unit.tolerances, {}, False, roots=CheckRoots({}, False)))
+    """The worker's walk: fresh State, the settled settings, the parameters in force from step `prev`, as if
+    an earlier step had failed. No diagnosis and no header (only diagnoses read it): a range that holds the
+    first failure or a cause still to be diagnosed is walked again by the main process."""
+    st = merge.unbounded_state(State(unit.tolerances, {}, False, roots=_Causes()))
+    st.first_failure = FAILED_BEFORE
     spec = replace(unit.spec, lr_fit=rc.LrFit())
     walk = Walk(st, spec, None, "", unit.n_layers, unit.dtype, count=1, prev_index=unit.prev)
     if unit.prev == unit.steps[0] - 1:
@@ -100,7 +124,7 @@ def _walk_range(unit: CheckRange) -> RangeResult:
     before = merge.decisions(spec)
     for k in unit.steps:
         walk.step(k, _read(unit, k))
-        why = merge.redo_reason(st.n_failures, before, merge.decisions(spec),
+        why = merge.redo_reason(before, merge.decisions(spec),
                                 unit.spec.learning_rate.value is None and spec.lr_fit.count > 0)
         if why:
             return RangeResult(None, why=f"step {k}: {why}")
@@ -109,8 +133,9 @@ def _walk_range(unit: CheckRange) -> RangeResult:
         assert st.last_kept is not None
         k, kept = st.last_kept
         last = (k, full_step(k, kept))  # type: ignore[arg-type]  # a list of Op: this walk merged nothing
-    st.roots, st.last_kept, st.tol_cache = None, None, {}
-    return RangeResult(st, spec.lr_fit, last)
+    events = tuple(st.roots.events)
+    st.roots, st.last_kept, st.tol_cache, st.first_failure = None, None, {}, None
+    return RangeResult(st, spec.lr_fit, last, events=events)
 
 
 def _read(unit: CheckRange, k: int) -> dict[str, np.ndarray]:
@@ -160,18 +185,17 @@ def _fold(walk: Walk, steps: Iterator[Step], planned: list[tuple[tuple[int, ...]
         got = list(islice(steps, len(rng)))
         same = tuple(s.index for s in got) == rng
         result = _result(fut) if trusted and same else None
-        if result is not None and result.state is not None:
+        why = _why(walk, result) if result is not None else "the steps are not the ones listed" if not same \
+            else "it follows a range whose settings or steps changed" if not trusted else "its worker failed"
+        out.append((rng[0], rng[-1], why))
+        if not why:
             for s in got:
                 walk.skip(s.index, s.tensors)
-            _absorb(walk, result)
-            out.append((rng[0], rng[-1], ""))
+            _absorb(walk, result)  # type: ignore[arg-type]  # no why: a result with a State
             continue
         fut.cancel()
         for s in got:
             walk.step(s.index, s.tensors)
-        why = result.why if result is not None else "the steps are not the ones listed" if not same \
-            else "it follows a range whose settings or steps changed" if not trusted else "its worker failed"
-        out.append((rng[0], rng[-1], why))
         trusted = trusted and same and merge.decisions(walk.spec) == before
         if not trusted:
             for _, later in planned:
@@ -188,12 +212,30 @@ def _result(fut: Future) -> RangeResult | None:
     return result if isinstance(result, RangeResult) else None
 
 
+def _why(walk: Walk, result: RangeResult) -> str:
+    """Why a worker's range is walked here ("" to merge it): the worker's reason, or the main walk's."""
+    if result.state is None:
+        return result.why
+    roots = walk.st.roots
+    return merge.failures_reason(result.state.n_failures, walk.st.first_failure is not None, result.events,
+                                 roots.causes if roots.on else None)
+
+
 def _absorb(walk: Walk, result: RangeResult) -> None:
-    """A worker's range merged into the walk: its State, its learning-rate fits, its last step."""
+    """A worker's range merged into the walk: its State, its learning-rate fits, its last step, its causes
+    (each counted under its name's last diagnosis, as the serial walk counts it)."""
     assert result.state is not None
     merge.absorb(walk.st, result.state)
     walk.spec.lr_fit = merge.lr_fit(walk.spec.lr_fit, result.lr_fit)
     walk.st.last_kept = result.last
+    if walk.st.roots.on:
+        for k, name in result.events:
+            walk.st.roots.causes.agreeing(k, name, _diagnosed_enough)
+
+
+def _diagnosed_enough() -> Any:
+    """The context of a cause that failures_reason let through: never asked for (its name is only counted)."""
+    raise AssertionError("a merged cause was to be diagnosed: memstate.check.merge.failures_reason let it through")
 
 
 __all__ = ["CheckRange", "MIN_BYTES", "RangeResult", "check_range", "walk_in_ranges", "worth_it"]

@@ -38,12 +38,16 @@ def writer_trace(folder: Path, name: str, *, steps: int = 8, bug: str | None = N
 
 
 PARTIAL = ("x", "y", "L1.a", "probs", "loss", "L1.W", "L1.b", "L2.W", "L2.b")
-CASES = {  # name: (writer_trace arguments, with params, the steps whose ranges a worker must fail)
+#: name: (writer_trace arguments, with params, the steps whose ranges the main process must walk again: the
+#: first failure, and a cause of a name not yet diagnosed MAX_DIAGNOSED times; every other range is merged)
+CASES = {
     "clean": ({}, True, ()),
     "bug at step 5 of 8": ({"corrupt": ((5, "L1.a"),)}, True, (5,)),
     "bugs in two ranges": ({"corrupt": ((2, "probs"), (6, "L2.dW"))}, True, (2, 6)),
-    "a bug at every step": ({"bug": "softmax-global-sum"}, True, tuple(range(1, 8))),
-    "nan from a global max": ({"bug": "softmax-global-max", "weight_scale": 40.0}, True, None),
+    "the same bug in three ranges and more": ({"corrupt": ((1, "probs"), (2, "probs"), (3, "probs"), (5, "probs"),
+                                                           (7, "probs"))}, True, (1, 2, 3)),
+    "a bug at every step": ({"bug": "softmax-global-sum"}, True, (1, 2)),  # step 0: the main process's
+    "nan from a global max": ({"bug": "softmax-global-max", "weight_scale": 100.0}, True, (1, 2, 3)),
     "partial trace": ({"keep": PARTIAL}, True, ()),
     "only x, y, probs and loss (layers from the params file)": ({"keep": ("x", "y", "probs", "loss")}, True, ()),
     "steps recording fewer tensors": ({"drop": ((6, "loss"), (3, "L1.dz"), (4, "L2.W"))}, True, ()),

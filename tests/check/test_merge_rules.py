@@ -25,6 +25,7 @@ from memstate.check.state import State
 from memstate.check.walk import Walk
 from memstate.comparator.compare import _Buckets
 from memstate.comparator.tolerance import Tolerance, Tolerances
+from memstate.diagnose.roots import MAX_DIAGNOSED, RootCauses
 from memstate.formats.trace import open_trace
 
 
@@ -131,12 +132,40 @@ def test_lr_fits_add_up_and_keep_the_first_max_fits(monkeypatch):
 
 def test_redo_reason_says_why_a_range_is_walked_again():
     s = ("relu", "mean", 0.1)
-    assert merge.redo_reason(0, s, s, False) == ""
-    assert merge.redo_reason(1, s, s, False) == "an operation failed in it"
-    assert merge.redo_reason(0, s, ("relu", "mean", None), False) == "the settings changed in it"
-    assert merge.redo_reason(0, s, s, True) == "it fitted a learning rate that was not yet known"
-    assert merge.redo_reason(2, s, ("x",), True) == "an operation failed in it"
-    assert merge.redo_reason(0, s, ("x",), True) == "the settings changed in it"
+    assert merge.redo_reason(s, s, False) == ""
+    assert merge.redo_reason(s, ("relu", "mean", None), False) == "the settings changed in it"
+    assert merge.redo_reason(s, s, True) == "it fitted a learning rate that was not yet known"
+    assert merge.redo_reason(s, ("x",), True) == "the settings changed in it"
+
+
+def test_failures_are_merged_only_when_the_serial_walk_would_only_count_them():
+    causes = RootCauses()
+    assert merge.failures_reason(0, False, [(5, "probs")], causes) == ""  # nothing failed
+    assert merge.failures_reason(2, False, [], None) == "the first failing operation is in it"
+    assert merge.failures_reason(2, True, [(5, "probs")], None) == ""  # not diagnosing: only counted
+    assert merge.failures_reason(2, True, [], causes) == ""  # consequences only
+    why = "step 5: probs failed, a cause still to be diagnosed"
+    assert merge.failures_reason(2, True, [(5, "probs")], causes) == why  # the first cause is still to come
+    causes.add(1, "probs", [], first=True)
+    causes.diagnosed["probs"] = MAX_DIAGNOSED - 1
+    assert merge.failures_reason(2, True, [(5, "probs")], causes) == why
+    causes.diagnosed["probs"] = MAX_DIAGNOSED
+    assert merge.failures_reason(2, True, [(5, "probs")], causes) == ""
+    assert merge.failures_reason(2, True, [(5, "probs"), (6, "loss")], causes) == \
+        "step 6: loss failed, a cause still to be diagnosed"
+    causes.diagnosed["loss"] = MAX_DIAGNOSED + 1
+    assert merge.failures_reason(2, True, [(5, "probs"), (6, "loss")], causes) == \
+        "step 6: loss failed, a cause still to be diagnosed"  # diagnosed, but never under a code
+    causes.last_code["loss"] = "unknown"
+    assert merge.failures_reason(2, True, [(5, "probs"), (6, "loss")], causes) == ""
+
+
+def test_failure_list_keeps_the_first_max_failures(monkeypatch):
+    a, b = [op(k, 2.0) for k in range(3)], [op(k, 2.0) for k in range(3, 6)]
+    assert merge.failure_list(a, b) == a + b
+    monkeypatch.setattr(merge, "MAX_FAILURES", 4)
+    assert merge.failure_list(a, b) == a + b[:1]
+    assert merge.failure_list(a + b, b) == a + b[:1]
 
 
 def test_decisions_and_settled():
@@ -167,7 +196,11 @@ def test_absorb_merges_every_field_into_the_main_state():
     part.by_name = {"loss": NameStats(2, 0, 0, 0.1, 0.1, 1)}
     part.overview.add(1, 0.1, 0.2, "loss", False)
     part.series.setdefault("loss", _Buckets()).add(1, 0.1, 0.2, "loss", False)
+    main.n_failures, main.failing_steps, main.failures, main.last_failing_step = 2, 1, [op(0, 2.0)], 0
+    part.n_failures, part.failing_steps, part.failures, part.last_failing_step = 3, 2, [op(1, 3.0), op(2, 4.0)], 2
     merge.absorb(main, part)
+    assert (main.n_failures, main.failing_steps, main.last_failing_step) == (5, 3, 2)
+    assert main.failures == [op(0, 2.0), op(1, 3.0), op(2, 4.0)]
     assert (main.operations, main.invariant_checks, main.recorded, main.verified) == (17, 7, 21, 17)
     assert main.per_step == {5, 6, 7} and list(main.unchecked) == ["a", "b"]
     assert main.history == [(0, 0.1), (1, 0.2), (2, 0.3)] and main.worst == part.worst
@@ -178,8 +211,10 @@ def test_absorb_merges_every_field_into_the_main_state():
     assert [b.first_step for b in main.series["loss"].items] == [1]
     g = Finding("invariant", "y-one-hot", 0, "y", "")
     main.first_finding = g
+    part.last_failing_step = None
     merge.absorb(main, part)
     assert main.first_finding is g  # the earlier range's
+    assert main.last_failing_step == 2 and main.n_failures == 8
 
 
 # ---------------------------------------------------------------- a split walk equals the serial walk
@@ -220,12 +255,17 @@ def _fields(walk: Walk) -> dict:
     out["walk"] = (walk.count, walk.first_step, walk.last_step, walk.prev_index, walk.dtype, walk.n_layers)
     out["prev_params"] = None if walk.prev_params is None else [(n, v.tobytes()) for n, v in walk.prev_params.items()]
     out["roots"] = ([(k, list(t)) for k, t in roots.before], roots.k, list(roots.t),
-                    [(k, list(t)) for k, t in roots.dz_steps], roots.causes.groups)
+                    [(k, list(t)) for k, t in roots.dz_steps], roots.causes.groups, roots.causes.diagnosed,
+                    roots.causes.last_code, roots.causes.first, roots.first)
     return out
 
 
+PROBS = tuple((k, "probs") for k in (1, 2, 3, 5, 6, 7))  # diagnosed at 1, 2 and 3; only counted after
+
+
 @pytest.mark.parametrize("drop, every, corrupt", [((), 1, ()), (((6, "loss"), (3, "L1.dz")), 1, ()),
-                                                  ((), 2, ()), (((5, "L2.W"),), 1, ((2, "L1.z"),))])
+                                                  ((), 2, ()), (((5, "L2.W"),), 1, ((2, "L1.z"),)),
+                                                  ((), 1, PROBS)])
 @settings(max_examples=5, deadline=None)
 @given(split=st.integers(1, 6))
 def test_a_range_walked_apart_and_merged_is_the_serial_walk(tmp_path_factory, drop, every, corrupt, split):
@@ -235,7 +275,7 @@ def test_a_range_walked_apart_and_merged_is_the_serial_walk(tmp_path_factory, dr
         serial = _walk(reader, params)
         for s in steps:
             serial.step(s.index, s.tensors)
-        split = min(max(split, 3) if corrupt else split, len(steps) - 1)  # a failing step stays in the main walk
+        split = min(max(split, 4) if corrupt else split, len(steps) - 1)  # the diagnosed failures: main walk
         main = _walk(reader, params)
         for s in steps[:split]:
             main.step(s.index, s.tensors)
@@ -243,7 +283,8 @@ def test_a_range_walked_apart_and_merged_is_the_serial_walk(tmp_path_factory, dr
                                    reader.run_id, replace(main.spec, lr_fit=rc.LrFit()), main.n_layers, main.dtype,
                                    main.st.tolerances, last=True)
     result = parallel.check_range(unit)
-    assert result.why == "" and result.state is not None
+    assert parallel._why(main, result) == "" and result.state is not None
+    assert result.state.failing_steps == sum(k >= steps[split].index for k, _ in corrupt)
     for s in steps[split:]:
         main.skip(s.index, s.tensors)
     parallel._absorb(main, result)

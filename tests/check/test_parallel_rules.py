@@ -67,7 +67,7 @@ def inline(monkeypatch):
 
 @pytest.mark.parametrize("case", CASES)
 def test_inline_ranges_give_the_serial_report(tmp_path, case):
-    kwargs, with_params, failing = CASES[case]
+    kwargs, with_params, redone = CASES[case]
     path, params = writer_trace(tmp_path, "t", **kwargs)
     params = params if with_params else None
     serial = check_trace(path, params=params, jobs=1)
@@ -80,9 +80,7 @@ def test_inline_ranges_give_the_serial_report(tmp_path, case):
         assert pool.shut == (True, True)
         assert [u.steps for u in pool.units] == [tuple(range(a, b + 1, kwargs.get("every", 1)))
                                                  for a, b, _ in got.ranges]
-        if failing is not None:
-            assert [why != "" for _, _, why in got.ranges] == \
-                [any(a <= k <= b for k in failing) for a, b, _ in got.ranges]
+        assert [why != "" for _, _, why in got.ranges] == [any(a <= k <= b for k in redone) for a, b, _ in got.ranges]
 
 
 def test_the_main_process_walks_until_the_settings_are_settled(tmp_path):
@@ -212,3 +210,38 @@ def test_a_trace_read_through_a_layout_map_stays_in_process(tmp_path):
     got = check_trace(path, params=params, jobs=2, layout=identity)
     assert got.ranges == () and InlinePool.made == []
     assert report(got) == report(check_trace(path, params=params, jobs=1, layout=identity))
+
+
+def test_without_diagnoses_every_range_after_the_first_failure_is_merged(tmp_path):
+    path, params = writer_trace(tmp_path, "t", bug="softmax-global-sum")
+    serial = check_trace(path, params=params, jobs=1, diagnose=False)
+    got = check_trace(path, params=params, jobs=2, diagnose=False)
+    assert report(got) == report(serial) and serial.first_failure.step == 0
+    assert got.ranges and all(why == "" for _, _, why in got.ranges)
+    assert got.n_failures == serial.n_failures and got.failing_steps == 8
+    with_diagnoses = check_trace(path, params=params, jobs=2)
+    assert [why != "" for _, _, why in with_diagnoses.ranges][:3] == [True, True, False]
+    assert with_diagnoses.comparison.root_causes == check_trace(path, params=params, jobs=1).comparison.root_causes
+    assert with_diagnoses.comparison.root_causes[0].count == 8  # counted at every step, 3 of them diagnosed
+
+
+def test_a_worker_keeps_the_causes_and_drops_the_consequences():
+    causes = parallel._Causes()
+    y = np.eye(3)[[0, 1]]
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    loss = np.array(-np.sum(y * np.log(probs)) / 2)
+    causes.step(4, {"x": np.ones((2, 3)), "L1.z": np.array([[np.nan, 1.0, 1.0]] * 2), "probs": probs, "y": y,
+                    "loss": loss}, None, "")
+    causes.failed(4, "L1.z", 1, None)  # nan from finite inputs: a cause
+    causes.step(5, {"x": np.array([[np.nan, 1.0, 1.0]] * 2), "L1.z": np.array([[np.nan, 1.0, 1.0]] * 2),
+                    "probs": probs, "y": y, "loss": loss}, None, "")
+    causes.failed(5, "L1.z", 1, None)  # nan that flowed in from x: a consequence
+    causes.failed(5, "probs", 2, None)  # a cause
+    causes.failed(5, "loss", 4, None)  # the loss of the (wrong) recorded probs: a consequence of them
+    assert causes.events == [(4, "L1.z"), (5, "probs")]
+    assert causes.failed_here == {"probs"} and causes.first is True  # nothing diagnosed
+
+
+def test_a_merged_cause_is_never_diagnosed():
+    with pytest.raises(AssertionError, match="failures_reason let it through"):
+        parallel._diagnosed_enough()
