@@ -79,7 +79,7 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
         decl = declared(meta, scenario, source)
         start = {k: np.asarray(v) for k, v in params.items()} if params is not None else None
         walk = Walk(st, Spec.from_declared(decl), start, params_source or "params file",
-                     len(decl["layers"][0]) - 1 if "layers" in decl else None)
+                    len(decl["layers"][0]) - 1 if "layers" in decl else None)
         listed = _parallel_steps(reader, jobs)
         ranges = walk_in_ranges(walk, ahead, listed, path, reader.run_id, jobs) if listed else ()
         for step in ahead:
