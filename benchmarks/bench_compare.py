@@ -22,7 +22,8 @@ detail column adds the ratio with the metrics a JSON or HTML report shows for it
 Times are CPU time of this process (time.process_time, the best of --repeat runs; the JSONL reader's
 thread included): every job here runs on one core with BLAS held to one thread, and on a machine shared
 with other work CPU time is what other processes disturb least. The --jobs rows are wall time (their work
-is in other processes). Also printed: BLAS capped against uncapped (CPU time of check) and peak heap
+is in other processes; the thresholds below which diff and check stay in one process are set to 0, to
+measure the mechanism itself). Also printed: BLAS capped against uncapped (CPU time of check) and peak heap
 memory at half and all of the steps.
 
 Usage: python benchmarks/bench_compare.py [--steps N] [--hidden H] [--jsonl-steps N] [--repeat R]
@@ -43,6 +44,7 @@ import numpy as np
 import orjson
 
 from memstate.blas import blas_threads
+from memstate.check import parallel as check_parallel
 from memstate.check.checker import check_trace
 from memstate.comparator import parallel
 from memstate.comparator.compare import compare
@@ -138,7 +140,7 @@ def main() -> None:
         tol = DEFAULTS["float64"]
         print(f"memstate bench_compare: 784-{args.hidden}-10 batch 64 float64, {args.steps} steps, "
               f"{nbytes / 1e6:.1f} MB per side; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        parallel.MIN_BYTES = 0  # measure --jobs 2 itself, whatever the size
+        parallel.MIN_BYTES = check_parallel.MIN_BYTES = 0  # measure --jobs 2 itself, whatever the size
         print(f"  {'what':<44} {'ratio':>8}   {'target':<8} detail")
 
         t_eq = best(lambda: all(np.array_equal(x, y) for x, y in arrays), r)
@@ -221,6 +223,10 @@ def main() -> None:
         os.environ.pop("MEMSTATE_BLAS_THREADS")
         line("check CPU time, BLAS uncapped / capped", free / capped, "> 1",
              f"{free:.2f} s vs {capped:.2f} s of CPU (threads: one vs the BLAS default)")
+        w_c1 = wall(lambda: check_trace(a, params=scenario_params(scenario), jobs=1), r)
+        w_c2 = wall(lambda: check_trace(a, params=scenario_params(scenario), jobs=2), r)
+        line("check --jobs 2 / --jobs 1 (wall time)", w_c1 / w_c2, "> 1",
+             f"{w_c2:.2f} s vs {w_c1:.2f} s, a clean trace, {nbytes / 1e6:.0f} MB")
 
         def peak(steps: int) -> float:
             tracemalloc.start()

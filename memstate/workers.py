@@ -1,6 +1,7 @@
 """Worker processes for memstate's parallel work (issue 14): how many, how they start, when they pay off.
 
-Used by `diff --jobs` (memstate.comparator.parallel) and `convert --jobs` (memstate.formats.convert).
+Used by `diff --jobs` (memstate.comparator.parallel), `check --jobs` (memstate.check.parallel) and
+`convert --jobs` (memstate.formats.convert).
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def process_context() -> Any:
-    """forkserver where there is one (never a fork of a process that runs threads), with memstate loaded
-    once in the server so that each worker starts without importing it again; spawn elsewhere."""
+PRELOAD = ("memstate.comparator.compare", "memstate.formats.convert")
+
+
+def process_context(preload: tuple[str, ...] = PRELOAD) -> Any:
+    """forkserver where there is one (never a fork of a process that runs threads), with memstate's modules
+    the workers run (`preload`) loaded once in the server so that each worker starts without importing
+    them again; spawn elsewhere."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["memstate.comparator.compare", "memstate.formats.convert"])
+    ctx.set_forkserver_preload(list(preload))
     return ctx
 
 

@@ -21,37 +21,35 @@ from __future__ import annotations
 import os
 import time
 from contextlib import closing
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from memstate.check import recompute as rc
-from memstate.check.infer import Spec, declared, header_scenario, lr_consistency, search_activation
+from memstate.check.infer import Spec, declared, header_scenario, lr_consistency
 from memstate.check.invariants import invariants
 from memstate.check.root_causes import CheckRoots
 from memstate.blas import blas_threads
-from memstate.check.plan import NEEDED, Plan, Unreachable, plan_step
+from memstate.check.plan import NEEDED
 from memstate.check.opcompare import compare_op, op_tolerance
 from memstate.check.result import (INVARIANTS, REFERENCE_PATH, CheckResult, Coverage, Finding, Inferred,
                                    NameStats, OpCheck, Unverified)
+from memstate.check.parallel import walk_in_ranges, worth_it
 from memstate.check.state import State, note_text
-from memstate.check.step import check_step, full_step, reference_meta
-from memstate.comparator.compare import Comparison, ToleranceUse, TraceInfo, TensorSeries
+from memstate.check.walk import Walk
+from memstate.check.step import full_step, reference_meta
+from memstate.comparator.compare import Comparison, StepComparison, ToleranceUse, TraceInfo, TensorSeries
 from memstate.comparator.compare import Finding as CompareFinding
-from memstate.comparator.metrics import dtype_name
 from memstate.comparator.tolerance import Tolerances
-from memstate.errors import MemstateError
 from memstate.formats.map import LayoutMap
 from memstate.formats.readahead import read_ahead
-from memstate.formats.trace import EndedEarly, open_trace
-from memstate.names import param_names
+from memstate.formats.trace import EndedEarly, TraceReader, open_trace
 
 
 def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None = None,
                 tolerances: Tolerances | None = None, *, scenario: Any = None, params_source: str | None = None,
-                diagnose: bool = True, layout: LayoutMap | None = None) -> CheckResult:
+                diagnose: bool = True, layout: LayoutMap | None = None, jobs: int = 1) -> CheckResult:
     """Walk a trace step by step, recompute every recorded tensor from its recorded inputs, and compare.
 
     `params`: the parameters in force at step 0 (the params file the run started from); without them the
@@ -61,8 +59,10 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
     memstate.runner.scenario.Scenario whose layers, activation, loss reduction and learning rate are the spec the
     trace is checked against; without one, the scenario the header names (when it loads and has the trace's
     layers), else the header's own settings, else what the trace shows. `layout`: a layout map for a foreign
-    port's trace (memstate.formats.map; the header's `meta.map` applies without it). Raises MemstateError for
-    unreadable input (a bad trace or params file).
+    port's trace (memstate.formats.map; the header's `meta.map` applies without it). `jobs` > 1: ranges of
+    steps of a binary trace of at least memstate.check.parallel.MIN_BYTES are checked by that many worker
+    processes, with the same result (docs/scale.md). Raises MemstateError for unreadable input (a bad trace
+    or params file).
     """
     began = time.perf_counter()
     tolerances = tolerances if tolerances is not None else Tolerances()
@@ -78,8 +78,10 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
                 st.note(why, 0)
         decl = declared(meta, scenario, source)
         start = {k: np.asarray(v) for k, v in params.items()} if params is not None else None
-        walk = _Walk(st, Spec.from_declared(decl), start, params_source or "params file",
-                     len(decl["layers"][0]) - 1 if "layers" in decl else None)
+        walk = Walk(st, Spec.from_declared(decl), start, params_source or "params file",
+                    len(decl["layers"][0]) - 1 if "layers" in decl else None)
+        listed = _parallel_steps(reader, jobs)
+        ranges = walk_in_ranges(walk, ahead, listed, path, reader.run_id, jobs) if listed else ()
         for step in ahead:
             walk.step(step.index, step.tensors)
         incomplete = reader.incomplete.index if reader.incomplete is not None else None
@@ -90,118 +92,25 @@ def check_trace(path: str | os.PathLike, params: Mapping[str, np.ndarray] | None
             st.note(f"{early}: the run stopped before the end its header declares",
                     walk.last_step if walk.last_step is not None else 0)
         encoding = reader.encoding
-    return _finish(walk, Path(path), encoding, meta, incomplete, began, early)
+    return replace(_finish(walk, Path(path), encoding, meta, incomplete, began, early), ranges=ranges)
 
 
-@dataclass
-class _Walk:
-    """The walk over the steps: the parameters in force, the settings learnt so far, the rules in use."""
-
-    st: State
-    spec: Spec
-    start: dict[str, np.ndarray] | None
-    p_source: str
-    n_layers: int | None
-    dtype: str | None = None
-    count: int = 0
-    first_step: int | None = None
-    last_step: int | None = None
-    prev_index: int | None = None
-    prev_params: dict[str, np.ndarray] | None = None
-    settings: rc.Settings | None = None
-    rules: dict[str, list[rc.Rule]] | None = None
-    plan_cache: dict[tuple, dict[str, Plan | Unreachable]] = field(default_factory=dict)
-
-    def step(self, k: int, t: Mapping[str, np.ndarray]) -> None:
-        """Check step k: its parameters in force, what it shows of the settings, then every operation."""
-        st = self.st
-        self.count += 1
-        self.first_step = k if self.first_step is None else self.first_step
-        self.last_step = k
-        if self.dtype is None and t:
-            self.dtype = dtype_name(next(iter(t.values())).dtype)
-        if self.n_layers is None:
-            self.n_layers = rc.n_layers_of(list(t) + list(self.start or ()))
-        n_layers = self.n_layers
-        if n_layers is None:
-            st.note("no L{i}.z, L{i}.W or L{i}.dz names and no params file: the number of layers is unknown; "
-                    "nothing checked", k)
-            for name in t:
-                st.unchecked.setdefault(name)
-                if name not in ("x", "y"):
-                    st.recorded += 1
-                    st.skip(k, name, "the number of layers is unknown", "layers")
-            self.prev_index, self.prev_params = k, None
-            return
-        in_force, in_force_from = self._in_force(k, t, n_layers)
-        self.spec.observe(k, t, n_layers, self.dtype, in_force)
-        derivation = self.spec.fit_step(k, t, n_layers, in_force, self.dtype, st.tolerances) if in_force is not None else None
-        if not self.spec.act_seen:
-            search_activation(self.spec, k, t, n_layers, in_force, st.tolerances)
-        new = self.spec.settings(n_layers)
-        if new != self.settings or self.rules is None:
-            self.settings, self.rules = new, rc.rules(new)
-        st.roots.step(k, t, in_force, in_force_from)
-        check_step(st, k, t, in_force, in_force_from, self.settings, self._plans(t, in_force is not None),
-                   keep=self.count == 1, derivation=derivation)
-        names = param_names(n_layers)
-        self.prev_params = {n: t[n] for n in names} if all(n in t for n in names) else None
-        self.prev_index = k
-
-    def _plans(self, t: Mapping[str, np.ndarray], params_known: bool) -> dict[str, Plan | Unreachable]:
-        """The step's plans, computed once per (recorded names, parameters known, settings)."""
-        key = (tuple(t), params_known, self.settings)
-        plans = self.plan_cache.get(key)
-        if plans is None:
-            assert self.rules is not None and self.settings is not None
-            plans = self.plan_cache[key] = plan_step(frozenset(t), self.rules, params_known, self.settings)
-        return plans
-
-    def _in_force(self, k: int, t: Mapping[str, np.ndarray], n_layers: int
-                  ) -> tuple[dict[str, np.ndarray] | None, str]:
-        """The parameters step k started from, and where they come from (None when unknown, with a note)."""
-        if self.prev_index is None:
-            if k == 0 and self.start is not None:
-                return _start_params(self.start, t, n_layers), self.p_source
-            why = "pass the params file the run started from with --params" if k == 0 else \
-                f"the trace starts at step {k}, not 0"
-            self.st.note(f"parameters in force unknown at the first step ({why})", k)
-        elif self.prev_index == k - 1 and self.prev_params is not None:
-            return self.prev_params, f"step {self.prev_index}"
-        else:
-            why = f"steps are not contiguous: step {k} follows step {self.prev_index}" \
-                if self.prev_index != k - 1 else f"step {self.prev_index} did not record every updated parameter"
-            self.st.note(f"parameters in force unknown ({why})", k)
-        return None, ""
+def _parallel_steps(reader: TraceReader, jobs: int) -> list[int]:
+    """The steps to check in worker processes ([] to check them here): a binary trace without a layout map,
+    big enough to pay for starting the workers."""
+    if jobs < 2 or reader.encoding != "binary" or reader.layout is not None:
+        return []
+    listed = reader.complete_steps()
+    return listed if len(listed) > 1 and worth_it(reader.path, listed) else []
 
 
-def _start_params(params: Mapping[str, np.ndarray], t: Mapping[str, np.ndarray], n_layers: int
-                  ) -> dict[str, np.ndarray]:
-    """The params file's tensors, checked against the shapes the trace records for the updated parameters."""
-    out = {}
-    unknown = [n for n in params if n not in param_names(n_layers)]
-    if unknown:
-        raise MemstateError(f"the params file has tensors a {n_layers}-layer trace does not use: "
-                            f"{', '.join(map(repr, unknown))}; it needs exactly {', '.join(param_names(n_layers))}: "
-                            "is it the params file of this run?")
-    for name in param_names(n_layers):
-        if name not in params:
-            raise MemstateError(f"the params file has no {name}; a {n_layers}-layer trace needs "
-                                f"{', '.join(param_names(n_layers))}")
-        arr = np.asarray(params[name])
-        if name in t and t[name].shape != arr.shape:
-            raise MemstateError(f"the params file's {name} has shape {list(arr.shape)} but the trace records "
-                                f"{name} with shape {list(t[name].shape)}: is it the params file of this run?")
-        out[name] = arr
-    return out
-
-
-def _finish(walk: _Walk, path: Path, encoding: str, meta: dict[str, Any], incomplete: int | None,
+def _finish(walk: Walk, path: Path, encoding: str, meta: dict[str, Any], incomplete: int | None,
             began: float, early: EndedEarly | None) -> CheckResult:
     """Freeze the walk into a CheckResult: the learning rate's consistency, the diagnoses, the comparison."""
     st, spec = walk.st, walk.spec
     if st.last_kept is not None and st.last_kept[0] not in {s.step for s in st.full_steps}:
-        st.full_steps.append(full_step(*st.last_kept))
+        k, kept = st.last_kept  # a worker of check --jobs returns the last step already compared
+        st.full_steps.append(kept if isinstance(kept, StepComparison) else full_step(k, kept))
     st.last_kept = None
     learning_rate = lr_consistency(st, spec.learning_rate, spec.lr_fit, walk.dtype)
     root_causes, extra = st.roots.finish(spec.reduction.value, walk.n_layers,
@@ -254,7 +163,7 @@ def _coverage(st: State, steps: int, first_step: int | None) -> Coverage:
     return Coverage(st.recorded, st.verified, steps, per_step, tuple(gaps))
 
 
-def _comparison(walk: _Walk, path: Path, encoding: str, meta: dict[str, Any], incomplete: int | None,
+def _comparison(walk: Walk, path: Path, encoding: str, meta: dict[str, Any], incomplete: int | None,
                 learning_rate: Inferred, first_divergence: Any, findings: tuple[Finding, ...],
                 notes: tuple[str, ...], coverage: Coverage, early: EndedEarly | None = None,
                 root_causes: tuple = ()) -> Comparison:

@@ -393,6 +393,9 @@ class TensorFit:
     allowance: float
 
 
+MAX_FITS = 100_000  # per-tensor fits an LrFit keeps (all are counted, and bound lo and hi)
+
+
 @dataclass
 class LrFit:
     """The learning rate of `p_new = p_old - lr * grad`, fitted per tensor and step, and their consensus.
@@ -414,7 +417,7 @@ class LrFit:
             return None
         self.count += 1
         self.lo, self.hi = min(self.lo, f.lr), max(self.hi, f.lr)
-        if len(self.fits) < 100_000:
+        if len(self.fits) < MAX_FITS:
             self.fits.append(f)
         return f.lr
 

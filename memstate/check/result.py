@@ -177,6 +177,8 @@ class CheckResult:
     #   lowest, highest, updates fitted, agrees with the consensus)
     seconds: float = 0.0
     ended_early: EndedEarly | None = None  # the run stopped before the steps its header declares
+    ranges: tuple[tuple[int, int, str], ...] = ()  # check --jobs: (first step, last step, "" when a worker
+    # process checked it, else why the main process walked it again); () when every step was checked in-process
 
     @property
     def ok(self) -> bool:

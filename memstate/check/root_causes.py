@@ -72,15 +72,8 @@ class CheckRoots:
 
     def failed(self, k: int, name: str, pos: int, context: Any) -> None:
         """A failing operation of the current step; `context()` builds the checker's DivergenceContext."""
-        if not self.on:
+        if not self.on or self.consequence(name, pos):
             return
-        value = self.t[name]
-        earlier = list(self.t)[:pos]
-        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))) and any(
-                not np.all(np.isfinite(np.asarray(self.t[n], dtype=np.float64))) for n in earlier):
-            return  # nan/inf that flowed in from an earlier tensor of this step
-        if name == "loss" and "probs" in self.failed_here and _loss_of_probs(self.t, value):
-            return  # the loss of the recorded (wrong) probs: a consequence of them
         self.failed_here.add(name)
         first, self.first = self.first, False
         if first:
@@ -90,6 +83,16 @@ class CheckRoots:
             self.causes.add(k, name, diagnose(self.enrich(context())), first=True)
         else:
             self.causes.agreeing(k, name, lambda: self.enrich(context()))
+
+    def consequence(self, name: str, pos: int) -> bool:
+        """Whether the current step's failing `name` (at `pos`) is a consequence of an earlier tensor of the
+        step, not a cause: nan/inf that flowed in, or the loss of the recorded (wrong) probs."""
+        value = self.t[name]
+        earlier = list(self.t)[:pos]
+        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))) and any(
+                not np.all(np.isfinite(np.asarray(self.t[n], dtype=np.float64))) for n in earlier):
+            return True
+        return name == "loss" and "probs" in self.failed_here and _loss_of_probs(self.t, value)
 
     def finish(self, reduction: Any, n_layers: int | None, reference_meta: Mapping[str, Any]
                ) -> tuple[tuple[RootCause, ...], list[dict]]:

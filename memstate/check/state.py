@@ -54,7 +54,8 @@ class State:
     overview: _Buckets = field(default_factory=_Buckets)
     series: dict[str, _Buckets] = field(default_factory=dict)
     full_steps: list[StepComparison] = field(default_factory=list)  # the first step and the first failing one
-    last_kept: tuple[int, list[Op]] | None = None  # the last step's operations (reported in full too)
+    last_kept: tuple[int, list[Op] | StepComparison] | None = None  # the last step's operations (reported in full
+    # too; compared already when a worker of check --jobs walked it)
     recorded: int = 0  # recorded tensors other than x and y, over every step
     verified: int = 0  # of those, checked by an operation
     per_step: set[int] = field(default_factory=set)  # recorded tensors per step (one value: the same each step)

@@ -333,9 +333,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     tolerances = tolerances_from_specs(args.tol_rules, rtol=args.rtol, atol=args.atol)
     scenario = load_scenario(args.scenario) if args.scenario else None
     params = read_params(args.params).tensors if args.params else None
-    _jobs(args)  # check reads one step ahead; its steps depend on each other (docs/scale.md)
     result = check_trace(args.trace, params=params, tolerances=tolerances, scenario=scenario,
-                         params_source=str(args.params) if args.params else None, layout=load_map(args.map))
+                         params_source=str(args.params) if args.params else None, layout=load_map(args.map),
+                         jobs=_jobs(args))
     if result.steps == 0:
         raise MemstateError(f"{args.trace}: no complete step to check")
     if result.operations == 0 and result.n_failures == 0 and not result.findings:
@@ -529,8 +529,8 @@ def add_check_parser(sub: Any) -> None:
     add_tolerance_options(p)
     p.add_argument("--format", choices=("text", "json", "html"), default="text", help="report format (default text)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
-    add_jobs_option(p, "accepted for symmetry with diff; check reads one step ahead but checks its steps in "
-                    "order, because each needs the one before")
+    add_jobs_option(p, "processes that check ranges of steps of a binary trace of 512 MiB or more, with the "
+                    "same report (smaller traces and JSONL are checked in one process)")
     p.set_defaults(func=cmd_check)
 
 
