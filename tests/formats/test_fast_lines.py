@@ -116,3 +116,17 @@ def test_record_data_of_plain_numbers_is_an_array_and_keeps_negative_zero():
     assert isinstance(plus_zero["data"], np.ndarray) and not np.signbit(plus_zero["data"]).any()
     nonfinite = loads_record(_line([b'"nan"', b"1.0"], '"w"', "float64", False))
     assert isinstance(nonfinite["data"], list)  # strings: the general path spells them out
+
+
+def test_long_data_lists_count_points_across_blocks():
+    """The point count runs over 256 kB blocks: a line of several blocks decides as a short one does."""
+    floats = [b"0.25", b"0.0", b"-0.0"] * 40_000  # 540 kB of text, every token with a point
+    doc = loads_record(_line(floats, '"w"', "float64", False))
+    assert isinstance(doc["data"], np.ndarray) and int(np.signbit(doc["data"]).sum()) == 40_000
+    for at in (0, 60_000, len(floats) - 1):  # an integer -0 in the first, a middle and the last block
+        tokens = floats[:at] + [b"-0"] + floats[at + 1:]
+        raw = _line(tokens, '"w"', "float64", False)
+        _assert_decode_alike(loads_strict(raw), loads_record(raw))
+        assert math.copysign(1, decode_fields(loads_record(raw), "t")[at]) == -1
+    whole = [b"2", b"0", b"0.5"] * 40_000  # integers, zeros among them, but no -0: still an array
+    assert isinstance(loads_record(_line(whole, '"w"', "float64", True))["data"], np.ndarray)
