@@ -122,6 +122,17 @@ def test_cosine_edge_cases():
     assert tensor_metrics(np.array([NAN]), np.array([1.0])).cosine == 1.0  # nothing finite on both sides
 
 
+def test_cosine_is_clipped_to_minus_one_and_one_when_rounding_overshoots():
+    """dot(a, b) / sqrt(|a|^2 |b|^2) rounds above 1 for these pairs whatever the order of the sums and
+    whether the dots fuse their multiply-adds (found by exact search over every such variant), so the
+    clip to [-1, 1] is what keeps the cosine a cosine, on any BLAS."""
+    for t, u in [(0.5160685855478787, 0.516068585547879), (0.48221238819933654, 0.48221238819933676),
+                 (0.29500644280551946, 0.29500644280551985)]:
+        a, b = np.array([1.0, t]), np.array([1.0, u])
+        assert cosine_similarity(a, b) == 1.0
+        assert cosine_similarity(a, -b) == -1.0
+
+
 @pytest.mark.parametrize("rows_differing, n_rows", [(0, 4), (1, 4), (3, 4), (2, 3), (5, 5)])
 def test_argmax_mismatch_is_the_fraction_of_rows_that_differ(rows_differing, n_rows):
     a = np.tile(np.array([0.1, 0.7, 0.2]), (n_rows, 1))
