@@ -78,6 +78,11 @@ def test_an_integer_minus_zero_in_the_data_keeps_its_sign_and_value():
     assert repr(loads_strict(b"[-0, 0, -0.0]")) == "[-0.0, 0, -0.0]"
     rec = loads_record(b'{"data":[-0,0.5]}')["data"]
     assert rec[0] == 0 and math.copysign(1, rec[0]) == -1
+    # The points are counted in the data list only: here the line's first 13 bytes hold three points (the
+    # name's), as many as the list has values, but the list itself only two, so its -0 is still found.
+    rec = loads_record(b'{"name":"a...","data":[-0, 0.5, 7.25]}')["data"]
+    assert math.copysign(1, rec[0]) == -1
+    assert tj._count_byte(b'{"name":"a...","data":[-0, 0.5, 7.25]}', 23, 36, b".") == 2
 
 
 # Duplicate keys that a wrong key count would let through (orjson keeps the last one silently).
