@@ -56,3 +56,13 @@ CASES = {
     "float32": ({"dtype": "float32"}, True, ()),
     "no params file": ({}, False, ()),
 }
+
+
+def serial_case(folder: Path, case: str):
+    """(trace path, params or None, the steps its serial walk must redo, the serial result) of CASES[case]."""
+    from memstate.check.checker import check_trace
+
+    kwargs, with_params, redone = CASES[case]
+    path, params = writer_trace(folder, "t", **kwargs)
+    params = params if with_params else None
+    return path, params, redone, check_trace(path, params=params, jobs=1)

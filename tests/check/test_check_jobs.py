@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from jobs_cases import CASES, report, writer_trace
+from jobs_cases import CASES, report, serial_case, writer_trace
 
 from memstate.check import parallel
 from memstate.check.checker import check_trace
@@ -35,10 +35,7 @@ def workers_even_for_small_traces(monkeypatch):
 
 @pytest.mark.parametrize("case", CASES)
 def test_jobs_give_the_serial_report(tmp_path, case):
-    kwargs, with_params, redone = CASES[case]
-    path, params = writer_trace(tmp_path, "t", **kwargs)
-    params = params if with_params else None
-    serial = check_trace(path, params=params, jobs=1)
+    path, params, redone, serial = serial_case(tmp_path, case)
     assert serial.ranges == ()
     for jobs in (2, 3):
         got = check_trace(path, params=params, jobs=jobs)

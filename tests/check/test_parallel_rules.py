@@ -10,7 +10,7 @@ import numpy as np
 
 import pytest
 
-from jobs_cases import CASES, report, writer_trace
+from jobs_cases import CASES, report, serial_case, writer_trace
 from trace_helpers import write_steps
 
 from memstate.check import parallel
@@ -67,10 +67,8 @@ def inline(monkeypatch):
 
 @pytest.mark.parametrize("case", CASES)
 def test_inline_ranges_give_the_serial_report(tmp_path, case):
-    kwargs, with_params, redone = CASES[case]
-    path, params = writer_trace(tmp_path, "t", **kwargs)
-    params = params if with_params else None
-    serial = check_trace(path, params=params, jobs=1)
+    path, params, redone, serial = serial_case(tmp_path, case)
+    kwargs = CASES[case][0]
     assert InlinePool.made == []
     for jobs in (2, 3, 5):
         got = check_trace(path, params=params, jobs=jobs)
