@@ -25,8 +25,7 @@ class ReadAhead:
     def __init__(self, it: Iterator, pool: ThreadPoolExecutor | None = None):
         self.it = it
         self.own = pool is None
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memstate-read-ahead") if pool is None \
-            else pool
+        self.pool = reading_pool() if pool is None else pool
         self.pending: Future | None = self.pool.submit(self._pull)
 
     def _pull(self) -> tuple[bool, Any]:

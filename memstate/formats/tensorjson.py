@@ -174,8 +174,8 @@ def _numbers_only(raw: bytes, span: tuple[int, int], data: list) -> np.ndarray |
 
     Faster than a type pass over the list and a -0 scan of its text (issue 14): a few byte searches over
     the text, a look at the types only where the array holds a zero, and the -0 scan only when one of
-    those zeros was an integer token. orjson reads every number token
-    as a finite float, or as an int of at most 64 bits, which float64 holds exactly or rounds to nearest.
+    those zeros was an integer token. orjson reads every number token as a finite float, or as an int of
+    at most 64 bits, which float64 holds exactly or rounds to nearest.
     """
     start, end = span
     if any(raw.find(c, start, end) >= 0 for c in _NOT_A_NUMBER):
@@ -209,20 +209,26 @@ def _count_byte(raw: bytes, start: int, end: int, byte: bytes) -> int:
 
 def loads_record(raw: bytes) -> Any:
     """One JSONL record, as `loads_fast` reads it, except that a step line's "data" list of plain numbers
-    comes back as a float64 array (what `decode_fields` takes as parsed), with no pass over it in Python."""
+    comes back as a float64 array (what `decode_fields` takes as parsed), with no pass over it in Python.
+
+    The trust test is `fast_parse_trusted`'s, done once: the text outside the data list is searched for -0
+    here, the list's own text only when `_numbers_only` does not settle it."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return loads_strict(raw)
     objects = _objects(raw)
     span = _data_span(raw, doc, objects)
-    if span is not None:
-        outside = raw[:span[0]] + raw[span[1]:]
-        flat = _numbers_only(raw, span, doc["data"])
-        if flat is not None and _NEGATIVE_ZERO.search(outside) is None and _trusted(raw, doc, objects, outside):
-            doc["data"] = flat
-            return doc
-    return doc if fast_parse_trusted(raw, doc) else loads_strict(raw)
+    outside = raw if span is None else raw[:span[0]] + raw[span[1]:]
+    if _NEGATIVE_ZERO.search(outside) or not _trusted(raw, doc, objects, outside):
+        return loads_strict(raw)
+    if span is None:
+        return doc
+    flat = _numbers_only(raw, span, doc["data"])
+    if flat is None:
+        return loads_strict(raw) if _NEGATIVE_ZERO.search(raw, *span) else doc
+    doc["data"] = flat
+    return doc
 
 
 def _count_keys(doc: Any) -> int:
