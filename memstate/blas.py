@@ -7,6 +7,11 @@ machine (README, "Performance"), letting OpenBLAS use its threads cost `check` a
 their CPU time. `compare` and `check_trace` therefore run inside `blas_threads()`, which caps the BLAS
 thread pools (threadpoolctl) for their duration and restores them after, so code that calls memstate
 keeps its own setting. MEMSTATE_BLAS_THREADS=N picks another cap; 0 leaves BLAS alone.
+
+The thread pools are found once, by one threadpoolctl.ThreadpoolController kept for the process:
+threadpool_limits builds a new controller each call, which scans every loaded library (0.24 ms a call
+here, against 0.007 ms to set and restore the limit through a kept controller; a diff of a short trace
+called it twice).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 DEFAULT_THREADS = 1
+_CONTROLLER: list[Any] = []  # the process's ThreadpoolController, made on first use
 
 
 def blas_thread_cap() -> int:
@@ -35,7 +42,14 @@ def blas_threads(limit: int | None = None) -> Iterator[None]:
     if limit <= 0:
         yield
         return
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
-    with threadpool_limits(limits=limit, user_api="blas"):
+    with _controller().limit(limits=limit, user_api="blas"):
         yield
+
+
+def _controller() -> Any:
+    """The ThreadpoolController of this process (its libraries are numpy's, loaded before memstate runs)."""
+    if not _CONTROLLER:
+        from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
+
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
