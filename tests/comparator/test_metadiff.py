@@ -2,7 +2,7 @@
 
 from hypothesis import given, settings, strategies as st
 
-from memstate.comparator.metadiff import MetaChange, meta_diff
+from memstate.comparator.metadiff import MetaChange, deep_changes, meta_diff, same_tree
 
 
 def test_changed_added_and_removed_leaves_at_their_paths():
@@ -42,3 +42,25 @@ def test_no_difference_iff_equal_and_every_top_key_accounted(a, b):
     assert (changes == ()) == (a == b)
     touched = {m.path.split(".")[0].split("[")[0] for m in changes}
     assert touched == {k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object())}
+
+
+_typed_leaf = st.one_of(st.integers(-2, 2), st.sampled_from([0.0, -0.0, 1.0, float("nan"), True, False, None, "1"]))
+_typed = st.recursive(_typed_leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                            st.dictionaries(st.sampled_from("ab"), inner, max_size=2)),
+                      max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.dictionaries(st.sampled_from("xy"), _typed, max_size=2),
+       b=st.dictionaries(st.sampled_from("xy"), _typed, max_size=2))
+def test_the_shortcut_for_equal_tables_never_hides_what_deepdiff_reports(a, b):
+    # 1 against 1.0 or True, nan against nan, -0.0 against 0.0: same_tree settles only what DeepDiff finds equal
+    assert meta_diff(a, b) == deep_changes(a, b)
+    if same_tree(a, b):
+        assert deep_changes(a, b) == ()
+
+
+def test_same_tree_needs_the_same_types_and_values_leaf_for_leaf():
+    assert same_tree({"k": [1, {"j": "s"}]}, {"k": [1, {"j": "s"}]})
+    assert not same_tree({"k": 1}, {"k": 1.0}) and not same_tree({"k": 1}, {"k": True})
+    assert not same_tree({"k": float("nan")}, {"k": float("nan")}) and not same_tree([1], (1,))
