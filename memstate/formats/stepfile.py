@@ -70,7 +70,14 @@ def _entry(name: str, info: Any) -> tuple[int, int, str, tuple[int, ...]]:
     return offsets[0], offsets[1], dtype, tuple(shape)
 
 
-def _header(buf: Any, size: int) -> tuple[dict[str, str], dict[str, tuple[int, int, str, tuple[int, ...]]], int]:
+_Entries = dict[str, tuple[int, int, str, tuple[int, ...]]]
+_Layout = tuple[tuple[int, int, str, tuple[int, ...], str], ...]
+_CHECKED: dict[bytes, tuple[_Entries, _Layout, int]] = {}  # tensor tables already checked, by their JSON text
+CHECKED_LIMIT = 64  # tables remembered before the memo starts over (a trace has one, or a few)
+
+
+def _header(buf: Any, size: int) -> tuple[dict[str, str], _Entries, _Layout, int, int]:
+    """(metadata, entries, layout by offset, end of the tensor data, start of the data) of a file's header."""
     n = int.from_bytes(bytes(buf[:8]), "little")
     if n > HEADER_LIMIT or 8 + n > size:
         raise BadStepFile(f"header length {n} does not fit the file of {size} bytes")
@@ -83,8 +90,31 @@ def _header(buf: Any, size: int) -> tuple[dict[str, str], dict[str, tuple[int, i
     meta = doc.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise BadStepFile("__metadata__ must map names to strings")
+    entries, layout, end = _checked_table(doc)
+    return meta, entries, layout, end, 8 + n
+
+
+def _checked_table(doc: dict[str, Any]) -> tuple[_Entries, _Layout, int]:
+    """The tensor table checked (entries valid, offsets tiling the data from 0) and laid out by offset.
+
+    Every step file of a trace has the same table, so the answer is remembered by the table's JSON text
+    (orjson's, which tells 2 from 2.0 and true from 1): a step costs one dumps and one lookup, not a check
+    of every entry (issue 14: the checks were a third of a diff's own work on two identical traces)."""
+    key = orjson.dumps(doc)
+    hit = _CHECKED.get(key)
+    if hit is not None:
+        return hit
     entries = {name: _entry(name, info) for name, info in doc.items()}
-    return meta, entries, 8 + n
+    layout = tuple(sorted((s, e, dtype, shape, name) for name, (s, e, dtype, shape) in entries.items()))
+    end = 0
+    for s, e, _, _, _ in layout:
+        if s != end:
+            raise BadStepFile("tensor data overlaps or leaves a gap")
+        end = e
+    if len(_CHECKED) >= CHECKED_LIMIT:
+        _CHECKED.clear()
+    _CHECKED[key] = (entries, layout, end)
+    return entries, layout, end
 
 
 @dataclass(frozen=True)
@@ -114,13 +144,7 @@ def read_step_payload(path: str | os.PathLike, mapped: bool = False, populate: b
     """What `read_safetensors` gives, and the file's Payload (views, no copy)."""
     buf = _buffer(Path(path), mapped, populate)
     size = len(buf)
-    meta, entries, start = _header(buf, size)
-    end = 0
-    layout = sorted((s, e, dtype, shape, name) for name, (s, e, dtype, shape) in entries.items())
-    for s, e, _, _, _ in layout:
-        if s != end:
-            raise BadStepFile("tensor data overlaps or leaves a gap")
-        end = e
+    meta, entries, layout, end, start = _header(buf, size)
     if start + end != size:
         raise BadStepFile(f"the tensors take {end} bytes but the file holds {size - start} after the header")
     out: dict[str, tuple[str, np.ndarray | None]] = {}
@@ -140,4 +164,4 @@ def read_step_payload(path: str | os.PathLike, mapped: bool = False, populate: b
             arr.flags.writeable = not mapped
         out[name] = (dtype, arr.reshape(shape))
     data = np.frombuffer(buf, dtype=np.uint8, count=end, offset=start) if end else np.empty(0, dtype=np.uint8)
-    return meta, out, Payload(tuple(layout), data)
+    return meta, out, Payload(layout, data)

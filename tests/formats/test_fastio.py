@@ -20,6 +20,7 @@ from bit_helpers import assert_same_bits, bits
 from memstate.errors import FormatError
 from memstate.formats import bigline
 from memstate.formats.recorder import Recorder
+from memstate.formats import stepfile
 from memstate.formats.stepfile import BadStepFile, read_safetensors
 from memstate.formats.tensorjson import decode_fields, dumps_record, encode_fields
 from memstate.formats.trace import read_trace
@@ -105,6 +106,44 @@ def test_overlapping_offsets_are_refused(tmp_path):
     path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
     with pytest.raises(BadStepFile, match="overlaps or leaves a gap"):
         read_safetensors(path)
+
+
+def _raw_file(path, table: dict, data: bytes) -> None:
+    header = json.dumps(table).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+
+
+def test_a_remembered_tensor_table_is_still_checked_against_each_file(tmp_path, monkeypatch):
+    # the second and later files with one table skip the entry checks (stepfile._checked_table), not the rest
+    monkeypatch.setattr(stepfile, "_CHECKED", {})
+    table = {"a": {"dtype": "F64", "shape": [2], "data_offsets": [0, 16]}}
+    _raw_file(tmp_path / "good.safetensors", table, np.array([1.5, -2.0]).tobytes())
+    assert read_safetensors(tmp_path / "good.safetensors")[1]["a"][1].tolist() == [1.5, -2.0]
+    assert len(stepfile._CHECKED) == 1
+    _raw_file(tmp_path / "short.safetensors", table, b"\0" * 12)
+    with pytest.raises(BadStepFile, match="take 16 bytes but the file holds 12"):
+        read_safetensors(tmp_path / "short.safetensors")
+    # equal to the remembered table under ==, but not the same JSON: checked afresh, and refused
+    for shape, message in (([2.0], "shape must be a list of non-negative integers"),
+                           ([True, 2], "shape must be a list of non-negative integers")):
+        _raw_file(tmp_path / "typed.safetensors", {"a": dict(table["a"], shape=shape)}, b"\0" * 16)
+        with pytest.raises(BadStepFile, match=message):
+            read_safetensors(tmp_path / "typed.safetensors")
+    offsets = {"a": dict(table["a"], data_offsets=[0.0, 16])}
+    _raw_file(tmp_path / "offsets.safetensors", offsets, b"\0" * 16)
+    with pytest.raises(BadStepFile, match="data_offsets must be"):
+        read_safetensors(tmp_path / "offsets.safetensors")
+    assert len(stepfile._CHECKED) == 1  # a refused table is not remembered
+
+
+def test_the_table_memo_starts_over_when_full(tmp_path, monkeypatch):
+    monkeypatch.setattr(stepfile, "_CHECKED", {})
+    monkeypatch.setattr(stepfile, "CHECKED_LIMIT", 3)
+    for n in range(1, 8):
+        _raw_file(tmp_path / "s.safetensors", {"a": {"dtype": "F64", "shape": [n], "data_offsets": [0, 8 * n]}},
+                  np.arange(float(n)).tobytes())
+        assert read_safetensors(tmp_path / "s.safetensors")[1]["a"][1].tolist() == list(range(n))
+        assert 1 <= len(stepfile._CHECKED) <= 3
 
 
 def test_parse_error_keeps_the_precise_line_and_column(tmp_path):
