@@ -15,12 +15,11 @@ first divergence. The cost is bounded: at most `MAX_DIAGNOSED` occurrences of ea
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import numpy as np
 
 from memstate.diagnose.context import Diagnosis, DivergenceContext
 
@@ -97,9 +96,12 @@ def _diagnose(ctx: DivergenceContext) -> list[Diagnosis]:
 
 
 def _finite_rel(t: Any) -> float:
-    """A TensorComparison's max rel error, as a finite number (inf for a shape mismatch)."""
-    e = t.max_rel_error
-    return float(e) if np.isfinite(e) else np.inf
+    """A TensorComparison's max rel error, as a finite number (inf for a shape mismatch or a nan).
+
+    math.isfinite, not np.isfinite: this runs for every tensor of every step, and numpy's costs a
+    microsecond on a Python float."""
+    e = float(t.max_rel_error)
+    return e if math.isfinite(e) else math.inf
 
 
 class DiffRoots:
@@ -166,7 +168,7 @@ class DiffRoots:
 
 def _new_nonfinite(t: Any, worst_before: float) -> bool:
     """nan/inf on one side only, while everything before it was finite-equal (worst error finite)."""
-    return bool(t.metrics is not None and t.metrics.nonfinite_mismatch and np.isfinite(worst_before))
+    return bool(t.metrics is not None and t.metrics.nonfinite_mismatch and math.isfinite(worst_before))
 
 
 __all__ = ["DiffRoots", "MAX_DIAGNOSED", "MAX_PROBED", "RootCause", "RootCauses"]
