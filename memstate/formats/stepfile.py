@@ -33,15 +33,16 @@ class BadStepFile(ValueError):
     """A step file that is not a readable safetensors file; the message says why."""
 
 
-def _buffer(path: Path, mapped: bool, populate: bool) -> Any:
+def _buffer(path: Path, mapped: bool, populate: bool) -> tuple[Any, os.stat_result]:
     with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
+        st = os.fstat(fh.fileno())
+        size = st.st_size
         if size < 8:
             raise BadStepFile(f"{size} bytes: shorter than the 8-byte header length")
         if mapped:
             if populate and hasattr(mmap, "MAP_POPULATE"):  # every page faulted in now, by the kernel
-                return mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                return mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ), st
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), st
         buf = np.empty(size, dtype=np.uint8)
         view, got = memoryview(buf.data), 0
         while got < size:
@@ -49,7 +50,7 @@ def _buffer(path: Path, mapped: bool, populate: bool) -> Any:
             if not n:
                 raise BadStepFile(f"the file shrank while it was read ({got} of {size} bytes)")
             got += n
-        return buf
+        return buf, st
 
 
 def _entry(name: str, info: Any) -> tuple[int, int, str, tuple[int, ...]]:
@@ -70,14 +71,15 @@ def _entry(name: str, info: Any) -> tuple[int, int, str, tuple[int, ...]]:
     return offsets[0], offsets[1], dtype, tuple(shape)
 
 
-_Entries = dict[str, tuple[int, int, str, tuple[int, ...]]]
+_Plan = tuple[tuple[str, str, "np.dtype | None", int, int, tuple[int, ...]], ...]
 _Layout = tuple[tuple[int, int, str, tuple[int, ...], str], ...]
-_CHECKED: dict[bytes, tuple[_Entries, _Layout, int]] = {}  # tensor tables already checked, by their JSON text
+_CHECKED: dict[bytes, tuple[_Plan, _Layout, int]] = {}  # tensor tables already checked, by their JSON text
 CHECKED_LIMIT = 64  # tables remembered before the memo starts over (a trace has one, or a few)
 
 
-def _header(buf: Any, size: int) -> tuple[dict[str, str], _Entries, _Layout, int, int]:
-    """(metadata, entries, layout by offset, end of the tensor data, start of the data) of a file's header."""
+def _header(buf: Any, size: int) -> tuple[dict[str, str], _Plan, _Layout, int, int]:
+    """(metadata, plan, layout by offset, end of the tensor data, start of the data) of a file's header;
+    the plan lists (name, dtype, numpy dtype or None, element count, offset, shape) in the header's order."""
     n = int.from_bytes(bytes(buf[:8]), "little")
     if n > HEADER_LIMIT or 8 + n > size:
         raise BadStepFile(f"header length {n} does not fit the file of {size} bytes")
@@ -90,12 +92,13 @@ def _header(buf: Any, size: int) -> tuple[dict[str, str], _Entries, _Layout, int
     meta = doc.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise BadStepFile("__metadata__ must map names to strings")
-    entries, layout, end = _checked_table(doc)
-    return meta, entries, layout, end, 8 + n
+    plan, layout, end = _checked_table(doc)
+    return meta, plan, layout, end, 8 + n
 
 
-def _checked_table(doc: dict[str, Any]) -> tuple[_Entries, _Layout, int]:
-    """The tensor table checked (entries valid, offsets tiling the data from 0) and laid out by offset.
+def _checked_table(doc: dict[str, Any]) -> tuple[_Plan, _Layout, int]:
+    """The tensor table checked (entries valid, sizes matching shapes, offsets tiling the data from 0),
+    planned and laid out by offset.
 
     Every step file of a trace has the same table, so the answer is remembered by the table's JSON text
     (orjson's, which tells 2 from 2.0 and true from 1): a step costs one dumps and one lookup, not a check
@@ -111,10 +114,29 @@ def _checked_table(doc: dict[str, Any]) -> tuple[_Entries, _Layout, int]:
         if s != end:
             raise BadStepFile("tensor data overlaps or leaves a gap")
         end = e
+    plan = []
+    for name, (s, e, dtype, shape) in entries.items():
+        dt, count = NUMPY_DTYPES.get(dtype), math.prod(shape)
+        if dt is not None and e - s != count * dt.itemsize:
+            raise BadStepFile(f"tensor {name!r} has {e - s} bytes but shape {list(shape)} of {dtype} needs "
+                              f"{count * dt.itemsize}")
+        plan.append((name, dtype, dt, count, s, shape))
     if len(_CHECKED) >= CHECKED_LIMIT:
         _CHECKED.clear()
-    _CHECKED[key] = (entries, layout, end)
-    return entries, layout, end
+    _CHECKED[key] = (tuple(plan), layout, end)
+    return _CHECKED[key]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a mapped step file's tensor bytes can be read again (memstate.formats.alongside): its path, the
+    device and inode it had when mapped (a file renamed over it since is another file), and where the
+    tensor data starts."""
+
+    path: Path
+    device: int
+    inode: int
+    start: int
 
 
 @dataclass(frozen=True)
@@ -122,11 +144,14 @@ class Payload:
     """A step file's tensor bytes as one flat array, with the layout that gives them meaning.
 
     `layout` lists (offset, end, dtype, shape, name) by offset; two payloads with equal layouts and equal
-    bytes hold the same tensors bit for bit, name for name (memstate.comparator.compare.same_payload): the comparator settles a
-    bit-identical step with one pass over its bytes instead of one call per tensor (issue 14)."""
+    bytes hold the same tensors bit for bit, name for name (memstate.comparator.compare.identical_prefix):
+    the comparator settles a bit-identical step with one pass over its bytes instead of one call per
+    tensor (issue 14). `source` is set for a mapped file: its bytes can then be compared without touching
+    the mapping."""
 
     layout: tuple[tuple[int, int, str, tuple[int, ...], str], ...]
     data: np.ndarray  # uint8, read-only or not as the tensors are
+    source: Source | None = None
 
 
 def read_safetensors(path: str | os.PathLike, mapped: bool = False, populate: bool = True
@@ -142,26 +167,21 @@ def read_safetensors(path: str | os.PathLike, mapped: bool = False, populate: bo
 def read_step_payload(path: str | os.PathLike, mapped: bool = False, populate: bool = True
                       ) -> tuple[dict[str, str], dict[str, tuple[str, np.ndarray | None]], Payload]:
     """What `read_safetensors` gives, and the file's Payload (views, no copy)."""
-    buf = _buffer(Path(path), mapped, populate)
+    buf, st = _buffer(Path(path), mapped, populate)
     size = len(buf)
-    meta, entries, layout, end, start = _header(buf, size)
+    meta, plan, layout, end, start = _header(buf, size)
     if start + end != size:
         raise BadStepFile(f"the tensors take {end} bytes but the file holds {size - start} after the header")
     out: dict[str, tuple[str, np.ndarray | None]] = {}
-    for name, (s, e, dtype, shape) in entries.items():
-        dt = NUMPY_DTYPES.get(dtype)
+    for name, dtype, dt, count, s, shape in plan:
         if dt is None:
             out[name] = (dtype, None)
-            continue
-        count = math.prod(shape)
-        if e - s != count * dt.itemsize:
-            raise BadStepFile(f"tensor {name!r} has {e - s} bytes but shape {list(shape)} of {dtype} needs "
-                              f"{count * dt.itemsize}")
-        if count:
-            arr = np.frombuffer(buf, dtype=dt, count=count, offset=start + s)
+        elif count:
+            out[name] = (dtype, np.frombuffer(buf, dtype=dt, count=count, offset=start + s).reshape(shape))
         else:
             arr = np.empty(0, dtype=dt)
             arr.flags.writeable = not mapped
-        out[name] = (dtype, arr.reshape(shape))
+            out[name] = (dtype, arr.reshape(shape))
     data = np.frombuffer(buf, dtype=np.uint8, count=end, offset=start) if end else np.empty(0, dtype=np.uint8)
-    return meta, out, Payload(layout, data)
+    source = Source(Path(path), st.st_dev, st.st_ino, start) if mapped else None
+    return meta, out, Payload(layout, data, source)
