@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from memstate.blas import blas_threads
+from memstate.comparator.identical import known_identical
 from memstate.comparator.curves import EVAL_PREFIX, STOP_PREFIX, Curves, CurveTracker
 from memstate.comparator.localize import Localization, WorstElement, localize
 from memstate.comparator.metadiff import MetaChange, meta_diff
@@ -427,33 +428,21 @@ def _logits_name(names: list[str]) -> str | None:
 
 
 def judge_step(sa: Step, sb: Step, tolerances: Tolerances, detail: str = "summary") -> tuple[TensorComparison, ...]:
-    """Every tensor both steps record, judged in A's order (the work a worker process does for a step)."""
+    """Every tensor both steps record, judged in A's order (the work a worker process does for a step).
+
+    A tensor whose bytes lie in the two step files' identical prefix (memstate.comparator.identical: all of
+    them in a bit-identical step) is bit-identical to its namesake without being looked at again."""
     names_b = set(sb.tensors)
     logits = _logits_name(list(sa.tensors))
-    if sa.payload is not None and sb.payload is not None and same_payload(sa.payload, sb.payload):
-        # one pass over the step files' bytes: every tensor is bit-identical to its namesake
-        return tuple(identical_comparison(name, sa.index, a, _resolve(tolerances, name, a.dtype, a.dtype),
-                                          argmax=name in ("probs", logits), detail=detail)
-                     for name, a in sa.tensors.items() if name in names_b)
+    known = known_identical(sa.payload, sb.payload)
     out = []
     for name, a in sa.tensors.items():
         if name in names_b:
-            b = sb.tensors[name]
+            b, argmax = sb.tensors[name], name in ("probs", logits)
             tol = _resolve(tolerances, name, a.dtype, b.dtype)
-            out.append(compare_tensors(name, sa.index, a, b, tol, argmax=name in ("probs", logits), detail=detail))
+            out.append(identical_comparison(name, sa.index, a, tol, argmax=argmax, detail=detail) if name in known
+                       else compare_tensors(name, sa.index, a, b, tol, argmax=argmax, detail=detail))
     return tuple(out)
-
-
-def same_payload(p: Payload, q: Payload) -> bool:
-    """Equal layouts and equal bytes: every tensor of one step file is bit-identical to its namesake in the other.
-
-    The bytes go through `bit_identical` as 8-byte words where both start on a word boundary (a file written
-    by the safetensors library always does), the rest as bytes; the first differing block ends the pass."""
-    if p.layout != q.layout or p.data.size != q.data.size:
-        return False
-    a, b = p.data, q.data
-    n = a.size // 8 * 8 if a.ctypes.data % 8 == 0 and b.ctypes.data % 8 == 0 else 0
-    return bit_identical(a[:n].view(np.uint64), b[:n].view(np.uint64)) and bit_identical(a[n:], b[n:])
 
 
 @lru_cache(maxsize=4096)

@@ -1,7 +1,7 @@
 """The comparator's step-level fast paths (issue 14) give what the per-tensor path gives.
 
 Two binary step files with the same layout and the same bytes are settled in one pass over their bytes
-(memstate.comparator.compare.same_payload); detail="divergent" (what `memstate diff --format text` asks for)
+(memstate.comparator.identical); detail="divergent" (what `memstate diff --format text` asks for)
 skips the full metrics of kept steps that pass. Each is checked against the slow path on the same traces:
 a flipped bit anywhere, -0 against 0, nan payloads, float32 with an odd byte count, a header whose length
 leaves the data off an 8-byte boundary, and layouts that differ only in names or order.
@@ -21,7 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memstate.comparator import compare as compare_module
-from memstate.comparator.compare import compare, same_payload
+from memstate.comparator.compare import compare
+from memstate.comparator.identical import identical_prefix, same_payload
+from memstate.formats import alongside
 from memstate.formats.recorder import Recorder
 from memstate.formats.stepfile import read_step_payload
 from memstate.report import text as report_text
@@ -43,7 +45,7 @@ def _record(path, steps, dtype=np.float64, change=None, seed=0):
 def _slow(a, b, **kw):
     """compare() with the step fast path switched off: every tensor judged on its own."""
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(compare_module, "same_payload", lambda p, q: False)
+        m.setattr(compare_module, "known_identical", lambda p, q: set())
         return compare(a, b, **kw)
 
 
@@ -61,10 +63,12 @@ def _same_result(fast, slow) -> None:
 EDITS = st.sampled_from(["none", "flip-low-bit", "minus-zero", "nan-payload", "nan-both"])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(edit=EDITS, step=st.integers(0, 4), name=st.sampled_from(NAMES), index=st.integers(0, 200),
-       dtype=st.sampled_from([np.float64, np.float32]))
-def test_one_pass_step_test_equals_the_per_tensor_path(tmp_path_factory, edit, step, name, index, dtype):
+       dtype=st.sampled_from([np.float64, np.float32]), first=st.sampled_from([None, 16, 40]))
+def test_one_pass_step_test_equals_the_per_tensor_path(tmp_path_factory, edit, step, name, index, dtype, first):
+    # first: the first chunk's size in bytes (memstate.formats.alongside), small enough that the identical
+    # prefix of a step ends inside it, short of the edit, or at the tensor before it
     tmp = tmp_path_factory.mktemp("t")
     a, b = tmp / "a.memstate", tmp / "b.memstate"
 
@@ -95,7 +99,12 @@ def test_one_pass_step_test_equals_the_per_tensor_path(tmp_path_factory, edit, s
 
     _record(a, range(5), dtype, change_a)
     _record(b, range(5), dtype, change)
-    fast, slow = compare(a, b, detail="full"), _slow(a, b, detail="full")
+    with pytest.MonkeyPatch.context() as m:
+        if first is not None:
+            m.setattr(alongside, "FIRST", first)
+            m.setattr(alongside, "MOST", 2 * first)
+        fast = compare(a, b, detail="full")
+    slow = _slow(a, b, detail="full")
     _same_result(fast, slow)
     if edit in ("none", "nan-both"):
         assert fast.verdict == "agree" and all(x.metrics.max_abs_error == 0.0 for s in fast.steps for x in s.tensors)
