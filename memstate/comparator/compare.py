@@ -629,7 +629,10 @@ class _Comparer:
         if worst is not None:
             self.overview.add(k, max(t.max_abs_error for t in result.tensors), worst.max_rel_error, worst.name, failed)
         for t in result.tensors:
-            self.series.setdefault(t.name, _Buckets()).add(k, t.max_abs_error, t.max_rel_error, t.name, not t.passed)
+            series = self.series.get(t.name)
+            if series is None:  # (not setdefault: that would build a _Buckets for every tensor of every step)
+                series = self.series[t.name] = _Buckets()
+            series.add(k, t.max_abs_error, t.max_rel_error, t.name, not t.passed)
         if self.first is None:
             self.hist_steps.append(k)
             self.hist_errors.append(result.worst_rel_error)
