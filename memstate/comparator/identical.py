@@ -35,8 +35,8 @@ def identical_prefix(p: Payload, q: Payload) -> int:
     The first chunk is compared where it lies (a step that differs mostly differs there, and its pages are
     read next anyway); after it, mapped files are read again beside their mappings (memstate.formats.alongside:
     one copy instead of page faults, and a step that turns out identical touches no more of its mapping);
-    files read into memory are compared where they lie. Chunks go through `bit_identical` as 8-byte words where both start on a
-    word boundary, the rest as bytes."""
+    files read into memory are compared where they lie. Chunks go through `bit_identical` as 8-byte words, the
+    last few bytes as bytes."""
     if p.layout != q.layout or p.data.size != q.data.size:
         return 0
     spans = list(chunk_spans(p.data.size))
@@ -60,5 +60,10 @@ def same_payload(p: Payload, q: Payload) -> bool:
 
 
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    n = a.size // 8 * 8 if a.ctypes.data % 8 == 0 and b.ctypes.data % 8 == 0 else 0
+    """Whether two uint8 chunks hold the same bytes, compared as 8-byte words and a tail of bytes.
+
+    Words also where a chunk starts off a word boundary (a hand-written file; safetensors' own writer aligns the
+    data): numpy compares unaligned words correctly, and on 4 MB chunks faster than bytes (0.22 against 0.28 to
+    0.45 ms here), so no alignment test is needed; none could change an answer."""
+    n = a.size // 8 * 8
     return bit_identical(a[:n].view(np.uint64), b[:n].view(np.uint64)) and bit_identical(a[n:], b[n:])
