@@ -43,9 +43,8 @@ def identical_prefix(p: Payload, q: Payload) -> int:
     if not spans or not _same_bytes(p.data[:spans[0][1]], q.data[:spans[0][1]]):
         return 0
     done = spans[0][1]
-    pairs = chunk_pairs(p, q, done)
-    if pairs is None:
-        pairs = ((p.data[s:s + k], q.data[s:s + k]) for s, k in spans[1:])
+    read = chunk_pairs(p, q, done)
+    pairs = read if read is not None else ((p.data[s:s + k], q.data[s:s + k]) for s, k in spans[1:])
     with closing(pairs):
         for x, y in pairs:
             if not _same_bytes(x, y):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -27,7 +27,6 @@ from memstate.formats.stepfile import Payload, Source
 FIRST = 1 << 16  # bytes in the first chunk
 MOST = 4 << 20  # bytes in a chunk at most (two buffers of this size, per thread)
 _BUFFERS = threading.local()
-Pairs = Generator[tuple[np.ndarray, np.ndarray], None, None]  # closed by the caller (contextlib.closing)
 
 
 def _buffers() -> tuple[np.ndarray, np.ndarray]:
@@ -63,9 +62,10 @@ def _read_exactly(fd: int, view: memoryview, offset: int) -> bool:
 def chunk_pairs(p: Payload, q: Payload, begin: int = 0) -> Pairs | None:
     """The tensor bytes of p's and q's files as pairs of equal-length uint8 chunks, in order, from the chunk
     at offset `begin` (one `chunk_spans` gives) on, read into two reused buffers (a pair is valid until the
-    next is asked for); None when either has no Source or its file is no longer the one mapped. Stops
-    early (short of the payload's size) if a file shrank."""
-    if p.source is None or q.source is None or p.data.size != q.data.size:
+    next is asked for); None when either has no Source or its file is no longer the one mapped, or where
+    the system has no os.preadv (Windows): the caller then compares through the mappings. Stops early
+    (short of the payload's size) if a file shrank."""
+    if p.source is None or q.source is None or p.data.size != q.data.size or not hasattr(os, "preadv"):
         return None
     fa = _reopen(p.source)
     if fa is None:
@@ -74,7 +74,7 @@ def chunk_pairs(p: Payload, q: Payload, begin: int = 0) -> Pairs | None:
     if fb is None:
         os.close(fa)
         return None
-    return _chunks(fa, fb, p.source.start, q.source.start, p.data.size, begin)
+    return Pairs(fa, fb, p.source.start, q.source.start, p.data.size, begin)
 
 
 def chunk_spans(size: int) -> Iterator[tuple[int, int]]:
@@ -88,10 +88,19 @@ def chunk_spans(size: int) -> Iterator[tuple[int, int]]:
         chunk = min(chunk * 4, MOST)
 
 
-def _chunks(fa: int, fb: int, start_a: int, start_b: int, size: int,
-            begin: int) -> Pairs:
-    ba, bb = _buffers()
-    try:
+class Pairs:
+    """The pairs of chunks `chunk_pairs` promises, an iterator; `close` (contextlib.closing) gives the two
+    descriptors back, also when the pairs were never iterated (a generator's own `finally` would only run
+    once started), and so does dropping the object."""
+
+    def __init__(self, fa: int, fb: int, start_a: int, start_b: int, size: int, begin: int):
+        self.fds: tuple[int, ...] = (fa, fb)
+        self.reads = self._read(fa, fb, start_a, start_b, size, begin)
+
+    @staticmethod
+    def _read(fa: int, fb: int, start_a: int, start_b: int, size: int,
+              begin: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        ba, bb = _buffers()
         for done, k in chunk_spans(size):
             if done < begin:
                 continue
@@ -99,6 +108,17 @@ def _chunks(fa: int, fb: int, start_a: int, start_b: int, size: int,
             if not (_read_exactly(fa, va, start_a + done) and _read_exactly(fb, vb, start_b + done)):
                 return
             yield ba[:k], bb[:k]
-    finally:
-        os.close(fa)
-        os.close(fb)
+
+    def __iter__(self) -> Pairs:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        return next(self.reads)
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, ()
+        for fd in fds:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()

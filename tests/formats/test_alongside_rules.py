@@ -95,6 +95,39 @@ def test_a_payload_read_into_memory_gives_no_chunks(tmp_path):
     assert alongside.chunk_pairs(mapped, shorter) is None
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors through /proc")
+def test_pairs_give_their_descriptors_back_iterated_or_not(tmp_path):
+    p, q, _, _ = _pair(tmp_path)
+    pp, qp = read_step_payload(p, True)[2], read_step_payload(q, True)[2]
+    before = _open_fds()
+    pairs = alongside.chunk_pairs(pp, qp)
+    assert _open_fds() == before + 2
+    pairs.close()  # never iterated
+    pairs.close()  # (twice is harmless)
+    assert _open_fds() == before
+    pairs = alongside.chunk_pairs(pp, qp)
+    next(pairs)
+    del pairs  # dropped half-way, unclosed
+    assert _open_fds() == before
+
+
+def test_without_preadv_there_are_no_chunks_and_the_mappings_answer(tmp_path, small_chunks, monkeypatch):
+    from memstate.comparator.identical import identical_prefix
+
+    p, _, a, _ = _pair(tmp_path)
+    q = tmp_path / "copy"
+    q.write_bytes(p.read_bytes())
+    pp, qp = read_step_payload(p, True)[2], read_step_payload(q, True)[2]
+    assert alongside.chunk_pairs(pp, qp) is not None
+    monkeypatch.delattr(os, "preadv")  # as on Windows
+    assert alongside.chunk_pairs(pp, qp) is None
+    assert identical_prefix(pp, qp) == a.size == 800
+
+
 def test_each_thread_reads_into_its_own_two_buffers_made_once(tmp_path, monkeypatch):
     monkeypatch.setattr(alongside, "FIRST", 16)
     monkeypatch.setattr(alongside, "MOST", 256)
