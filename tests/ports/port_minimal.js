@@ -2,7 +2,7 @@
 /*
  * port_minimal.js -- a 2-layer MLP in plain Node that records as little as possible.
  *
- *   node port_minimal.js PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K] [--full]
+ *   node port_minimal.js PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K] [--full] [--binary]
  *
  * Written without memstate: no npm packages. Reads a memstate params file and batches file, trains with plain
  * SGD (rows = samples, W [fan_in, fan_out], z = a @ W + b) and records per step only, in canonical names and
@@ -15,6 +15,11 @@
  * --full records the whole canonical trace instead, in dataflow order (what memstate's `cmd:` contract needs
  * to compare it with its own implementations, docs/ports.md section 5):
  *   x y L1.z L1.a L2.z probs loss L2.dz L2.dW L2.db L1.da L1.dz L1.dW L1.db L1.W L1.b L2.W L2.b
+ *
+ * --binary writes TRACE as a binary trace directory instead of JSONL (docs/format.md, section 3.2), by hand:
+ * header.json, and per step a safetensors file whose tensors lie sorted by name (as safetensors libraries
+ * lay them out, not in dataflow order, which the "order" metadata gives), its header padded with spaces to
+ * a multiple of 8 bytes, written to a .tmp name and renamed.
  *
  * Bugs (--bug, only on steps >= --bug-from-step K): softmax-global-sum, softmax-global-max, bias-grad-scalar,
  * grad-not-zeroed, momentum, weight-decay, round8 (toFixed(8)), loss-mean-over-classes, output-sigmoid.
@@ -103,17 +108,18 @@ function readParams(path, L) {
 
 function parseArgs(supported) {
   const pos = [], a = process.argv.slice(2);
-  let bug = null, start = '0', full = false;
+  let bug = null, start = '0', full = false, binary = false;
   for (let i = 0; i < a.length; i++) {
     if (a[i] === '--bug') bug = a[++i] || '';
     else if (a[i] === '--bug-from-step') start = a[++i] || '';
     else if (a[i] === '--full') full = true;
+    else if (a[i] === '--binary') binary = true;
     else pos.push(a[i]);
   }
-  need(pos.length === 3 && !pos.some((p) => p.startsWith('-')), `usage: node ${process.argv[1]} PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K] [--full]`);
+  need(pos.length === 3 && !pos.some((p) => p.startsWith('-')), `usage: node ${process.argv[1]} PARAMS BATCHES TRACE [--bug NAME] [--bug-from-step K] [--full] [--binary]`);
   need(/^-?\d+$/.test(start), '--bug-from-step needs an integer');
   need(bug === null || supported.includes(bug), `unsupported bug ${JSON.stringify(bug)} (supported: ${supported.join(', ')})`);
-  return { params: pos[0], batches: pos[1], trace: pos[2], bug, start: parseInt(start, 10), full };
+  return { params: pos[0], batches: pos[1], trace: pos[2], bug, start: parseInt(start, 10), full, binary };
 }
 
 const fmt = (v) => (Number.isNaN(v) ? '"nan"' : v === Infinity ? '"inf"' : v === -Infinity ? '"-inf"' : Object.is(v, -0) ? '-0.0' : String(v));
@@ -126,14 +132,47 @@ function openTrace(path, impl) {
   } catch (e) { return die(`cannot write ${path}: ${e.message}`); }
 }
 
-// One step's records [name, number | array | array of rows] and its terminator, in one write.
+// A record [name, number | array | array of rows] as {name, shape, data (flat)}.
+function flat([name, v]) {
+  const shape = !Array.isArray(v) ? [] : Array.isArray(v[0]) ? [v.length, v[0].length] : [v.length];
+  return { name, shape, data: shape.length === 0 ? [v] : shape.length === 2 ? v.flat() : v };
+}
+
+// One step's records and its terminator, in one write.
 function writeStep(fd, k, recs) {
-  const lines = recs.map(([name, v]) => {
-    const shape = !Array.isArray(v) ? [] : Array.isArray(v[0]) ? [v.length, v[0].length] : [v.length];
-    const data = shape.length === 0 ? [v] : shape.length === 2 ? v.flat() : v;
-    return `{"step": ${k}, "name": ${JSON.stringify(name)}, "shape": ${JSON.stringify(shape)}, "dtype": "float64", "data": [${data.map(fmt).join(', ')}]}`;
-  });
+  const lines = recs.map(flat).map(({ name, shape, data }) =>
+    `{"step": ${k}, "name": ${JSON.stringify(name)}, "shape": ${JSON.stringify(shape)}, "dtype": "float64", "data": [${data.map(fmt).join(', ')}]}`);
   fs.writeSync(fd, lines.concat([`{"step": ${k}, "end": true}`]).join('\n') + '\n');
+}
+
+function openBinary(dir, impl) {
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(`${dir}/header.json`, JSON.stringify({ format: 'memstate.trace', version: 1, encoding: 'binary', meta: { impl, dtype: 'float64' } }));
+  } catch (e) { die(`cannot write ${dir}: ${e.message}`); }
+}
+
+// One step as a safetensors file: tensors sorted by name, "order" keeps the dataflow order.
+function writeBinaryStep(dir, k, recs) {
+  const named = recs.map(flat);
+  const laid = [...named].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const head = {};
+  let size = 0;
+  for (const t of laid) {
+    head[t.name] = { dtype: 'F64', shape: t.shape, data_offsets: [size, size + 8 * t.data.length] };
+    size += 8 * t.data.length;
+  }
+  head.__metadata__ = { step: String(k), order: JSON.stringify(named.map((t) => t.name)) };
+  let text = JSON.stringify(head);
+  text += ' '.repeat((8 - (Buffer.byteLength(text) % 8)) % 8);
+  const n = Buffer.byteLength(text), buf = Buffer.alloc(8 + n + size);
+  buf.writeBigUInt64LE(BigInt(n), 0);
+  buf.write(text, 8, 'utf8');
+  let at = 8 + n;
+  for (const t of laid) for (const v of t.data) { buf.writeDoubleLE(v, at); at += 8; }
+  const file = `${dir}/step-${String(k).padStart(8, '0')}.safetensors`;
+  fs.writeFileSync(`${file}.tmp`, buf);
+  fs.renameSync(`${file}.tmp`, file);
 }
 
 // maths
@@ -157,7 +196,9 @@ function main() {
   const lr = st.learning_rate, relu = st.activation === 'relu', mean = st.loss_reduction === 'mean';
   const P = readParams(args.params, st.layers);
   let W1 = rows(P['L1.W'], n0, n1), b1 = P['L1.b'].slice(), W2 = rows(P['L2.W'], n1, n2), b2 = P['L2.b'].slice();
-  const fd = openTrace(args.trace, 'port_minimal');
+  const fd = args.binary ? null : openTrace(args.trace, 'port_minimal');
+  if (args.binary) openBinary(args.trace, 'port_minimal');
+  const write = (k, recs) => (args.binary ? writeBinaryStep(args.trace, k, recs) : writeStep(fd, k, recs));
   let prev = null, vel = null, rounded = false;
   for (const { step: k, B, x: xf, y: yf } of steps) {
     const on = (name) => args.bug === name && k >= args.start;
@@ -197,7 +238,7 @@ function main() {
     }
     [W1, b1, W2, b2] = params;
     if (!args.full) {
-      writeStep(fd, k, [['x', x], ['y', y], ['L1.W', W1], ['L1.b', b1], ['L2.W', W2], ['L2.b', b2]]);
+      write(k, [['x', x], ['y', y], ['L1.W', W1], ['L1.b', b1], ['L2.W', W2], ['L2.b', b2]]);
       continue;
     }
     let loss = 0;
@@ -208,11 +249,11 @@ function main() {
       }
     }
     const [gW1, gb1, gW2, gb2] = grads; // recorded as used (accumulated under grad-not-zeroed)
-    writeStep(fd, k, [['x', x], ['y', y], ['L1.z', z1], ['L1.a', a1], ['L2.z', z2], ['probs', p], ['loss', -loss / R],
+    write(k, [['x', x], ['y', y], ['L1.z', z1], ['L1.a', a1], ['L2.z', z2], ['probs', p], ['loss', -loss / R],
       ['L2.dz', dz2], ['L2.dW', gW2], ['L2.db', gb2], ['L1.da', da1], ['L1.dz', dz1], ['L1.dW', gW1], ['L1.db', gb1],
       ['L1.W', W1], ['L1.b', b1], ['L2.W', W2], ['L2.b', b2]]);
   }
-  fs.closeSync(fd);
+  if (fd !== null) fs.closeSync(fd);
 }
 
 main();
