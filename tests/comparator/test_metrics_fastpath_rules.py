@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from memstate.comparator import metrics
-from memstate.comparator.metrics import (BLOCK, TensorMetrics, _finite_extremes, _scratch, bit_identical,
+from memstate.comparator.metrics import (BLOCK, HEAD, TensorMetrics, _finite_extremes, _scratch, bit_identical,
                                          completed_metrics, dtype_name, element_errors, identical_metrics,
                                          identical_summary, summary_metrics, tensor_metrics, ulp_distance,
                                          within_tolerance)
@@ -75,11 +75,13 @@ def completes_to_full(a: np.ndarray, b: np.ndarray, argmax: bool = False) -> Ten
 # --- bit_identical ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [BLOCK, BLOCK + 1, 2 * BLOCK + 3])
+@pytest.mark.parametrize("n", [1, HEAD - 1, HEAD, HEAD + 1, BLOCK, HEAD + BLOCK, HEAD + BLOCK + 1, 2 * BLOCK + 3])
 def test_bit_identical_sees_a_difference_in_any_block(n):
+    # the head (HEAD elements), then blocks of BLOCK from there: a difference at either edge of each
     a = np.linspace(-1.0, 1.0, n)
     assert bit_identical(a, a.copy())
-    for at in sorted({0, 1, BLOCK - 1, min(BLOCK, n - 1), n - 1}):
+    edges = {0, 1, HEAD - 1, HEAD, HEAD + 1, BLOCK - 1, BLOCK, HEAD + BLOCK - 1, HEAD + BLOCK, n - 2, n - 1}
+    for at in sorted(e for e in edges if 0 <= e < n):
         b = a.copy()
         b[at] = np.nextafter(b[at], INF)
         assert not bit_identical(a, b), at
