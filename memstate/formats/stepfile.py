@@ -167,7 +167,8 @@ def read_safetensors(path: str | os.PathLike, mapped: bool = False, populate: bo
 def read_step_payload(path: str | os.PathLike, mapped: bool = False, populate: bool = True
                       ) -> tuple[dict[str, str], dict[str, tuple[str, np.ndarray | None]], Payload]:
     """What `read_safetensors` gives, and the file's Payload (views, no copy)."""
-    buf, st = _buffer(Path(path), mapped, populate)
+    path = path if isinstance(path, Path) else Path(path)
+    buf, st = _buffer(path, mapped, populate)
     size = len(buf)
     meta, plan, layout, end, start = _header(buf, size)
     if start + end != size:
@@ -183,5 +184,5 @@ def read_step_payload(path: str | os.PathLike, mapped: bool = False, populate: b
             arr.flags.writeable = not mapped
             out[name] = (dtype, arr.reshape(shape))
     data = np.frombuffer(buf, dtype=np.uint8, count=end, offset=start) if end else np.empty(0, dtype=np.uint8)
-    source = Source(Path(path), st.st_dev, st.st_ino, start) if mapped else None
+    source = Source(path, st.st_dev, st.st_ino, start) if mapped else None
     return meta, out, Payload(layout, data, source)

@@ -454,22 +454,45 @@ def _check_run_id(meta: dict[str, str], run_id: str | None, path: Path) -> None:
                             "single run's trace; record it again into an empty directory")
 
 
+_ORDERS: dict[str, list[str] | tuple[str, str | None]] = {}  # "order" text -> its names, or (why refused, name)
+ORDERS_LIMIT = 64  # order texts remembered before the memo starts over (a trace has one, or a few)
+
+
 def _step_order(meta: dict[str, str], keys: set[str], path: Path, index: int) -> list[str]:
     if meta.get("step") != str(index):
         raise FormatError(path, f'__metadata__ "step" is {meta.get("step")!r}, expected "{index}" from the file name')
     if "order" not in meta:
         raise FormatError(path, '__metadata__ has no "order" (the JSON list of names in dataflow order)')
-    try:
-        order = loads_fast(meta["order"])
-    except BadJSON as e:
-        raise FormatError(path, f'__metadata__ "order" is not JSON: {e.msg}') from None
-    if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
-        raise FormatError(path, '__metadata__ "order" must be a JSON list of tensor names')
-    if len(set(order)) != len(order):
-        dup = next(n for n in order if order.count(n) > 1)
-        raise FormatError(path, '__metadata__ "order" lists a name twice', dup)
+    order = _parsed_order(meta["order"])
+    if isinstance(order, tuple):
+        raise FormatError(path, *order)
     if set(order) != keys:
         extra, missing = sorted(set(order) - keys), sorted(keys - set(order))
         raise FormatError(path, f'__metadata__ "order" does not match the tensors: listed but absent {extra}, '
                                 f"present but not listed {missing}")
-    return order
+    return list(order)
+
+
+def _parsed_order(text: str) -> list[str] | tuple[str, str | None]:
+    """The names an "order" text lists, checked (a JSON list of distinct strings), or (the message that
+    refuses it, the name it is about or None). Every step file of a trace has the same text,
+    so the answer is remembered by it: parsing and checking it was a sixth of reading a small step file."""
+    hit = _ORDERS.get(text)
+    if hit is not None:
+        return hit
+    answer: list[str] | tuple[str, str | None]
+    try:
+        order = loads_fast(text)
+    except BadJSON as e:
+        answer = (f'__metadata__ "order" is not JSON: {e.msg}', None)
+    else:
+        if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
+            answer = ('__metadata__ "order" must be a JSON list of tensor names', None)
+        elif len(set(order)) != len(order):
+            answer = ('__metadata__ "order" lists a name twice', next(n for n in order if order.count(n) > 1))
+        else:
+            answer = order
+    if len(_ORDERS) >= ORDERS_LIMIT:
+        _ORDERS.clear()
+    _ORDERS[text] = answer
+    return answer

@@ -344,7 +344,23 @@ def test_binary_malformed_names_the_file(tmp_path, damage, file, match):
     if file.startswith("step-00000001.safetensors") and "name" not in file:
         (path / "step-00000001.safetensors").unlink()
     damage(path)
-    with pytest.raises(FormatError, match=re.escape(f"{path / file}: ") + ".*" + match):
+    for _ in range(2):  # the second time through the remembered answers (trace._parsed_order, stepfile's table)
+        with pytest.raises(FormatError, match=re.escape(f"{path / file}: ") + ".*" + match):
+            read_trace(path)
+
+
+def test_the_order_memo_starts_over_when_full_and_keeps_each_files_check(tmp_path, monkeypatch):
+    from memstate.formats import trace as trace_module
+
+    monkeypatch.setattr(trace_module, "_ORDERS", {})
+    monkeypatch.setattr(trace_module, "ORDERS_LIMIT", 1)
+    path = binary(tmp_path)
+    assert [list(s.tensors) for s in read_trace(path)] == [list(s.tensors) for s in read_trace(path)]
+    assert len(trace_module._ORDERS) == 1
+    (path / "step-00000001.safetensors").unlink()  # the same order text over other tensors: still refused
+    known = next(iter(trace_module._ORDERS))
+    _meta_file(path, "step-00000001.safetensors", {"q": np.zeros(1)}, {"step": "1", "order": known})
+    with pytest.raises(FormatError, match="does not match the tensors"):
         read_trace(path)
 
 
