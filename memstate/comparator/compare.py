@@ -380,6 +380,12 @@ def error_grid(errors: np.ndarray, limit: int = GRID_LIMIT) -> tuple[tuple[float
 
 # ---------------------------------------------------------------- the bounded summaries
 
+def _fields_of(b: Bucket) -> tuple[Any, ...]:
+    """A Bucket's fields in order (dataclasses.astuple would deep-copy them)."""
+    return (b.first_step, b.last_step, b.steps, b.max_abs_error, b.max_rel_error, b.worst_step, b.worst_name,
+            b.failed)
+
+
 def _merge(x: Bucket, y: Bucket) -> Bucket:
     worst = y if y.max_rel_error > x.max_rel_error else x
     return Bucket(x.first_step, y.last_step, x.steps + y.steps, max(x.max_abs_error, y.max_abs_error),
@@ -387,21 +393,38 @@ def _merge(x: Bucket, y: Bucket) -> Bucket:
 
 
 class _Buckets:
-    """A series downsampled to at most `limit` buckets of equal step counts (doubling as it grows)."""
+    """A series downsampled to at most `limit` buckets of equal step counts (doubling as it grows).
+
+    The last bucket stays open as a plain list of Bucket's fields while steps are added to it, and becomes
+    a Bucket when the next one opens: adding a step was two Bucket objects (the step's and the merge), for
+    every tensor of every step. `items` gives every bucket, the open one included."""
 
     def __init__(self, limit: int = MAX_BUCKETS):
-        self.limit, self.width, self.items = limit, 1, []  # type: ignore[var-annotated]
+        self.limit, self.width = limit, 1
+        self.closed: list[Bucket] = []
+        self.open: list[Any] | None = None  # first, last, steps, max abs, max rel, worst step, worst name, failed
+
+    @property
+    def items(self) -> list[Bucket]:
+        return self.closed + ([Bucket(*self.open)] if self.open is not None else [])
 
     def add(self, step: int, abs_err: float, rel_err: float, name: str | None, failed: bool) -> None:
-        new = Bucket(step, step, 1, abs_err, rel_err, step, name, int(failed))
-        if self.items and self.items[-1].steps < self.width:
-            self.items[-1] = _merge(self.items[-1], new)
+        o = self.open
+        if o is not None and o[2] < self.width:  # what _merge(open bucket, this step's) gives, in place
+            o[1], o[2], o[7] = step, o[2] + 1, o[7] + int(failed)
+            if abs_err > o[3]:
+                o[3] = abs_err
+            if rel_err > o[4]:
+                o[4], o[5], o[6] = rel_err, step, name
         else:
-            self.items.append(new)
-        if len(self.items) > self.limit:
-            pairs = [self.items[i:i + 2] for i in range(0, len(self.items), 2)]
-            self.items = [_merge(*p) if len(p) == 2 else p[0] for p in pairs]
-            self.width *= 2
+            if o is not None:
+                self.closed.append(Bucket(*o))
+            self.open = [step, step, 1, abs_err, rel_err, step, name, int(failed)]
+        if len(self.closed) >= self.limit:  # one more than the limit, counting the open bucket
+            items = self.items
+            pairs = [items[i:i + 2] for i in range(0, len(items), 2)]
+            merged = [_merge(*p) if len(p) == 2 else p[0] for p in pairs]
+            self.closed, self.open, self.width = merged[:-1], list(_fields_of(merged[-1])), self.width * 2
 
 
 class _Findings:
