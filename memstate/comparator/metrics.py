@@ -244,14 +244,27 @@ def _argmax_same(a: np.ndarray) -> float | None:
     return 0.0 if a.ndim == 2 and a.shape[0] > 0 and a.shape[1] > 0 else None
 
 
+_IDENTICAL: dict[tuple[int, bool, float | None], TensorMetrics] = {}  # identical_summary's answers by their key
+IDENTICAL_LIMIT = 1024  # answers remembered before the memo starts over
+
+
 def identical_summary(a: np.ndarray, argmax: bool = False) -> TensorMetrics:
     """The metrics of a bit-identical pair before anything is computed from it (detail "identical"): errors
-    0; scale, non-finite counts and the rest are filled in by `completed_metrics` if a report shows it."""
-    size = int(a.size)
-    return TensorMetrics(size=size, scale=math.nan, max_abs_error=0.0, max_rel_error=0.0, max_elem_rel_error=0.0,
-                         max_ulp=0.0, ulp_dtype="float32" if a.dtype.itemsize <= 4 else "float64", cosine=1.0,
-                         n_out=0, frac_out=0.0, nan_a=0, nan_b=0, inf_a=0, inf_b=0, nonfinite_mismatch=0,
-                         argmax_mismatch=_argmax_same(a) if argmax else None, detail="identical")
+    0; scale, non-finite counts and the rest are filled in by `completed_metrics` if a report shows it.
+
+    They depend only on a's size, whether it is float32 or narrower, and the argmax field, so each answer
+    is made once and shared (TensorMetrics is frozen): an identical diff asked for one per tensor per step."""
+    key = (int(a.size), a.dtype.itemsize <= 4, _argmax_same(a) if argmax else None)
+    hit = _IDENTICAL.get(key)
+    if hit is not None:
+        return hit
+    if len(_IDENTICAL) >= IDENTICAL_LIMIT:
+        _IDENTICAL.clear()
+    made = _IDENTICAL[key] = TensorMetrics(
+        size=key[0], scale=math.nan, max_abs_error=0.0, max_rel_error=0.0, max_elem_rel_error=0.0, max_ulp=0.0,
+        ulp_dtype="float32" if key[1] else "float64", cosine=1.0, n_out=0, frac_out=0.0, nan_a=0, nan_b=0,
+        inf_a=0, inf_b=0, nonfinite_mismatch=0, argmax_mismatch=key[2], detail="identical")
+    return made
 
 
 def identical_metrics(a: np.ndarray, argmax: bool = False) -> TensorMetrics:

@@ -137,6 +137,22 @@ def test_identical_summary_fills_in_only_the_errors(dtype, ulp_dtype):
         assert type(v) is int
 
 
+def test_identical_summaries_are_remembered_by_size_width_and_argmax(monkeypatch):
+    from memstate.comparator import metrics
+
+    monkeypatch.setattr(metrics, "_IDENTICAL", {})
+    monkeypatch.setattr(metrics, "IDENTICAL_LIMIT", 3)
+    cases = [(np.zeros((2, 3)), True, "float64", 0.0), (np.zeros(6), True, "float64", None),
+             (np.zeros(6, np.float32), False, "float32", None), (np.zeros((2, 3), np.float32), True, "float32", 0.0),
+             (np.zeros((3, 2)), True, "float64", 0.0), (np.zeros(6), False, "float64", None)]
+    for _ in range(2):  # made, then (the memo holding at most 3) made again or remembered: the same answers
+        for x, argmax, ulp_dtype, want in cases:
+            m = identical_summary(x, argmax=argmax)
+            assert (m.size, m.ulp_dtype, m.argmax_mismatch, m.detail) == (6, ulp_dtype, want, "identical")
+            assert identical_summary(x, argmax=argmax) is m  # shared (TensorMetrics is frozen)
+            assert 1 <= len(metrics._IDENTICAL) <= 3
+
+
 @pytest.mark.parametrize("shape, expected", [((3, 4), 0.0), ((0, 4), None), ((4, 0), None), ((1, 1), 0.0),
                                              ((5,), None), ((2, 2, 2), None)])
 def test_argmax_of_an_identical_pair(shape, expected):
