@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from memstate.blas import blas_threads
+from memstate.comparator import together
 from memstate.comparator.identical import known_identical
 from memstate.comparator.curves import EVAL_PREFIX, STOP_PREFIX, Curves, CurveTracker
 from memstate.comparator.localize import Localization, WorstElement, localize
@@ -324,14 +325,22 @@ def compare_tensors(name: str, step: int, a: np.ndarray, b: np.ndarray, toleranc
     if detail == "summary":
         ok, max_abs, scale = within_tolerance(a, b, tolerance.rtol, tolerance.atol)
         if ok:
-            return TensorComparison(**common, within_tolerance=True,
-                                    metrics=summary_metrics(a, b, max_abs, scale, argmax))
+            return _summary_comparison(name, step, a, b, tolerance, max_abs, scale, argmax)
     errors = element_errors(a, b)
     out = tolerance.out_of_tolerance(errors)
     metrics = tensor_metrics(a, b, errors, out, argmax=argmax)
     within = metrics.n_out == 0
     return TensorComparison(**common, within_tolerance=within, metrics=metrics,
                             min_tolerance=None if within else min_passing(errors, tolerance))
+
+
+def _summary_comparison(name: str, step: int, a: np.ndarray, b: np.ndarray, tolerance: Tolerance, max_abs: float,
+                        scale: float, argmax: bool) -> TensorComparison:
+    """The judgement of a same-shaped pair found within tolerance (every element finite), with the maxima
+    that test found: summary metrics (detail "summary")."""
+    return TensorComparison(step=step, name=name, shape_a=tuple(a.shape), shape_b=tuple(b.shape),
+                            dtype_a=dtype_name(a.dtype), dtype_b=dtype_name(b.dtype), tolerance=tolerance,
+                            within_tolerance=True, metrics=summary_metrics(a, b, max_abs, scale, argmax))
 
 
 def identical_comparison(name: str, step: int, a: np.ndarray, tolerance: Tolerance, *, argmax: bool = False,
@@ -454,18 +463,38 @@ def judge_step(sa: Step, sb: Step, tolerances: Tolerances, detail: str = "summar
     """Every tensor both steps record, judged in A's order (the work a worker process does for a step).
 
     A tensor whose bytes lie in the two step files' identical prefix (memstate.comparator.identical: all of
-    them in a bit-identical step) is bit-identical to its namesake without being looked at again."""
+    them in a bit-identical step) is bit-identical to its namesake without being looked at again. With
+    detail="summary", the step's small float64 tensors are judged together (memstate.comparator.together),
+    with the answers compare_tensors would give; the rest, and any of them not settled there, one by one."""
     names_b = set(sb.tensors)
     logits = _logits_name(list(sa.tensors))
     known = known_identical(sa.payload, sb.payload)
+    names = [n for n in sa.tensors if n in names_b]
+    tols = {n: _resolve(tolerances, n, sa.tensors[n].dtype, sb.tensors[n].dtype) for n in names}
+    together = _judged_together(names, known, sa, sb, tols) if detail == "summary" else {}
     out = []
-    for name, a in sa.tensors.items():
-        if name in names_b:
-            b, argmax = sb.tensors[name], name in ("probs", logits)
-            tol = _resolve(tolerances, name, a.dtype, b.dtype)
-            out.append(identical_comparison(name, sa.index, a, tol, argmax=argmax, detail=detail) if name in known
-                       else compare_tensors(name, sa.index, a, b, tol, argmax=argmax, detail=detail))
+    for name in names:
+        a, b, tol, argmax = sa.tensors[name], sb.tensors[name], tols[name], name in ("probs", logits)
+        verdict = together.get(name)
+        if name in known or (verdict is not None and verdict[0]):
+            out.append(identical_comparison(name, sa.index, a, tol, argmax=argmax, detail=detail))
+        elif verdict is not None:
+            out.append(_summary_comparison(name, sa.index, a, b, tol, verdict[1], verdict[2], argmax))
+        else:
+            out.append(compare_tensors(name, sa.index, a, b, tol, argmax=argmax, detail=detail))
     return tuple(out)
+
+
+def _judged_together(names: list[str], known: set[str], sa: Step, sb: Step,
+                     tols: dict[str, Tolerance]) -> dict[str, tuple[bool, float, float]]:
+    """The verdicts of together.verdicts for the step's small float64 pairs not known identical, by name
+    (those it leaves to the one-by-one path are absent); nothing for fewer than two such pairs."""
+    small = [n for n in names if n not in known and together.eligible(sa.tensors[n], sb.tensors[n])]
+    if len(small) < 2:
+        return {}
+    got = together.verdicts([(sa.tensors[n], sb.tensors[n]) for n in small], [tols[n].rtol for n in small],
+                            [tols[n].atol for n in small])
+    return {n: v for n, v in zip(small, got) if v is not None}
 
 
 @lru_cache(maxsize=4096)

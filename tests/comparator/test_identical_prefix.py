@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memstate.comparator import compare as compare_module
-from memstate.comparator import identical
+from memstate.comparator import identical, together
 from memstate.comparator.compare import compare
 from memstate.comparator.identical import identical_prefix, known_identical, same_payload
 from memstate.formats import alongside
@@ -147,6 +147,7 @@ def test_only_tensors_past_the_identical_prefix_are_judged_one_by_one(tmp_path, 
                     for n in names:
                         rec.record(n, base[n] + (late if n == "probs" and k == 1 else 0.0))
     monkeypatch.setattr(alongside, "FIRST", 1 << 15)
+    monkeypatch.setattr(together, "SMALL", 0)  # every tensor past the prefix judged alone, so the spy sees it
     seen = []
     real = compare_module.compare_tensors
 

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memstate.comparator import compare as compare_module
+from memstate.comparator import together
 from memstate.comparator.compare import compare
 from memstate.comparator.identical import identical_prefix, same_payload
 from memstate.formats import alongside
@@ -209,7 +210,10 @@ def test_identical_binary_steps_take_the_one_pass_path(tmp_path, monkeypatch):
     assert all(x.metrics.max_ulp == 0.0 and x.metrics.cosine == 1.0 for s in c.steps for x in s.tensors)
     jsonl = tmp_path / "b.jsonl"
     _record(jsonl, range(6))
-    with pytest.raises(AssertionError, match="tensor by tensor"):  # JSONL has no step bytes to compare
+    c = compare(a, jsonl)  # JSONL has no step bytes to compare, but its small tensors are judged together
+    assert c.verdict == "agree" and {x.metrics.detail for s in c.steps for x in s.tensors} == {"full"}
+    monkeypatch.setattr(together, "SMALL", 0)
+    with pytest.raises(AssertionError, match="tensor by tensor"):  # and without that, one by one
         compare(a, jsonl)
 
 
