@@ -182,7 +182,7 @@ def test_one_pair_and_segments_of_one_element(n):
 
 def test_judging_a_group_allocates_no_array_of_its_size():
     # the temporaries go to scratch arrays kept per thread: made per step, they were of the size at which
-    # malloc gives memory back to the system and faults it in again (five times the arithmetic, measured)
+    # malloc gives memory back to the system and faults it in again (several times the arithmetic)
     import tracemalloc
 
     n = together.GROUP // 4
