@@ -118,6 +118,13 @@ def test_finite_extremes():
     assert _finite_extremes(np.array([NAN, NAN])) == (0.0, False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_identical_memo(monkeypatch):
+    """identical_summary's answers start unremembered in every test here: one remembered before (another
+    test, or mutmut's run of the whole suite that forks each mutant) would hide how it makes them."""
+    monkeypatch.setattr(metrics, "_IDENTICAL", {})
+
+
 IDENTICAL = {"scale": "nan", "max_abs_error": 0.0, "max_rel_error": 0.0, "max_elem_rel_error": 0.0,
              "max_ulp": 0.0, "cosine": 1.0, "n_out": 0, "frac_out": 0.0, "nan_a": 0, "nan_b": 0, "inf_a": 0,
              "inf_b": 0, "nonfinite_mismatch": 0, "detail": "identical"}
