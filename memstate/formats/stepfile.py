@@ -81,8 +81,11 @@ def _header(buf: Any, size: int) -> tuple[dict[str, str], _Plan, _Layout, int, i
     """(metadata, plan, layout by offset, end of the tensor data, start of the data) of a file's header;
     the plan lists (name, dtype, numpy dtype or None, element count, offset, shape) in the header's order."""
     n = int.from_bytes(bytes(buf[:8]), "little")
-    if n > HEADER_LIMIT or 8 + n > size:
+    if 8 + n > size:
         raise BadStepFile(f"header length {n} does not fit the file of {size} bytes")
+    if n > HEADER_LIMIT:
+        raise BadStepFile(f"header of {n} bytes is over the {HEADER_LIMIT}-byte limit of safetensors readers (the "
+                          "safetensors library refuses it too); record fewer tensors, or shorter metadata, per step")
     try:
         doc = orjson.loads(bytes(buf[8:8 + n]))
     except orjson.JSONDecodeError as e:

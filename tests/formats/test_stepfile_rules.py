@@ -91,7 +91,14 @@ def test_a_header_of_exactly_the_limit_is_read(tmp_path, monkeypatch):
     longer = _file(tmp_path / "t.safetensors", text + b" ", struct.pack("<d", 2.5))
     with pytest.raises(BadStepFile) as e:
         read_safetensors(longer)
-    assert str(e.value) == f"header length {len(text) + 1} does not fit the file of {len(text) + 17} bytes"
+    assert str(e.value) == (f"header of {len(text) + 1} bytes is over the {len(text)}-byte limit of safetensors "
+                            "readers (the safetensors library refuses it too); record fewer tensors, or shorter "
+                            "metadata, per step")  # (it fits the file: the limit, not the file, refuses it)
+    cut = tmp_path / "u.safetensors"  # a length over the limit and past the file's end: the file is what is wrong
+    cut.write_bytes(struct.pack("<Q", len(text) + 20) + text)
+    with pytest.raises(BadStepFile) as e:
+        read_safetensors(cut)
+    assert str(e.value) == f"header length {len(text) + 20} does not fit the file of {len(text) + 8} bytes"
 
 
 @pytest.mark.parametrize("mapped", [False, True])
