@@ -42,7 +42,6 @@ from memstate.comparator.metrics import (TensorMetrics, bit_identical, completed
                                         max_abs_error, summary_metrics, tensor_metrics, within_tolerance)
 from memstate.comparator.tolerance import MinTolerance, Tolerance, Tolerances, min_passing, oracle_allowance
 from memstate.formats.map import CANONICAL
-from memstate.formats.stepfile import Payload
 from memstate.formats.trace import EndedEarly, Step, TraceReader, ended_early, open_trace
 
 TraceLike = str | os.PathLike | TraceReader
@@ -471,11 +470,11 @@ def judge_step(sa: Step, sb: Step, tolerances: Tolerances, detail: str = "summar
     known = known_identical(sa.payload, sb.payload)
     names = [n for n in sa.tensors if n in names_b]
     tols = {n: _resolve(tolerances, n, sa.tensors[n].dtype, sb.tensors[n].dtype) for n in names}
-    together = _judged_together(names, known, sa, sb, tols) if detail == "summary" else {}
+    settled = _judged_together(names, known, sa, sb, tols) if detail == "summary" else {}
     out = []
     for name in names:
         a, b, tol, argmax = sa.tensors[name], sb.tensors[name], tols[name], name in ("probs", logits)
-        verdict = together.get(name)
+        verdict = settled.get(name)
         if name in known or (verdict is not None and verdict[0]):
             out.append(identical_comparison(name, sa.index, a, tol, argmax=argmax, detail=detail))
         elif verdict is not None:
