@@ -35,8 +35,8 @@ def identical_prefix(p: Payload, q: Payload) -> int:
     The first chunk is compared where it lies (a step that differs mostly differs there, and its pages are
     read next anyway); after it, mapped files are read again beside their mappings (memstate.formats.alongside:
     one copy instead of page faults, and a step that turns out identical touches no more of its mapping);
-    files read into memory are compared where they lie. Chunks go through `bit_identical` as 8-byte words, the
-    last few bytes as bytes."""
+    files read into memory are compared where they lie. Chunks are compared as 8-byte words and a tail of
+    bytes (`_same_bytes`)."""
     if p.layout != q.layout or p.data.size != q.data.size:
         return 0
     spans = list(chunk_spans(p.data.size))

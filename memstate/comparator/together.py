@@ -46,15 +46,13 @@ def verdicts(pairs: Sequence[tuple[np.ndarray, np.ndarray]], rtols: Sequence[flo
     faulting it in again cost several times the arithmetic (test_together checks that no array of a
     group's size is allocated)."""
     out: list[Verdict] = []
-    group: list[int] = []
+    start = held = 0  # the group is pairs[start:i], of `held` elements
     for i, (a, _) in enumerate(pairs):
-        if group and sum(pairs[j][0].size for j in group) + a.size > GROUP:
-            out += _group([pairs[j] for j in group], [rtols[j] for j in group], [atols[j] for j in group])
-            group = []
-        group.append(i)
-    if group:
-        out += _group([pairs[j] for j in group], [rtols[j] for j in group], [atols[j] for j in group])
-    return out
+        if held and held + a.size > GROUP:
+            out += _group(pairs[start:i], rtols[start:i], atols[start:i])
+            start, held = i, 0
+        held += a.size
+    return out + _group(pairs[start:], rtols[start:], atols[start:]) if held else out
 
 
 def _scratch(n: int) -> tuple[np.ndarray, ...]:
@@ -67,6 +65,7 @@ def _scratch(n: int) -> tuple[np.ndarray, ...]:
 
 def _group(pairs: Sequence[tuple[np.ndarray, np.ndarray]], rtols: Sequence[float],
            atols: Sequence[float]) -> list[Verdict]:
+    """`verdicts` for one group of pairs of at most GROUP elements in all, through the scratch arrays."""
     sizes = np.array([a.size for a, _ in pairs])
     n = int(sizes.sum())
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))

@@ -1,6 +1,6 @@
 """Two step files' tensor bytes read side by side in chunks, without touching their mappings (issue 14).
 
-The comparator settles a bit-identical step by comparing the two files' tensor bytes (compare.identical_prefix).
+The comparator settles a bit-identical step by comparing the two files' tensor bytes (comparator.identical).
 Comparing them through the mappings the arrays view costs a page fault per few pages and an unmapping
 of every page touched; reading them with `readinto` into two reused buffers costs one copy, which on the
 2-core CI machine took 29-31 ms for two 245 MB traces against 33-40 ms through the mappings (the same

@@ -147,7 +147,7 @@ class Payload:
     """A step file's tensor bytes as one flat array, with the layout that gives them meaning.
 
     `layout` lists (offset, end, dtype, shape, name) by offset; two payloads with equal layouts and equal
-    bytes hold the same tensors bit for bit, name for name (memstate.comparator.compare.identical_prefix):
+    bytes hold the same tensors bit for bit, name for name (memstate.comparator.identical):
     the comparator settles a bit-identical step with one pass over its bytes instead of one call per
     tensor (issue 14). `source` is set for a mapped file: its bytes can then be compared without touching
     the mapping."""

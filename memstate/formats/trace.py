@@ -421,7 +421,7 @@ def read_step_file(path: Path, index: int, run_id: str | None = None, mapped: bo
 
 def read_step(path: Path, index: int, run_id: str | None = None, mapped: bool = False,
               populate: bool = True) -> tuple[dict[str, np.ndarray], Payload]:
-    """`read_step_file`, with the file's Payload (its tensor bytes and layout, for the comparator's `same_payload`)."""
+    """`read_step_file`, with the file's Payload (its tensor bytes and layout, for memstate.comparator.identical)."""
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "is a symbolic link to a missing file" if path.is_symlink() \
             else "vanished while being read (is a run rewriting this trace?)" if not path.exists() \
